@@ -1,0 +1,46 @@
+"""Builds the object graph from settings: stores, retry policy, copier, reconciler.
+
+The SDK clients are built once here and shared by every thread (minio and boto3
+clients are thread-safe; boto3 sessions are not, so the session never leaves
+``S3Destination.__init__``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .config import Settings
+from .copier import Copier
+from .observability import metrics
+from .reconcile import KeyLock, Reconciler, _no_lock
+from .retry import RetryPolicy
+from .stores.destination import S3Destination
+from .stores.source import MinioSource
+
+
+@dataclass
+class App:
+    settings: Settings
+    source: MinioSource
+    dest: S3Destination
+    policy: RetryPolicy
+    copier: Copier
+    reconciler: Reconciler
+    stop: threading.Event  # stop waiting and taking new work
+    abort: threading.Event  # abandon work in flight (shutdown deadline passed)
+
+    def close(self) -> None:
+        self.copier.close()
+
+
+def build(settings: Settings, *, key_lock: KeyLock = _no_lock) -> App:
+    stop = threading.Event()
+    abort = threading.Event()
+    policy = RetryPolicy(settings.max_retries, settings.retry_delay, stop=stop,
+                         on_retry=lambda error: metrics.retries.labels(metrics.failure_reason(error)).inc())
+    source = MinioSource(settings)
+    dest = S3Destination(settings)
+    copier = Copier(source, dest, settings, policy, abort=abort)
+    reconciler = Reconciler(source, dest, copier, settings, policy, key_lock=key_lock)
+    return App(settings, source, dest, policy, copier, reconciler, stop, abort)

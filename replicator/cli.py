@@ -1,0 +1,123 @@
+"""Command line: subcommands, exit codes and signal wiring; nothing else.
+
+Exit codes:
+  0  the destination is in sync (or, for ``run``, a clean shutdown)
+  1  the run failed (an endpoint, a listing, a copy or a delete)
+  2  bad configuration or usage
+  3  a delete guard refused the run's deletions (nothing was deleted)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from loguru import logger
+
+from . import __version__, config
+from .errors import ConfigError, ReplicatorError
+from .observability import logging as logsetup
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replicator", description="Keep an S3-compatible bucket an exact mirror of a MinIO bucket.",
+        epilog="Configuration comes from S3_SYNC_* and MINIO_* environment variables; see the README.")
+    parser.add_argument("--version", action="version", version=f"replicator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the sidecar: replicate events as they happen, reconcile every S3_SYNC_INTERVAL")
+    rec = sub.add_parser("reconcile", help="one full reconciliation, then exit")
+    rec.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    rec.add_argument("--allow-mass-delete", action="store_true",
+                     help="delete even past S3_SYNC_DELETE_MAX_PERCENT or with an empty source, this once")
+    sub.add_parser("check", help="check both endpoints and buckets, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = config.load(os.environ)
+    except ConfigError as error:
+        logsetup.setup()
+        logger.error("{}", error)
+        return EXIT_CONFIG
+    logsetup.setup(settings.log_level, settings.log_format, settings.timezone, settings.secrets())
+    try:
+        if args.command == "run":
+            from .service import Service
+
+            return Service(settings).run_until_signalled(_install_signals)
+        if args.command == "check":
+            return _check(settings)
+        return _reconcile(settings, args.dry_run, args.allow_mass_delete)
+    except KeyboardInterrupt:
+        logger.warning("interrupted")
+        return EXIT_FAILED
+
+
+def _install_signals(on_signal) -> None:
+    """Route SIGTERM/SIGINT to ``on_signal(count)``: the first drains, the second aborts."""
+    count = 0
+
+    def handler(signum, frame) -> None:
+        nonlocal count
+        count += 1
+        on_signal(signal.Signals(signum).name, count)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _check(settings: config.Settings) -> int:
+    from .app import build
+    from .reconcile import check_endpoints
+
+    app = build(settings)
+    try:
+        check_endpoints(app.source, app.dest, create=False)
+    except ReplicatorError as error:
+        logger.error("{}", error)
+        return EXIT_FAILED
+    finally:
+        app.close()
+    return EXIT_OK
+
+
+def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool) -> int:
+    from .app import build
+
+    app = build(settings)
+    stopping = threading.Event()
+
+    def on_signal(name: str, count: int) -> None:
+        # First signal: stop starting new copies, let the running ones finish. Second: now.
+        if count > 1:
+            logger.warning("{} again: exiting immediately", name)
+            os._exit(EXIT_FAILED)
+        logger.warning("{}: finishing copies in flight, then stopping (again to abort)", name)
+        stopping.set()
+        app.stop.set()
+
+    _install_signals(on_signal)
+    try:
+        stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
+    except ReplicatorError as error:
+        logger.error("{}", error)
+        return EXIT_FAILED
+    finally:
+        app.close()
+    if stats.failed or stopping.is_set():
+        return EXIT_FAILED
+    if stats.guard:
+        return EXIT_GUARD
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

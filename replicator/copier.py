@@ -1,0 +1,184 @@
+"""Copy one object, delete a batch: the only code that moves bytes, used by both the
+reconcile and the event workers.
+
+Planning follows s3transfer: one GET tells the object's size; up to
+``S3_SYNC_MULTIPART_THRESHOLD`` the bytes already streaming in become one PUT,
+above it the GET is dropped and the object goes up in parts, each part a ranged GET
+pinned to the ETag (``If-Match``) plus an UploadPart. Memory is bounded by
+``workers × threshold`` for small objects and ``multipart_concurrency × 2 × part
+size`` for parts, whatever the object sizes.
+
+Retry units (retry.py): a small object's GET+PUT; one part's GET+UploadPart; the
+multipart start/complete calls. A whole multipart copy is only restarted when the
+source changed under it (412), which makes every part so far worthless.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from loguru import logger
+
+from .config import MiB, Settings
+from .errors import NotFound, SourceChanged, TransientError
+from .model import SourceObject
+from .observability import metrics
+from .pool import BoundedExecutor
+from .retry import RetryPolicy, Stopped
+from .stores.base import DestinationStore, SourceStore
+
+MAX_PARTS = 10_000  # S3's limit
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    key: str
+    size: int
+    etag: str
+    multipart: bool
+
+
+class _Large(Exception):
+    """Internal: the object is above the threshold; carries its description."""
+
+    def __init__(self, src: SourceObject):
+        self.src = src
+
+
+def part_size(size: int, configured: int) -> int:
+    """The configured part size, grown (in whole MiB) when the object would need more
+    than S3's 10,000 parts."""
+    needed = -(-size // MAX_PARTS)
+    if needed <= configured:
+        return configured
+    return -(-needed // MiB) * MiB
+
+
+class Copier:
+    def __init__(self, source: SourceStore, dest: DestinationStore, settings: Settings, policy: RetryPolicy,
+                 abort: threading.Event | None = None):
+        self.source = source
+        self.dest = dest
+        self.policy = policy
+        self.threshold = settings.multipart_threshold
+        self.chunk = settings.multipart_chunk_size
+        # Set to abandon in-flight multipart uploads (shutdown past its deadline).
+        self.abort = abort or policy.stop
+        self._parts = BoundedExecutor(settings.multipart_concurrency, limit=settings.multipart_concurrency * 2,
+                                      name="part")
+
+    def close(self) -> None:
+        self._parts.shutdown(wait=True, cancel=True)
+
+    # -- copy -----------------------------------------------------------------------
+
+    def copy(self, key: str) -> CopyResult | None:
+        """Make the destination's ``key`` equal to the source's current object.
+        Returns None when the source no longer has it (nothing to copy; the deletion,
+        if any, is the reconcile's or the event's business)."""
+        restarts = 0
+        while True:
+            try:
+                try:
+                    return self.policy.call(lambda: self._copy_small(key))
+                except _Large as large:
+                    return self._copy_multipart(large.src)
+            except NotFound:
+                logger.debug("{}: gone from the source before it could be copied", key)
+                return None
+            except SourceChanged:
+                restarts += 1
+                if restarts >= self.policy.attempts:
+                    raise
+                logger.info("{}: changed at the source during the copy; starting again ({}/{})",
+                            key, restarts + 1, self.policy.attempts)
+
+    def _tags(self, src: SourceObject) -> dict[str, str] | None:
+        if not src.tag_count:
+            return None  # x-amz-tagging-count says there are none: no request needed
+        return self.policy.call(lambda: self.source.get_tags(src.key))
+
+    def _copy_small(self, key: str) -> CopyResult:
+        with self.source.open(key) as (src, body):
+            if src.size > self.threshold:
+                raise _Large(src)
+            data = body.read()
+        if len(data) != src.size:
+            raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")
+        self.dest.put(key, data, src, self._tags(src))
+        metrics.bytes_copied.inc(len(data))
+        logger.debug("{}: copied {} bytes", key, len(data))
+        return CopyResult(key, src.size, src.etag, multipart=False)
+
+    def _copy_multipart(self, src: SourceObject) -> CopyResult:
+        key = src.key
+        tags = self._tags(src)
+        chunk = part_size(src.size, self.chunk)
+        upload_id = self.policy.call(lambda: self.dest.start_multipart(key, src, tags))
+        futures: list[Future] = []
+        completed = False
+        try:
+            for number, offset in enumerate(range(0, src.size, chunk), start=1):
+                if self.abort.is_set():
+                    raise Stopped()
+                if any(f.done() and f.exception() for f in futures[-4:]):
+                    break  # a part failed for good; stop feeding the pool
+                length = min(chunk, src.size - offset)
+                futures.append(self._parts.submit(self._copy_part, src, upload_id, number, offset, length))
+            parts = [f.result() for f in futures]
+            self.policy.call(lambda: self.dest.complete_multipart(key, upload_id, parts))
+            completed = True
+        finally:
+            if not completed:
+                for f in futures:
+                    f.cancel()
+                for f in futures:
+                    if not f.cancelled():
+                        f.exception()  # wait: an abort must not race a part still uploading
+                self._abort_upload(key, upload_id)
+        metrics.bytes_copied.inc(src.size)
+        logger.debug("{}: copied {} bytes in {} parts", key, src.size, len(parts))
+        return CopyResult(key, src.size, src.etag, multipart=True)
+
+    def _copy_part(self, src: SourceObject, upload_id: str, number: int, offset: int, length: int) -> tuple[int, str]:
+        if self.abort.is_set():
+            raise Stopped()
+
+        def attempt() -> tuple[int, str]:
+            data = self.source.read_range(src.key, offset, length, src.etag)
+            return number, self.dest.upload_part(src.key, upload_id, number, data)
+
+        return self.policy.call(attempt)
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        """Best effort, but loud: an orphaned upload costs the user storage silently."""
+        try:
+            # Not policy.call: on shutdown the stop event is set and would skip the retry waits
+            # anyway; one honest attempt plus one more is what a deadline allows.
+            for attempt in (1, 2):
+                try:
+                    self.dest.abort_multipart(key, upload_id)
+                    logger.debug("{}: aborted multipart upload", key)
+                    return
+                except TransientError:
+                    if attempt == 2:
+                        raise
+        except Exception as error:  # noqa: BLE001 - reported, never swallowed silently
+            logger.error("{}: could not abort multipart upload {}: {}; the destination's lifecycle "
+                         "rule for incomplete uploads (or the next run) must clean it", key, upload_id, error)
+
+    # -- metadata-only changes (tags) ---------------------------------------------
+
+    def refresh_tags(self, key: str) -> None:
+        tags = self.policy.call(lambda: self.source.get_tags(key))
+        self.policy.call(lambda: self.dest.put_tags(key, tags))
+
+    # -- delete -----------------------------------------------------------------
+
+    def delete_batch(self, keys: list[str]) -> dict[str, str]:
+        """Delete keys at the destination (one request per 1000). Returns failures."""
+        failed = self.policy.call(lambda: self.dest.delete_many(keys))
+        metrics.objects_deleted.inc(len(keys) - len(failed))
+        return failed

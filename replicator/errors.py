@@ -1,0 +1,135 @@
+"""The one exception tree of replicator.
+
+Errors are classified by *what to do next*, not by which SDK raised them. The
+store adapters map vendor exceptions into this tree at the edge (``raise … from
+exc``); nothing above ``stores/`` catches a minio or botocore exception::
+
+    ReplicatorError
+     ├── ConfigError            bad settings; exit 2; names the variable(s)
+     ├── GuardRefused           a delete guard said no; exit 3; carries the numbers
+     └── StoreError             one operation on one side failed: side, op, key, cause
+          ├── TransientError    worth retrying: timeouts, resets, 5xx, SlowDown (retry_after)
+          │    └── SourceChanged the source object changed under a copy: start it again
+          ├── PermanentError    retrying won't help for this object: AccessDenied, …
+          │    └── NotFound      the object (not the bucket) is gone
+          └── FatalError        retrying won't help for anything: bad credentials,
+               │                 no such bucket, unreachable at start-up; stop the run
+               └── ListingOrderError a listing came back out of order; diffing it is unsafe
+
+Messages say what happened and where, object first:
+``destination: put photos/a.jpg: SlowDown (HTTP 503)``. No message ever carries a
+credential: adapters build messages from codes and keys, never from request dumps.
+"""
+
+from __future__ import annotations
+
+
+class ReplicatorError(Exception):
+    """Base of everything replicator raises on purpose."""
+
+
+class ConfigError(ReplicatorError):
+    """The configuration is unusable. The message names every offending variable."""
+
+
+class GuardRefused(ReplicatorError):
+    """A delete guard refused the run's deletions. Nothing was deleted."""
+
+    def __init__(self, reason: str, *, would_delete: int, destination_objects: int, source_objects: int):
+        self.reason = reason
+        self.would_delete = would_delete
+        self.destination_objects = destination_objects
+        self.source_objects = source_objects
+        super().__init__(
+            f"delete guard refused: {reason} (would delete {would_delete} of "
+            f"{destination_objects} destination objects; source has {source_objects})"
+        )
+
+
+class StoreError(ReplicatorError):
+    """One operation against one side failed."""
+
+    def __init__(self, side: str, op: str, key: str | None, detail: str, *, code: str | None = None):
+        self.side = side
+        self.op = op
+        self.key = key
+        self.detail = detail
+        self.code = code
+        where = f"{op} {key}" if key is not None else op
+        super().__init__(f"{side}: {where}: {detail}")
+
+
+class TransientError(StoreError):
+    """Retrying the same operation later may succeed."""
+
+    def __init__(self, *args, retry_after: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retry_after = retry_after
+
+
+class SourceChanged(TransientError):
+    """The source object changed while it was being copied; the copy was abandoned whole."""
+
+
+class PermanentError(StoreError):
+    """Retrying won't help for this object; other objects may still succeed."""
+
+
+class NotFound(PermanentError):
+    """The object does not exist (any more)."""
+
+
+class FatalError(StoreError):
+    """Retrying won't help for anything in this run."""
+
+
+class ListingOrderError(FatalError):
+    """A listing returned keys out of UTF-8 byte order; a merge-join over it would be wrong."""
+
+
+# --- classification by S3 error code -----------------------------------------
+# Shared by both adapters, so MinIO and any S3 provider are judged the same way.
+
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "XMinioServerNotInitialized", "XMinioReadQuorum", "XMinioWriteQuorum", "OperationAborted",
+})
+_FATAL_CODES = frozenset({
+    "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "ExpiredToken", "AccountProblem", "AllAccessDisabled", "InvalidBucketName",
+    "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidRegion",
+})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
+_CHANGED_CODES = frozenset({"PreconditionFailed"})
+
+
+def classify(side: str, op: str, key: str | None, code: str | None, status: int | None,
+             *, retry_after: float | None = None, bucket_op: bool = False) -> StoreError:
+    """Map an S3 error response to the error tree, by what to do next."""
+    detail = code or "error"
+    if status:
+        detail += f" (HTTP {status})"
+    if code in _CHANGED_CODES or status == 412:
+        return SourceChanged(side, op, key, f"object changed during the copy: {detail}", code=code)
+    if code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status in (408, 429))):
+        return TransientError(side, op, key, detail, code=code, retry_after=retry_after)
+    if code in _FATAL_CODES:
+        return FatalError(side, op, key, detail, code=code)
+    if code == "AccessDenied" or status == 403:
+        # Denied on the bucket means nothing will work; on one object, only that object.
+        cls = FatalError if bucket_op else PermanentError
+        return cls(side, op, key, f"{detail}: check the credentials' permissions", code=code)
+    if code in _NOT_FOUND_CODES or status == 404:
+        return (FatalError if bucket_op else NotFound)(side, op, key, detail, code=code)
+    return PermanentError(side, op, key, detail, code=code)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (the delta form; dates are rare on S3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

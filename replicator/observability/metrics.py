@@ -1,0 +1,38 @@
+"""Prometheus metrics, named by the client library's conventions (``_total`` on
+counters, base units: seconds and bytes). Module-level, like the library intends:
+the code that knows an event happened counts it, with no plumbing in between."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "replicator"
+
+events_received = Counter(f"{PREFIX}_events_received", "Bucket notification records received", ["kind"])
+objects_copied = Counter(f"{PREFIX}_objects_copied", "Objects written to the destination", ["trigger"])
+objects_deleted = Counter(f"{PREFIX}_objects_deleted", "Objects deleted from the destination")
+bytes_copied = Counter(f"{PREFIX}_bytes_copied", "Bytes written to the destination")
+failures = Counter(f"{PREFIX}_failures", "Operations that failed after their retries", ["reason"])
+retries = Counter(f"{PREFIX}_retries", "Retried operations", ["reason"])
+queue_depth = Gauge(f"{PREFIX}_queue_depth", "Keys waiting in the work queue")
+in_flight = Gauge(f"{PREFIX}_in_flight", "Keys being worked on")
+replication_lag = Histogram(
+    f"{PREFIX}_replication_lag_seconds", "From the source event's time to the destination write",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+reconcile_duration = Histogram(
+    f"{PREFIX}_reconcile_duration_seconds", "Duration of full reconcile runs",
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600),
+)
+reconcile_last_success = Gauge(f"{PREFIX}_reconcile_last_success_timestamp_seconds",
+                               "Unix time of the last successful reconcile")
+reconcile_repaired = Counter(f"{PREFIX}_reconcile_repaired_objects",
+                             "Objects the reconcile had to copy or delete: changes the events missed")
+listener_reconnects = Counter(f"{PREFIX}_listener_reconnects", "Times the notification listener reconnected")
+listener_connected = Gauge(f"{PREFIX}_listener_connected", "1 while the notification listener is connected")
+
+
+def failure_reason(error: BaseException) -> str:
+    """A low-cardinality label: the S3 code when there is one, else the error class."""
+    code = getattr(error, "code", None)
+    return code or type(error).__name__

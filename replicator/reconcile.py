@@ -1,0 +1,319 @@
+"""One full reconciliation: list both sides, diff, copy, then (maybe) delete.
+
+The order of a run, and why:
+1. Health check: both endpoints answer, credentials work, the source bucket exists,
+   the destination bucket exists or is created. A clear error beats a listing failure.
+2. Stream both listings (each in its own thread, a bounded distance ahead) through
+   the pure merge-join in ``diff.py``. Copies go to a bounded worker pool as they are
+   found; deletion candidates are spooled to a temporary file, so neither a huge
+   bucket nor a huge deletion set lives in memory.
+3. Deletes only after everything else, and only if the run was clean: any listing
+   or copy error means the listings can't be trusted to say what the source lacks
+   (rclone's rule). Then the guards: an empty source, or more deletions than the
+   configured share of the destination, refuse the deletions unless allowed.
+4. Each delete candidate is re-checked against the source just before it goes: a
+   key uploaded after the source listing passed it must not be deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import TextIO
+
+from loguru import logger
+
+from . import diff
+from .config import Settings
+from .copier import Copier
+from .errors import FatalError, GuardRefused, ReplicatorError, StoreError
+from .model import Action, Change, ObjectInfo, RunStats
+from .observability import metrics
+from .pool import BoundedExecutor, prefetch
+from .retry import RetryPolicy, Stopped
+from .stores.base import DestinationStore, SourceStore
+
+DELETE_BATCH = 1000
+MAX_LOGGED_FAILURES = 20
+
+# Claims keys so no event worker acts on them meanwhile (workqueue.KeyedQueue.claim).
+KeyLock = Callable[[list[str]], AbstractContextManager]
+
+
+def _no_lock(keys: list[str]) -> AbstractContextManager:
+    return nullcontext()
+
+
+def check_endpoints(source: SourceStore, dest: DestinationStore, *, create: bool) -> None:
+    """Fail with a specific error unless both sides are usable."""
+    source.check()
+    logger.info("✓ Source bucket accessible")
+    dest.check(create=create)
+    logger.info("✓ Destination bucket accessible")
+
+
+def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool) -> str | None:
+    """Why the planned deletions must not happen, or None. Pure."""
+    if force or deletes == 0:
+        return None
+    if stats.source_objects == 0 and not settings.allow_empty_source:
+        return ("the source bucket listed no objects but the destination has some; if the source "
+                "really is empty on purpose, set S3_SYNC_ALLOW_EMPTY_SOURCE=true")
+    limit = stats.dest_objects * settings.delete_max_percent / 100
+    if deletes > settings.delete_guard_floor and deletes > limit:
+        return (f"{deletes} deletions exceed S3_SYNC_DELETE_MAX_PERCENT={settings.delete_max_percent:g}% "
+                f"of the destination's {stats.dest_objects} objects; run `replicator reconcile "
+                f"--allow-mass-delete` once if this is intended")
+    return None
+
+
+class Reconciler:
+    def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, settings: Settings,
+                 policy: RetryPolicy, *, key_lock: KeyLock = _no_lock, out: TextIO | None = None):
+        self.source = source
+        self.dest = dest
+        self.copier = copier
+        self.settings = settings
+        self.policy = policy
+        self.stop = policy.stop
+        self.key_lock = key_lock
+        self.out = out or sys.stdout
+        self._run_lock = threading.Lock()  # never two reconciles at once
+
+    def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False) -> RunStats:
+        with self._run_lock:
+            return _Run(self, dry_run, allow_mass_delete).execute()
+
+
+class _Run:
+    """The state of one run; lives as long as the run."""
+
+    def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool):
+        self.o = owner
+        self.dry_run = dry_run
+        self.force_delete = force_delete
+        self.stats = RunStats(dry_run=dry_run)
+        self.errors: list[BaseException] = []
+        self.fatal: BaseException | None = None
+        self.lock = threading.Lock()
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _failed(self, key: str, error: BaseException) -> None:
+        with self.lock:
+            self.stats.failed += 1
+            self.errors.append(error) if len(self.errors) < 1000 else None
+            count = self.stats.failed
+            if isinstance(error, FatalError) and self.fatal is None:
+                self.fatal = error
+        metrics.failures.labels(metrics.failure_reason(error)).inc()
+        if count <= MAX_LOGGED_FAILURES:
+            logger.error("{}: {}", key, error)
+        elif count == MAX_LOGGED_FAILURES + 1:
+            logger.error("more failures; logging only the count from here on")
+
+    def _print(self, action: str, key: str, size: int) -> None:
+        with self.lock:
+            print(f"{action:<7} {key}  ({size} bytes)", file=self.o.out)
+
+    def _listing(self, list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str) -> Iterator[ObjectInfo]:
+        resumable = self.o.policy.resumable(list_from, lambda item: item.key)
+        for item in prefetch(resumable, name=f"list-{side}"):
+            if side == "source":
+                self.stats.source_objects += 1
+            else:
+                self.stats.dest_objects += 1
+            yield item
+
+    # -- the run ---------------------------------------------------------------------
+
+    def execute(self) -> RunStats:
+        started = time.monotonic()
+        o = self.o
+        check_endpoints(o.source, o.dest, create=not self.dry_run)
+        logger.info("Reconciling {} → {}{}", o.settings.source_bucket, o.settings.dest_bucket,
+                    " (dry run: nothing will change)" if self.dry_run else "")
+        deletes = 0
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+            with BoundedExecutor(o.settings.workers, name="copy") as pool:
+                try:
+                    changes = diff.plan(self._listing(o.source.list_from, "source"),
+                                        self._listing(o.dest.list_from, "destination"))
+                    for change in changes:
+                        if self.fatal is not None or o.stop.is_set():
+                            break
+                        if change.action is Action.UNCHANGED:
+                            self.stats.unchanged += 1
+                        elif change.action is Action.DELETE:
+                            spool.write(json.dumps(change.key) + "\n")
+                            deletes += 1
+                        else:
+                            pool.submit(self._apply, change)
+                except StoreError as error:  # a listing failed after its retries, or was out of order
+                    self._failed("listing", error)
+                    self.fatal = self.fatal or error
+                except Stopped:
+                    pass
+            if o.stop.is_set() and not self.errors:
+                self.errors.append(Stopped())
+            self.stats.planned_deletes = deletes
+            self._deletions(spool, deletes)
+        self.stats.duration = time.monotonic() - started
+        metrics.reconcile_duration.observe(self.stats.duration)
+        self._summary()
+        return self.stats
+
+    def _apply(self, change: Change) -> None:
+        """Copy (or, in a dry run, report) one change. Runs on a pool thread."""
+        key = change.key
+        o = self.o
+        try:
+            with o.key_lock([key]):
+                action = change.action
+                if action is Action.VERIFY:
+                    recorded = o.policy.call(lambda: o.dest.head_source_etag(key))
+                    if recorded == change.source.etag:  # type: ignore[union-attr]
+                        with self.lock:
+                            self.stats.unchanged += 1
+                        return
+                    action = Action.UPDATE
+                if self.dry_run:
+                    with self.lock:
+                        self.stats.planned_bytes += change.size
+                        if action is Action.COPY:
+                            self.stats.copied += 1
+                        else:
+                            self.stats.updated += 1
+                    self._print(action.value, key, change.size)
+                    return
+                result = o.copier.copy(key)
+        except (ReplicatorError, Stopped) as error:
+            if not isinstance(error, Stopped):
+                self._failed(key, error)
+            return
+        except Exception as error:  # noqa: BLE001 - a bug must fail the run, not kill the pool silently
+            logger.exception("{}: unexpected error", key)
+            self._failed(key, error)
+            return
+        with self.lock:
+            if result is None:
+                self.stats.skipped += 1
+                return
+            if action is Action.COPY:
+                self.stats.copied += 1
+            else:
+                self.stats.updated += 1
+            self.stats.bytes_copied += result.size
+        metrics.objects_copied.labels("reconcile").inc()
+        metrics.reconcile_repaired.inc()
+        logger.debug("{}: {} ({} bytes)", key, "copied" if action is Action.COPY else "updated", result.size)
+
+    # -- deletions ---------------------------------------------------------------------
+
+    def _deletions(self, spool: TextIO, deletes: int) -> None:
+        o = self.o
+        if not deletes:
+            return
+        if not o.settings.delete:
+            logger.info("{} objects exist only at the destination; kept (S3_SYNC_DELETE=false)", deletes)
+            return
+        if self.errors or self.fatal is not None:
+            logger.warning("{} deletions skipped: this run had errors, and deleting after an incomplete "
+                           "run could remove objects the source still has", deletes)
+            return
+        reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
+        if reason:
+            self.stats.guard = reason
+            error = GuardRefused(reason, would_delete=deletes, destination_objects=self.stats.dest_objects,
+                                 source_objects=self.stats.source_objects)
+            logger.error("{}", error)
+            return
+        spool.seek(0)
+        batch: list[str] = []
+        for line in spool:
+            batch.append(json.loads(line))
+            if len(batch) == DELETE_BATCH:
+                self._delete_batch(batch)
+                batch = []
+        if batch:
+            self._delete_batch(batch)
+
+    def _still_absent(self, keys: list[str]) -> list[str]:
+        """The keys the source still lacks. A key the source has now (uploaded after the
+        listing passed it) is kept; a key we can't check is kept and counted as a failure."""
+        o = self.o
+        absent: list[str] = []
+
+        def check(key: str) -> None:
+            try:
+                found = o.policy.call(lambda: o.source.stat(key))
+            except ReplicatorError as error:
+                self._failed(key, error)
+                return
+            if found is None:
+                with self.lock:
+                    absent.append(key)
+            else:
+                logger.info("{}: appeared at the source during the run; not deleted", key)
+                with self.lock:
+                    self.stats.skipped += 1
+
+        with BoundedExecutor(o.settings.workers, name="recheck") as pool:
+            for key in keys:
+                pool.submit(check, key)
+        return sorted(absent)
+
+    def _delete_batch(self, keys: list[str]) -> None:
+        o = self.o
+        if o.stop.is_set():
+            return
+        if self.dry_run:
+            for key in keys:
+                self._print("delete", key, 0)
+            with self.lock:
+                self.stats.deleted += len(keys)
+            return
+        # The claim covers the re-check and the delete, so an event worker can't copy a
+        # key the source just received in between and then see it deleted.
+        with o.key_lock(keys):
+            keys = self._still_absent(keys)
+            try:
+                failed = o.copier.delete_batch(keys)
+            except ReplicatorError as error:
+                for key in keys:
+                    self._failed(key, error)
+                return
+        for key, code in failed.items():
+            self._failed(key, StoreError("destination", "delete", key, code))
+        done = len(keys) - len(failed)
+        with self.lock:
+            self.stats.deleted += done
+        metrics.reconcile_repaired.inc(done)
+        for key in keys:
+            if key not in failed:
+                logger.debug("{}: deleted", key)
+
+    # -- output ------------------------------------------------------------------------
+
+    def _summary(self) -> None:
+        s = self.stats
+        mib = s.bytes_copied / (1024 * 1024)
+        verb = "would copy" if self.dry_run else "copied"
+        line = (f"{s.copied} {verb}, {s.updated} updated, {s.deleted} deleted, {s.unchanged} unchanged, "
+                f"{s.failed} failed, {s.skipped} skipped; {mib:.1f} MiB in {s.duration:.1f}s "
+                f"({mib / s.duration if s.duration else 0:.1f} MiB/s); source {s.source_objects} objects, "
+                f"destination {s.dest_objects}")
+        if self.dry_run:
+            logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes)
+        elif s.failed or self.errors:
+            logger.error("✗ Sync failed: {}", line)
+        elif s.guard:
+            logger.error("✗ Sync incomplete, deletions refused: {}", line)
+        else:
+            logger.success("✓ Sync completed: {}", line)
+            metrics.reconcile_last_success.set_to_current_time()

@@ -1,0 +1,81 @@
+"""The two small interfaces the core depends on, and what a store must guarantee.
+
+Everything above ``stores/`` talks to these Protocols only; the MinIO and S3
+adapters implement them, and ``memory.py`` is the fake for pure unit tests.
+
+Guarantees every implementation gives:
+- ``list_from`` yields ObjectInfo in ascending key order (the diff still checks),
+  with ETags unquoted, and raises only ``errors.StoreError`` subclasses.
+- Every method maps its SDK's exceptions into ``errors.*`` at the boundary.
+- SDK-level retries are off: the retry policy in ``retry.py`` is the only owner of
+  retries, so attempts never multiply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from ..model import ObjectInfo, SourceObject
+
+
+class SourceStore(Protocol):
+    side: str
+
+    def check(self) -> None:
+        """Reachable, credentials accepted, bucket exists; else FatalError/TransientError."""
+
+    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+        """All objects after ``start_after`` (all when None), in key order."""
+
+    def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, "Reader"]]:
+        """GET the whole object: its description and a byte reader."""
+
+    def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
+        """Read a byte range, failing with SourceChanged unless the ETag still matches."""
+
+    def stat(self, key: str) -> SourceObject | None:
+        """The object's description, or None if it doesn't exist."""
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        ...
+
+
+class Reader(Protocol):
+    def read(self, amount: int | None = None) -> bytes:
+        ...
+
+
+class DestinationStore(Protocol):
+    side: str
+
+    def check(self, create: bool) -> None:
+        """Reachable, credentials accepted; bucket exists (created when ``create``)."""
+
+    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+        ...
+
+    def head_source_etag(self, key: str) -> str | None:
+        """The source ETag recorded on the destination object, None if absent or no object."""
+
+    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
+        ...
+
+    def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
+        ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload one part; returns its ETag."""
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        ...
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        ...
+
+    def put_tags(self, key: str, tags: dict[str, str]) -> None:
+        ...
+
+    def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """Delete up to 1000 keys; returns {key: error} for those that failed."""

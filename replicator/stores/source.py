@@ -1,0 +1,202 @@
+"""The MinIO source, through minio-py. Maps every minio/urllib3 exception into errors.*."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, SSLError, TimeoutError
+
+from ..config import Settings
+from ..errors import FatalError, NotFound, StoreError, TransientError, classify, parse_retry_after
+from ..model import ObjectInfo, SourceObject
+
+# Headers a copy carries over besides Content-Type and user metadata.
+COPIED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
+
+
+def pool_manager(settings: Settings, *, verify: bool, ca_bundle: str | None, read_timeout: float,
+                 maxsize: int) -> urllib3.PoolManager:
+    """An HTTP pool with *no* retries: retry.py owns retries. minio-py's default pool
+    retries 5 times with 300 s timeouts, which would hide a dead endpoint for minutes."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=read_timeout),
+        maxsize=maxsize,
+        block=False,
+        cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+        ca_certs=ca_bundle or certifi.where(),
+        retries=False,
+    )
+
+
+def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc: Exception) -> StoreError:
+    """Connection-level failures: the endpoint, not the object, is the subject."""
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # type: ignore[assignment]
+    if isinstance(exc, SSLError):
+        return FatalError(side, op, key, f"TLS handshake with {endpoint} failed: {type(exc).__name__}"
+                          " (check the CA bundle, or the endpoint's scheme)")
+    if isinstance(exc, NewConnectionError):
+        return TransientError(side, op, key, f"cannot connect to {endpoint}: connection refused or unreachable")
+    if isinstance(exc, TimeoutError):
+        return TransientError(side, op, key, f"{endpoint} timed out ({type(exc).__name__})")
+    if isinstance(exc, ProtocolError):
+        return TransientError(side, op, key, f"connection to {endpoint} broke: {type(exc).__name__}")
+    return TransientError(side, op, key, f"{endpoint}: {type(exc).__name__}")
+
+
+def _etag(value: str | None) -> str:
+    return (value or "").strip('"').lower()
+
+
+def describe(key: str, headers) -> SourceObject:
+    """A SourceObject from a GET/HEAD response's headers."""
+    meta = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("x-amz-meta-"):
+            meta[lower[len("x-amz-meta-"):]] = value
+    copied = {h: headers[h] for h in COPIED_HEADERS if headers.get(h)}
+    return SourceObject(
+        key=key,
+        size=int(headers.get("Content-Length") or 0),
+        etag=_etag(headers.get("ETag")),
+        content_type=headers.get("Content-Type"),
+        headers=copied,
+        metadata=meta,
+        tag_count=int(headers.get("x-amz-tagging-count") or 0),
+    )
+
+
+class _Body:
+    """Reads raw bytes. ``decode_content=False`` matters: urllib3 would otherwise
+    gunzip an object stored with Content-Encoding: gzip, and the copy would be the
+    decompressed bytes under a gzip label."""
+
+    def __init__(self, response, side: str, key: str, endpoint: str):
+        self._response = response
+        self._side, self._key, self._endpoint = side, key, endpoint
+
+    def read(self, amount: int | None = None) -> bytes:
+        try:
+            return self._response.read(amount, decode_content=False)
+        except (Urllib3Error, OSError) as exc:
+            raise map_transport_error(self._side, "get", self._key, self._endpoint, exc) from exc
+
+
+class MinioSource:
+    side = "source"
+
+    def __init__(self, settings: Settings):
+        self.bucket = settings.source_bucket
+        self.endpoint = settings.source_endpoint.url
+        http = pool_manager(
+            settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
+            read_timeout=settings.read_timeout,
+            maxsize=settings.workers + settings.multipart_concurrency + 4,
+        )
+        self.client = Minio(
+            settings.source_endpoint.host,
+            access_key=settings.source_access_key.reveal(),
+            secret_key=settings.source_secret_key.reveal(),
+            secure=settings.source_endpoint.secure,
+            http_client=http,
+            cert_check=settings.source_verify_tls,
+        )
+
+    # -- error mapping ---------------------------------------------------------
+
+    def _map(self, exc: Exception, op: str, key: str | None, *, bucket_op: bool = False) -> StoreError:
+        if isinstance(exc, S3Error):
+            headers = exc.response.headers if exc.response is not None else {}
+            status = exc.response.status if exc.response is not None else None
+            return classify(self.side, op, key, exc.code, status, bucket_op=bucket_op,
+                            retry_after=parse_retry_after(headers.get("Retry-After")))
+        if isinstance(exc, ServerError):
+            return classify(self.side, op, key, None, exc.status_code, bucket_op=bucket_op)
+        if isinstance(exc, InvalidResponseError):
+            # A non-XML answer: a proxy's error page, or not an S3 endpoint at all.
+            return TransientError(self.side, op, key, f"{self.endpoint} gave a non-S3 response: {exc}")
+        if isinstance(exc, (Urllib3Error, OSError)):
+            return map_transport_error(self.side, op, key, self.endpoint, exc)
+        raise exc
+
+    # -- SourceStore -------------------------------------------------------------
+
+    def check(self) -> None:
+        try:
+            exists = self.client.bucket_exists(self.bucket)
+        except Exception as exc:
+            raise self._map(exc, "check bucket", self.bucket, bucket_op=True) from exc
+        if not exists:
+            raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
+
+    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+        try:
+            for obj in self.client.list_objects(self.bucket, recursive=True, start_after=start_after or None):
+                modified = obj.last_modified
+                yield ObjectInfo(
+                    obj.object_name,
+                    obj.size or 0,
+                    _etag(obj.etag),
+                    modified.timestamp() if isinstance(modified, datetime) else None,
+                )
+        except Exception as exc:
+            raise self._map(exc, "list", start_after, bucket_op=True) from exc
+
+    @contextmanager
+    def open(self, key: str):
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except Exception as exc:
+            raise self._map(exc, "get", key) from exc
+        try:
+            yield describe(key, response.headers), _Body(response, self.side, key, self.endpoint)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
+        # If-Match pins the version: if the object is overwritten between parts, the
+        # next part fails with 412 (SourceChanged) instead of mixing two versions.
+        try:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length,
+                                              request_headers={"If-Match": f'"{etag}"'})
+        except Exception as exc:
+            raise self._map(exc, "get", key) from exc
+        try:
+            data = _Body(response, self.side, key, self.endpoint).read()
+        finally:
+            response.close()
+            response.release_conn()
+        if len(data) != length:
+            raise TransientError(self.side, "get", key, f"short read: {len(data)} of {length} bytes")
+        return data
+
+    def stat(self, key: str) -> SourceObject | None:
+        try:
+            obj = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NotFound", "ResourceNotFound"):
+                return None
+            raise self._map(exc, "stat", key) from exc
+        except Exception as exc:
+            raise self._map(exc, "stat", key) from exc
+        return describe(key, obj.metadata)  # minio-py puts the raw response headers there
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        try:
+            tags = self.client.get_object_tags(self.bucket, key)
+        except Exception as exc:
+            error = self._map(exc, "get tags", key)
+            if isinstance(error, NotFound):
+                return {}
+            raise error from exc
+        return dict(tags or {})

@@ -1,0 +1,156 @@
+"""Real servers on 127.0.0.1 for tests, the quickstart and the benchmarks.
+
+MinIO runs from the binary that ``scripts/install-tools.sh`` builds; moto runs in its
+server mode as a separate process, the AWS-flavoured destination. Each server gets a
+free port and its own temporary directory, and is ready when its health endpoint
+answers. Nothing here ever binds or contacts anything but loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+TOOLS_DIR = Path(os.environ.get("REPLICATOR_TOOLS_DIR", Path.home() / ".cache" / "replicator-tools"))
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def find_tool(name: str) -> str:
+    """The binary built by scripts/install-tools.sh (or on PATH). Missing is an error,
+    never a skip: CI installs it."""
+    candidate = TOOLS_DIR / "bin" / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServerError(f"{name} not found in {TOOLS_DIR / 'bin'} or on PATH: run scripts/install-tools.sh")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(200,)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status in ok:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise ServerError(f"{url} not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+class MinioServer:
+    """One single-drive MinIO server. ``stop()``/``start()`` keep port and data, so a
+    restart looks to clients like the same server going away and coming back."""
+
+    def __init__(self, name: str, user: str = "minioadmin", password: str = "minioadmin",
+                 workdir: str | None = None):
+        self.name = name
+        self.user = user
+        self.password = password
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"replicator-{name}-"))
+        self.data = self.dir / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "minio.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60) -> MinioServer:
+        env = {
+            **os.environ,
+            "MINIO_ROOT_USER": self.user,
+            "MINIO_ROOT_PASSWORD": self.password,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "MINIO_CI_CD": "1",
+        }
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [find_tool("minio"), "server", str(self.data), "--quiet", "--address", self.host,
+                 "--console-address", f"{HOST}:{free_port()}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        _wait_http(f"{self.endpoint}/minio/health/cluster", self.proc, self.log, timeout)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MotoServer:
+    """moto's standalone server: an S3 with AWS's behaviours and error shapes."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="replicator-moto-"))
+        self.log = self.dir / "moto.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60) -> MotoServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+            )
+        _wait_http(f"{self.endpoint}/moto-api/", self.proc, self.log, timeout, ok=(200, 404))
+        return self
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
