@@ -1,0 +1,134 @@
+"""Shared fixtures: real servers once per session, a fresh bucket pair per test.
+
+``pair`` is parametrized over the destinations: a second MinIO, and moto's server
+(AWS-flavoured). A test that takes ``pair`` runs against both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import boto3
+import pytest
+from botocore.config import Config
+from minio import Minio
+
+from replicator import config
+from tests.servers import MinioServer, MotoServer
+
+SOURCE_USER, SOURCE_PASSWORD = "source-admin", "source-secret-Kq7Zp2"
+DEST_USER, DEST_PASSWORD = "dest-admin", "dest-secret-Wm4Rt9"
+MOTO_KEY, MOTO_SECRET = "moto-access-key", "moto-secret-Hx3Jv8"
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def minio_source() -> Iterator[MinioServer]:
+    server = MinioServer("source", SOURCE_USER, SOURCE_PASSWORD).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def minio_dest() -> Iterator[MinioServer]:
+    server = MinioServer("dest", DEST_USER, DEST_PASSWORD).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.close()
+
+
+def unique_bucket(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Pair:
+    """A source bucket and a destination bucket, with clients to set up and inspect them."""
+
+    kind: str  # "minio" or "moto"
+    env: dict[str, str]
+    source: Minio
+    source_bucket: str
+    dest: object  # a boto3 S3 client
+    dest_bucket: str
+    servers: dict = field(default_factory=dict)
+
+    def settings(self, **overrides) -> config.Settings:
+        env = {**self.env, **{k: str(v) for k, v in overrides.items()}}
+        return config.load(env)
+
+    def dest_keys(self) -> list[str]:
+        keys = []
+        for page in self.dest.get_paginator("list_objects_v2").paginate(Bucket=self.dest_bucket):
+            keys.extend(item["Key"] for item in page.get("Contents", ()))
+        return keys
+
+    def source_keys(self) -> list[str]:
+        return [o.object_name for o in self.source.list_objects(self.source_bucket, recursive=True)]
+
+    def dest_body(self, key: str) -> bytes:
+        return self.dest.get_object(Bucket=self.dest_bucket, Key=key)["Body"].read()
+
+    def source_body(self, key: str) -> bytes:
+        response = self.source.get_object(self.source_bucket, key)
+        try:
+            return response.read(decode_content=False)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def dest_snapshot(self) -> dict[str, bytes]:
+        return {key: self.dest_body(key) for key in self.dest_keys()}
+
+    def source_snapshot(self) -> dict[str, bytes]:
+        return {key: self.source_body(key) for key in self.source_keys()}
+
+
+def boto_client(endpoint: str, key: str, secret: str):
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"),
+    )
+
+
+@pytest.fixture(params=["minio", "moto"])
+def pair(request, minio_source: MinioServer) -> Pair:
+    source = Minio(minio_source.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
+    source_bucket = unique_bucket("src")
+    source.make_bucket(source_bucket)
+    dest_bucket = unique_bucket("dst")
+    if request.param == "minio":
+        server = request.getfixturevalue("minio_dest")
+        endpoint, key, secret = server.endpoint, DEST_USER, DEST_PASSWORD
+    else:
+        server = request.getfixturevalue("moto_server")
+        endpoint, key, secret = server.endpoint, MOTO_KEY, MOTO_SECRET
+    dest = boto_client(endpoint, key, secret)
+    dest.create_bucket(Bucket=dest_bucket)
+    env = {
+        "S3_SYNC_ACCESS_KEY": key,
+        "S3_SYNC_SECRET_KEY": secret,
+        "S3_SYNC_BUCKET": dest_bucket,
+        "S3_SYNC_ENDPOINT": endpoint,
+        "MINIO_ENDPOINT": minio_source.endpoint,
+        "MINIO_ACCESS_KEY": SOURCE_USER,
+        "MINIO_SECRET_KEY": SOURCE_PASSWORD,
+        "MINIO_BUCKET": source_bucket,
+        "S3_SYNC_RETRY_DELAY": "0.05",
+        "S3_SYNC_CONNECT_TIMEOUT": "2",
+        "S3_SYNC_READ_TIMEOUT": "10",
+    }
+    return Pair(request.param, env, source, source_bucket, dest, dest_bucket,
+                servers={"source": minio_source, "dest": server})
