@@ -148,6 +148,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?)(:\d{1,5})?$")
+_USERINFO = re.compile(r"(^|//)[^/]*@")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 
@@ -218,23 +219,25 @@ class _Reader:
         return parsed
 
     def endpoint(self, name: str, default: str) -> Endpoint:
-        value = self.raw(name) or default
-        if "://" not in value:
-            value = "https://" + value  # the established sidecar's default was a bare host
+        given = self.raw(name) or default
+        # Messages show what the user wrote (not our https:// completion of it), minus
+        # any userinfo: "https://user:password@host" is a credential in plain sight.
+        shown = _USERINFO.sub(r"\1***@", given)
+        value = given if "://" in given else "https://" + given  # the established sidecar's default was a bare host
         try:
             parts = urlsplit(value)
             port = parts.port  # raises on a non-numeric or out-of-range port
         except ValueError as exc:
-            self.bad(name, value, f"malformed endpoint ({exc})")
+            self.bad(name, shown, f"malformed endpoint ({exc})")
             return Endpoint("https", "invalid")
         if parts.scheme not in ("http", "https"):
-            self.bad(name, value, "the scheme must be http or https")
+            self.bad(name, shown, "the scheme must be http or https")
         elif not parts.netloc or not _HOST.match(parts.netloc) or "@" in parts.netloc:
-            self.bad(name, value, "expected scheme://host[:port]")
+            self.bad(name, shown, "expected scheme://host[:port]")
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
-            self.bad(name, value, "an endpoint has no path; put the bucket in its own variable")
+            self.bad(name, shown, "an endpoint has no path; put the bucket in its own variable")
         elif port == 0:
-            self.bad(name, value, "port must be 1-65535")
+            self.bad(name, shown, "port must be 1-65535")
         else:
             return Endpoint(parts.scheme, parts.netloc.lower())
         return Endpoint("https", "invalid")
