@@ -148,6 +148,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?)(:\d{1,5})?$")
+# botocore's own rule: anything else makes client creation raise, after config parsing.
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
 _USERINFO = re.compile(r"(^|//)[^/]*@")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
@@ -248,6 +250,13 @@ class _Reader:
             self.bad(name, value, "not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
         return value
 
+    def region(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not _REGION.match(value):
+            self.bad(name, value, "not a valid region name (such as us-east-1 or auto)")
+            return default
+        return value
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = (self.raw(name) or default).lower()
         if value not in choices:
@@ -289,7 +298,7 @@ def load(env: Mapping[str, str]) -> Settings:
         dest_secret_key=Secret(env["S3_SYNC_SECRET_KEY"].strip()),
         dest_bucket=r.bucket("S3_SYNC_BUCKET", None),
         dest_endpoint=dest_endpoint,
-        dest_region=r.text("S3_SYNC_REGION", "us-east-1"),
+        dest_region=r.region("S3_SYNC_REGION", "us-east-1"),
         # Virtual-hosted style is AWS's preference; every other provider we target
         # (MinIO, B2, Wasabi, Spaces, R2) accepts path style, and only path style
         # works with an IP address or a bucket name containing dots under TLS.
