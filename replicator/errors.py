@@ -102,6 +102,7 @@ _FATAL_CODES = frozenset({
 })
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
 _CHANGED_CODES = frozenset({"PreconditionFailed"})
+_UNSUPPORTED_CODES = frozenset({"NotImplemented", "XNotImplemented"})
 
 
 def classify(side: str, op: str, key: str | None, code: str | None, status: int | None,
@@ -112,6 +113,10 @@ def classify(side: str, op: str, key: str | None, code: str | None, status: int 
         detail += f" (HTTP {status})"
     if code in _CHANGED_CODES or status == 412:
         return SourceChanged(side, op, key, f"object changed during the copy: {detail}", code=code)
+    if code in _UNSUPPORTED_CODES or status == 501:
+        # 501 is a 5xx but no server error: the provider doesn't do this (tagging, batch
+        # delete). The adapters fall back on a PermanentError; retrying only delays that.
+        return PermanentError(side, op, key, detail, code=code)
     if code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status in (408, 429))):
         return TransientError(side, op, key, detail, code=code, retry_after=retry_after)
     if code in _FATAL_CODES:
