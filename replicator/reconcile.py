@@ -150,7 +150,7 @@ class _Run:
                         if change.action is Action.UNCHANGED:
                             self.stats.unchanged += 1
                         elif change.action is Action.DELETE:
-                            spool.write(json.dumps(change.key) + "\n")
+                            spool.write(json.dumps([change.key, change.size]) + "\n")
                             deletes += 1
                         else:
                             pool.submit(self._apply, change)
@@ -234,9 +234,10 @@ class _Run:
             logger.error("{}", error)
             return
         spool.seek(0)
-        batch: list[str] = []
+        batch: list[tuple[str, int]] = []
         for line in spool:
-            batch.append(json.loads(line))
+            key, size = json.loads(line)
+            batch.append((key, size))
             if len(batch) == DELETE_BATCH:
                 self._delete_batch(batch)
                 batch = []
@@ -268,16 +269,17 @@ class _Run:
                 pool.submit(check, key)
         return sorted(absent)
 
-    def _delete_batch(self, keys: list[str]) -> None:
+    def _delete_batch(self, entries: list[tuple[str, int]]) -> None:
         o = self.o
         if o.stop.is_set():
             return
         if self.dry_run:
-            for key in keys:
-                self._print("delete", key, 0)
+            for key, size in entries:
+                self._print("delete", key, size)
             with self.lock:
-                self.stats.deleted += len(keys)
+                self.stats.deleted += len(entries)
             return
+        keys = [key for key, _ in entries]
         # The claim covers the re-check and the delete, so an event worker can't copy a
         # key the source just received in between and then see it deleted.
         with o.key_lock(keys):
