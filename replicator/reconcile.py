@@ -61,7 +61,11 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
     """Why the planned deletions must not happen, or None. Pure."""
     if force or deletes == 0:
         return None
-    if stats.source_objects == 0 and not settings.allow_empty_source:
+    if stats.source_objects == 0:
+        if settings.allow_empty_source:
+            # An empty source means deleting 100%: the share guard below would refuse
+            # what the user has just explicitly allowed.
+            return None
         return ("the source bucket listed no objects but the destination has some; if the source "
                 "really is empty on purpose, set S3_SYNC_ALLOW_EMPTY_SOURCE=true")
     limit = stats.dest_objects * settings.delete_max_percent / 100
