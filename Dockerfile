@@ -1,0 +1,29 @@
+# The replicator sidecar. Build: docker-compose build s3-sync (or docker build -t replicator .)
+# Configuration comes from the environment at run time (.env via docker-compose); no
+# credential is ever baked into the image.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY replicator ./replicator
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin replicator
+
+USER 10001:10001
+
+EXPOSE 8080
+# slim images have no curl; the standard library does the probe. The port follows
+# S3_SYNC_HTTP_PORT, like the service itself.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('S3_SYNC_HTTP_PORT', '8080'), timeout=4)"]
+
+# Exec form: Python is PID 1 and receives SIGTERM itself (a shell in between would
+# swallow it, and docker stop would end in SIGKILL after the grace period).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python", "-m", "replicator"]
+CMD ["run"]
