@@ -65,6 +65,16 @@ def client_config(settings: Settings) -> Config:
     )
 
 
+def _no_expect_for_empty_body(request, **kwargs) -> None:
+    """botocore sends ``Expect: 100-continue`` even with an empty body. A Go server
+    (MinIO) then answers at once, without a 100, and botocore's handling of that
+    leaves the pooled connection out of step: the *next* request on it stalls for the
+    whole read timeout. Every zero-byte object (folder markers) cost a minute. With no
+    body there is nothing to hold back, so the header has no use anyway."""
+    if request.headers.get("Content-Length") in (b"0", "0") and "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 class S3Destination:
     side = "destination"
 
@@ -83,6 +93,7 @@ class S3Destination:
         )
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
+        self.client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         self._lock = threading.Lock()
