@@ -52,7 +52,9 @@ def client_config(settings: Settings) -> Config:
         signature_version="s3v4",
         s3={"addressing_style": "path" if settings.dest_path_style else "virtual"},
         # One attempt per call: retry.py owns retries (attempts would multiply otherwise).
-        retries={"max_attempts": 1, "mode": "standard"},
+        # botocore's "max_attempts" counts retries *after* the first try; "total_max_attempts"
+        # counts tries.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=settings.workers + settings.multipart_concurrency + 4,
