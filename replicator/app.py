@@ -34,8 +34,8 @@ class App:
         self.copier.close()
 
 
-def build(settings: Settings, *, key_lock: KeyLock = _no_lock) -> App:
-    stop = threading.Event()
+def build(settings: Settings, *, key_lock: KeyLock = _no_lock, stop: threading.Event | None = None) -> App:
+    stop = stop or threading.Event()
     abort = threading.Event()
     policy = RetryPolicy(settings.max_retries, settings.retry_delay, stop=stop,
                          on_retry=lambda error: metrics.retries.labels(metrics.failure_reason(error)).inc())

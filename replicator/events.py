@@ -1,0 +1,159 @@
+"""The notification listener: MinIO's event stream in, work items onto the queue.
+
+Events are hints, not the truth. The listener's job is to turn each record into a
+work item quickly and to be honest about gaps: any disconnect, a dead (silent)
+stream, or a queue too full to take an event means events may have been lost, so it
+asks the scheduler for a reconcile, which repairs whatever they were.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from loguru import logger
+
+from .errors import StoreError, TransientError
+from .observability import metrics
+from .stores.notifications import NotificationSource, Subscription
+from .workqueue import KeyedQueue, WorkItem
+
+# Events that change only an object's metadata, not its bytes.
+METADATA_EVENTS = frozenset({
+    "s3:ObjectCreated:PutTagging", "s3:ObjectCreated:DeleteTagging",
+    "s3:ObjectCreated:PutRetention", "s3:ObjectCreated:PutLegalHold",
+})
+ENQUEUE_TIMEOUT = 5.0  # how long a full queue may hold the listener before an event is dropped
+
+
+def _epoch(value: str | None) -> float:
+    if not value:
+        return time.time()
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def to_item(record: dict) -> WorkItem | None:
+    """PURE: one notification record -> a work item, or None if it isn't ours."""
+    name = record.get("eventName") or ""
+    obj = (record.get("s3") or {}).get("object") or {}
+    key = obj.get("key")
+    if not key:
+        return None
+    when = _epoch(record.get("eventTime"))
+    common = dict(etag=(obj.get("eTag") or "").strip('"').lower() or None, size=obj.get("size"),
+                  version=obj.get("versionId"), event_time=when)
+    if name in METADATA_EVENTS:
+        return WorkItem(key, content=False, tags=True, **common)
+    if name.startswith("s3:ObjectCreated:"):
+        return WorkItem(key, content=True, tags=False, **common)
+    if name.startswith("s3:ObjectRemoved:"):
+        return WorkItem(key, content=True, tags=False, removed=True, **common)
+    return None
+
+
+def _kind(item: WorkItem) -> str:
+    return "removed" if item.removed else ("metadata" if not item.content else "created")
+
+
+class Listener:
+    """Runs in its own thread; ``stop()`` from any thread ends it promptly."""
+
+    def __init__(self, notifications: NotificationSource, queue: KeyedQueue, stop: threading.Event,
+                 on_gap: Callable[[str], None], *, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 rng: random.Random | None = None):
+        self.notifications = notifications
+        self.queue = queue
+        self._stop = stop
+        self.on_gap = on_gap
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._subscription: Subscription | None = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.last_event: float | None = None
+        self.dropped = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            subscription = self._subscription
+        if subscription is not None:
+            subscription.close()
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # jitter: many sidecars, one MinIO restart
+
+    def run(self) -> None:
+        failures = 0
+        ever_connected = False
+        disconnected_at: float | None = None
+        last_error = None
+        while not self._stop.is_set():
+            try:
+                subscription = self.notifications.subscribe()
+            except StoreError as error:
+                failures += 1
+                if str(error) != last_error or failures % 10 == 0:  # rate-limit a long outage's log
+                    logger.warning("listener: cannot subscribe ({}); retrying (attempt {})", error, failures)
+                    last_error = str(error)
+                self._stop.wait(self._backoff(failures))
+                continue
+            with self._lock:
+                self._subscription = subscription
+            if self._stop.is_set():
+                subscription.close()
+                break
+            self.connected.set()
+            metrics.listener_connected.set(1)
+            if ever_connected or failures:
+                self.reconnects += 1
+                metrics.listener_reconnects.inc()
+                gap = f" after {time.monotonic() - disconnected_at:.1f}s" if disconnected_at else ""
+                logger.info("listener: reconnected{}; scheduling a reconcile for events missed meanwhile", gap)
+                self.on_gap("listener reconnected")
+            else:
+                logger.info("listener: subscribed to {} notifications", self.notifications.bucket)
+            ever_connected, failures, last_error = True, 0, None
+            try:
+                for record in subscription.records():
+                    item = to_item(record)
+                    if item is not None:
+                        self._enqueue(item)
+            except TransientError as error:
+                if not self._stop.is_set():
+                    logger.warning("listener: {}; reconnecting", error)
+            finally:
+                self.connected.clear()
+                metrics.listener_connected.set(0)
+                with self._lock:
+                    self._subscription = None
+                subscription.close()
+                disconnected_at = time.monotonic()
+            if not self._stop.is_set():
+                failures += 1
+                self._stop.wait(self._backoff(failures))
+        logger.debug("listener: stopped")
+
+    def _enqueue(self, item: WorkItem) -> None:
+        self.last_event = time.time()
+        metrics.events_received.labels(_kind(item)).inc()
+        logger.debug("{}: event ({})", item.key, _kind(item))
+        if not self.queue.put(item, timeout=ENQUEUE_TIMEOUT):
+            if self._stop.is_set():
+                return
+            # Backpressure held for too long: drop the hint, never the guarantee.
+            self.dropped += 1
+            metrics.failures.labels("queue_full").inc()
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning("{}: work queue full for {:.0f}s; event dropped ({} so far), reconcile requested",
+                               item.key, ENQUEUE_TIMEOUT, self.dropped)
+            self.on_gap("work queue overflowed")

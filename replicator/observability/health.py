@@ -1,0 +1,79 @@
+"""What the service reports about itself: one thread-safe snapshot source behind
+``/healthz``, ``/readyz`` and ``/status``."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+from ..model import RunStats
+
+
+class Health:
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.time):
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.state = "starting"  # starting | waiting-for-endpoints | running | disabled | stopping
+        self.detail = ""
+        self.last_reconcile: dict | None = None
+        self.last_success: float | None = None
+        self.started = clock()
+        # Filled in by the service once its parts exist.
+        self.listener_connected: Callable[[], bool] = lambda: False
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.in_flight: Callable[[], int] = lambda: 0
+        self.oldest_event: Callable[[], float | None] = lambda: None
+        self.listener_reconnects: Callable[[], int] = lambda: 0
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        with self._lock:
+            self.state, self.detail = state, detail
+
+    def record_reconcile(self, stats: RunStats | None, error: BaseException | None) -> None:
+        now = self.clock()
+        ok = error is None and stats is not None and not stats.failed and not stats.guard
+        summary = dataclasses.asdict(stats) if stats is not None else {}
+        summary.update(finished_at=now, ok=ok, error=str(error) if error else None)
+        with self._lock:
+            self.last_reconcile = summary
+            if ok:
+                self.last_success = now
+
+    def ready(self) -> tuple[bool, str]:
+        with self._lock:
+            state, last_success = self.state, self.last_success
+        if state != "running":
+            return False, f"state is {state}"
+        if not self.listener_connected():
+            return False, "notification listener not connected"
+        if last_success is None:
+            return False, "no successful reconcile yet"
+        age = self.clock() - last_success
+        if age > 2 * self.interval:
+            return False, f"last successful reconcile {age:.0f}s ago (over 2 x S3_SYNC_INTERVAL)"
+        return True, "ok"
+
+    def status(self) -> dict:
+        ready, why = self.ready()
+        oldest = self.oldest_event()
+        now = self.clock()
+        with self._lock:
+            return {
+                "state": self.state,
+                "detail": self.detail,
+                "ready": ready,
+                "ready_reason": why,
+                "uptime_seconds": round(now - self.started, 3),
+                "listener": {"connected": self.listener_connected(), "reconnects": self.listener_reconnects()},
+                "queue": {
+                    "depth": self.queue_depth(),
+                    "in_flight": self.in_flight(),
+                    # Lag: how long the oldest waiting event has waited.
+                    "lag_seconds": round(max(0.0, now - oldest), 3) if oldest else 0.0,
+                },
+                "last_reconcile": self.last_reconcile,
+                "last_success": self.last_success,
+            }

@@ -1,0 +1,100 @@
+"""Event workers: take a key off the queue, look at the source as it is *now*, and
+make the destination match, with the same copier the reconcile uses.
+
+Acting on the source's current state rather than on the event makes the order of
+events irrelevant: a delete event for a key that was re-uploaded since copies it,
+and a create event for a key deleted since deletes it (when S3_SYNC_DELETE allows).
+A failure after the copier's retries is logged, counted and left for the next
+reconcile; it is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from loguru import logger
+
+from .app import App
+from .errors import ReplicatorError
+from .observability import metrics
+from .retry import Stopped
+from .workqueue import Closed, KeyedQueue, WorkItem
+
+
+class Workers:
+    def __init__(self, app: App, queue: KeyedQueue):
+        self.app = app
+        self.queue = queue
+        self.failed = 0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self.app.settings.workers):
+            thread = threading.Thread(target=self._loop, name=f"event-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def join(self, deadline: float) -> bool:
+        """Wait until ``deadline`` (monotonic); True if every worker finished."""
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except Closed:
+                return
+            if item is None:
+                continue
+            try:
+                self.process(item)
+            except Stopped:
+                logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
+            except ReplicatorError as error:
+                self.failed += 1
+                metrics.failures.labels(metrics.failure_reason(error)).inc()
+                logger.error("{}: {}; left for the next reconcile", item.key, error)
+            except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
+                self.failed += 1
+                metrics.failures.labels(type(error).__name__).inc()
+                logger.exception("{}: unexpected error; left for the next reconcile", item.key)
+            finally:
+                self.queue.done(item.key)
+
+    def process(self, item: WorkItem) -> None:
+        app = self.app
+        key = item.key
+        policy = app.policy
+        current = policy.call(lambda: app.source.stat(key))
+        if current is None:
+            if not app.settings.delete:
+                logger.debug("{}: gone from the source; kept at the destination (S3_SYNC_DELETE=false)", key)
+                return
+            failed = app.copier.delete_batch([key])
+            if failed:
+                raise ReplicatorError(f"destination: delete {key}: {failed[key]}")
+            self._done(item, "deleted")
+            return
+        if item.content:
+            recorded = policy.call(lambda: app.dest.head_source_etag(key))
+            if recorded == current.etag:
+                # Already there: the reconcile, or an earlier event for the same key, won the race.
+                logger.debug("{}: already in sync", key)
+            else:
+                result = app.copier.copy(key)
+                if result is not None:
+                    metrics.objects_copied.labels("event").inc()
+                    self._done(item, f"copied ({result.size} bytes)")
+                return  # a copy carries the tags along
+        if item.tags:
+            app.copier.refresh_tags(key)
+            self._done(item, "tags refreshed")
+
+    @staticmethod
+    def _done(item: WorkItem, what: str) -> None:
+        lag = max(0.0, time.time() - item.event_time)
+        metrics.replication_lag.observe(lag)
+        logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag)

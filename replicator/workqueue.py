@@ -1,0 +1,152 @@
+"""A bounded, per-key coalescing work queue between the listener and the workers.
+
+Three promises:
+- **Bounded.** At most ``maxsize`` distinct keys wait. ``put`` blocks when full, so a
+  dead destination slows the listener instead of growing memory; a put that still
+  can't get in after its timeout is refused, and the caller schedules a reconcile
+  (events are hints; the reconcile is the guarantee).
+- **Coalescing.** A key waits at most once: a burst of writes to one key collapses
+  into one pending item (the newest), plus at most one while a worker has the key.
+- **Per-key exclusion.** A key is never handed to two workers at once, and the
+  reconcile can ``claim`` keys so no worker touches them while it copies or deletes.
+  Workers re-read the source before acting, so "latest state wins" and a delete can
+  never overtake a later put.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    key: str
+    content: bool  # the object's bytes may have changed (created, overwritten, removed)
+    tags: bool  # its tags may have changed (a metadata-only event)
+    event_time: float  # epoch seconds of the oldest event folded into this item
+    etag: str | None = None
+    size: int | None = None
+    version: str | None = None
+    removed: bool = False  # the newest event was a removal (a hint only; workers re-read)
+
+    def merge(self, newer: WorkItem) -> WorkItem:
+        return replace(
+            newer,
+            content=self.content or newer.content,
+            tags=self.tags or newer.tags,
+            event_time=min(self.event_time, newer.event_time),
+        )
+
+
+class Closed(Exception):
+    """The queue is closed; no more work will be handed out."""
+
+
+class KeyedQueue:
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: dict[str, WorkItem] = {}  # pending, newest item per key
+        self._ready: deque[str] = deque()  # pending keys nobody holds, oldest first
+        self._busy: dict[str, int] = {}  # held keys: 1 by a worker, -1 by a reconcile claim
+        self._cond = threading.Condition()
+        self._closed = False
+        self.coalesced = 0
+
+    # -- producer ------------------------------------------------------------------
+
+    def put(self, item: WorkItem, timeout: float | None = None) -> bool:
+        """Queue item, folding it into a pending item for the same key. Returns False
+        if the queue stayed full for ``timeout`` seconds or is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    return False
+                existing = self._items.get(item.key)
+                if existing is not None:
+                    self._items[item.key] = existing.merge(item)
+                    self.coalesced += 1
+                    return True
+                if len(self._items) < self.maxsize:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self._items[item.key] = item
+            if item.key not in self._busy:
+                self._ready.append(item.key)
+                self._cond.notify_all()
+            return True
+
+    # -- consumers -----------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> WorkItem | None:
+        """The next item whose key nobody holds; the caller holds it until ``done``.
+        None on timeout; raises Closed once the queue is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._ready:
+                if self._closed:
+                    raise Closed()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            key = self._ready.popleft()
+            item = self._items.pop(key)
+            self._busy[key] = 1
+            self._cond.notify_all()  # a slot freed for a blocked producer
+            return item
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._release(key)
+
+    @contextmanager
+    def claim(self, keys: list[str]) -> Iterator[None]:
+        """Hold ``keys`` (waiting for any worker on them to finish), so no worker starts
+        on them until the block ends. Used by the reconcile around copies and deletes."""
+        with self._cond:
+            while any(k in self._busy for k in keys):
+                self._cond.wait()
+            for k in keys:
+                self._busy[k] = -1  # held by the reconcile
+        try:
+            yield
+        finally:
+            with self._cond:
+                for k in keys:
+                    self._release(k)
+
+    def _release(self, key: str) -> None:
+        if self._busy.pop(key, None) is not None and key in self._items:
+            self._ready.append(key)
+        self._cond.notify_all()
+
+    # -- lifecycle and introspection ------------------------------------------------------
+
+    def close(self) -> int:
+        """Stop handing out work. Returns the number of items left pending (the next
+        reconcile covers them)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            return len(self._items)
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return sum(1 for v in self._busy.values() if v > 0)
+
+    def oldest_event(self) -> float | None:
+        with self._cond:
+            return min((i.event_time for i in self._items.values()), default=None)
