@@ -2,10 +2,11 @@
 one soon after anything that may have lost events (a listener reconnect, a queue
 overflow). Runs in one thread, so two reconciles never overlap.
 
-A failed run is retried with exponential backoff from ``S3_SYNC_RETRY_DELAY``, up
-to ``S3_SYNC_MAX_RETRIES`` attempts, in the established sidecar's log shape
-("Starting sync (attempt 1/3)..."); then it waits for the next interval. A run whose
-deletions a guard refused is not retried early: it needs a person, not a retry.
+A failed run is retried with exponential backoff from ``S3_SYNC_RETRY_DELAY``, in
+the established sidecar's log shape ("Starting sync (attempt 2/3)..."). Unlike the
+shell sidecar it doesn't then sit out a whole interval: the backoff keeps growing,
+capped at ``S3_SYNC_INTERVAL``, so an outage is repaired soon after it ends. A run
+whose deletions a guard refused is not retried early: it needs a person, not a retry.
 """
 
 from __future__ import annotations
@@ -73,20 +74,25 @@ class Scheduler:
                 attempt = 1
                 next_at = self.clock() + self.interval
                 logger.info("Next sync in {:g} seconds...", self.interval)
-            elif attempt < self.max_retries and (stats is None or not stats.guard):
-                delay = min(self.interval, self.retry_delay * 2 ** (attempt - 1))
-                attempt += 1
-                next_at = self.clock() + delay
-                logger.warning("Sync failed; retrying in {:g} seconds (attempt {}/{})",
-                               delay, attempt, self.max_retries)
-            else:
+            elif stats is not None and stats.guard:
                 attempt = 1
                 next_at = self.clock() + self.interval
-                logger.error("Sync failed; next attempt at the regular interval, in {:g} seconds", self.interval)
+                logger.error("Deletions refused by a guard; next sync in {:g} seconds", self.interval)
+            else:
+                # Keep backing off, capped at the interval: after an outage the mirror
+                # should catch up minutes after the endpoint returns, not an interval later.
+                delay = min(self.interval, self.retry_delay * 2 ** min(attempt - 1, 30))
+                attempt += 1
+                next_at = self.clock() + delay
+                if attempt <= self.max_retries:
+                    logger.warning("Sync failed; retrying in {:g} seconds (attempt {}/{})",
+                                   delay, attempt, self.max_retries)
+                else:
+                    logger.error("Sync failed {} times; retrying in {:g} seconds", attempt - 1, delay)
 
     def _run_once(self, attempt: int, reason: str | None) -> tuple[RunStats | None, BaseException | None]:
         why = f" ({reason})" if reason else ""
-        logger.info("Starting sync (attempt {}/{}){}...", attempt, self.max_retries, why)
+        logger.info("Starting sync (attempt {}/{}){}...", attempt, max(attempt, self.max_retries), why)
         self.runs += 1
         stats: RunStats | None = None
         error: BaseException | None = None

@@ -137,7 +137,7 @@ class Service:
             on_result=self.health.record_reconcile,
         )
         self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self.scheduler.request)
-        self.workers = Workers(app, self.queue)
+        self.workers = Workers(app, self.queue, on_failure=self.scheduler.request)
         self.health.listener_connected = self.listener.connected.is_set
         self.health.listener_reconnects = lambda: self.listener.reconnects if self.listener else 0
         self.health.queue_depth = self.queue.depth

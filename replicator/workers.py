@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from loguru import logger
 
@@ -23,9 +24,11 @@ from .workqueue import Closed, KeyedQueue, WorkItem
 
 
 class Workers:
-    def __init__(self, app: App, queue: KeyedQueue):
+    def __init__(self, app: App, queue: KeyedQueue, on_failure: Callable[[str], None] = lambda reason: None):
         self.app = app
         self.queue = queue
+        # Asks for an early reconcile: "left for the next reconcile" shouldn't mean an interval.
+        self.on_failure = on_failure
         self.failed = 0
         self._threads: list[threading.Thread] = []
 
@@ -57,10 +60,12 @@ class Workers:
                 self.failed += 1
                 metrics.failures.labels(metrics.failure_reason(error)).inc()
                 logger.error("{}: {}; left for the next reconcile", item.key, error)
+                self.on_failure("event copies failed")
             except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
                 self.failed += 1
                 metrics.failures.labels(type(error).__name__).inc()
                 logger.exception("{}: unexpected error; left for the next reconcile", item.key)
+                self.on_failure("event copies failed")
             finally:
                 self.queue.done(item.key)
 
