@@ -3,7 +3,7 @@
 #
 # bootstrap makes a machine ready, doing only what is missing, so every script can
 # call it unconditionally and a second run costs seconds:
-#   - a Python >= 3.11 and a virtualenv (.venv, or the one already active) with
+#   - a Python >= 3.11 and a virtualenv (.venv, or $REPLICATOR_VENV) with
 #     replicator installed editable, plus its test and bench extras;
 #   - the pinned MinIO server and mc (scripts/install-tools.sh, cached outside the repo);
 #   - rclone (the benchmarks' peer) and docker-compose (the packaging tests), from apt.
@@ -13,7 +13,7 @@
 # would leave every other checkout on the machine importing a deleted directory.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV="${REPLICATOR_VENV:-${VIRTUAL_ENV:-$ROOT/.venv}}"
+VENV="${REPLICATOR_VENV:-$ROOT/.venv}"
 export REPLICATOR_TOOLS_DIR="${REPLICATOR_TOOLS_DIR:-$HOME/.cache/replicator-tools}"
 
 if [[ -t 1 ]]; then _B=$'\033[1m' _R=$'\033[31m' _0=$'\033[0m'; else _B='' _R='' _0=''; fi
@@ -72,8 +72,10 @@ ensure_venv() {
     return
   fi
   say "installing replicator and its test and bench extras into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
+  # PYTHONWARNINGS reaches the build backend too: its deprecation notices about
+  # pyproject.toml fill a screen per install; `pip install -e .` by hand shows them.
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --upgrade pip
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
   echo "$want" >"$stamp"
 }
 
