@@ -75,6 +75,12 @@ def describe(key: str, headers) -> SourceObject:
     )
 
 
+def holdable(key: str) -> bool:
+    """Whether MinIO accepts ``key`` as an object name (cmd/object-api-utils.go)."""
+    return (len(key.encode("utf-8", "surrogatepass")) <= 1024 and "//" not in key and "\0" not in key
+            and not any(part in (".", "..") for part in key.split("/")))
+
+
 class _Body:
     """Reads raw bytes. ``decode_content=False`` matters: urllib3 would otherwise
     gunzip an object stored with Content-Encoding: gzip, and the copy would be the
@@ -185,6 +191,10 @@ class MinioSource:
             obj = self.client.stat_object(self.bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NotFound", "ResourceNotFound"):
+                return None
+            if exc.code in ("BadRequest", "XMinioInvalidObjectName") and not holdable(key):
+                # A destination-only key MinIO could never store ("a//b" is fine on S3):
+                # MinIO rejects the name with 400 instead of answering 404.
                 return None
             raise self._map(exc, "stat", key) from exc
         except Exception as exc:
