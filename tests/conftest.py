@@ -132,3 +132,59 @@ def pair(request, minio_source: MinioServer) -> Pair:
     }
     return Pair(request.param, env, source, source_bucket, dest, dest_bucket,
                 servers={"source": minio_source, "dest": server})
+
+
+# --- helpers for the reconcile and CLI suites -------------------------------------
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def make_app(pair: Pair):
+    """Build the in-process object graph for ``pair`` (settings overridable); closed at teardown."""
+    from replicator.app import build
+
+    apps = []
+
+    def make(**overrides):
+        app = build(pair.settings(**overrides))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def secret_values(env: dict[str, str]) -> list[str]:
+    """Every credential in ``env`` (configured or the MinIO defaults)."""
+    names = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
+    return [env[name] for name in names if env.get(name)]
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
+    """``python -m replicator *args`` with exactly ``env`` as its S3_SYNC_*/MINIO_* settings.
+
+    Every run also checks the rule that holds for all output: no credential from ``env``
+    appears in stdout or stderr, whatever happened."""
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "AWS_"))}
+    proc = subprocess.run([sys.executable, "-m", "replicator", *args], env={**clean, **env}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    result = CliResult(proc.returncode, proc.stdout, proc.stderr)
+    for secret in secret_values(env):
+        assert secret not in result.output, f"a credential leaked into the output of {args}:\n{result.output}"
+    return result

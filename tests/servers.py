@@ -154,3 +154,62 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class StubS3:
+    """A scripted HTTP server on loopback that answers like a (broken) S3, counting the
+    requests it gets: for asserting how often a client really tries. ``respond(method,
+    path, query)`` returns ``(status, headers, body)``."""
+
+    def __init__(self, respond):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.requests: list[tuple[str, str, str]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                stub.requests.append((self.command, parts.path, parts.query))
+                status, headers, body = respond(self.command, parts.path, parts.query)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/xml", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="stub-s3", daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def count(self, method: str, query_contains: str = "") -> int:
+        return sum(1 for m, _, q in self.requests if m == method and query_contains in q)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def s3_error(code: str, status: int, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message>'
+            f"<RequestId>stub</RequestId></Error>").encode()
+    return status, dict(headers or {}), body

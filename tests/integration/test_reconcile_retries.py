@@ -1,0 +1,49 @@
+"""How often each side is really tried: S3_SYNC_MAX_RETRIES attempts, no more (the SDKs
+must not multiply them), against a scripted server that keeps failing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.servers import StubS3, s3_error
+
+LOCATION = (200, {}, b'<?xml version="1.0" encoding="UTF-8"?>'
+                     b'<LocationConstraint xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></LocationConstraint>')
+
+
+def failing_listings(method: str, path: str, query: str):
+    if "location" in query:
+        return LOCATION
+    if method == "HEAD":
+        return 200, {}, b""  # the bucket exists
+    return s3_error("InternalError", 500)
+
+
+@pytest.fixture
+def stub():
+    server = StubS3(failing_listings)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)  # the stub stands in for the destination
+def test_destination_listing_is_tried_max_retries_times(pair, stub):
+    attempts = 3
+    env = {**pair.env, "S3_SYNC_ENDPOINT": stub.endpoint, "S3_SYNC_MAX_RETRIES": str(attempts),
+           "S3_SYNC_RETRY_DELAY": "0"}
+    result = run_cli(env, "reconcile")
+    assert result.code == 1
+    assert stub.count("GET", "list-type=2") == attempts
+    assert "destination: list" in result.stderr and "InternalError (HTTP 500)" in result.stderr
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_source_listing_is_tried_max_retries_times(pair, stub):
+    attempts = 3
+    env = {**pair.env, "MINIO_ENDPOINT": stub.endpoint, "S3_SYNC_MAX_RETRIES": str(attempts),
+           "S3_SYNC_RETRY_DELAY": "0"}
+    result = run_cli(env, "reconcile")
+    assert result.code == 1
+    assert stub.count("GET", "list-type=2") == attempts
+    assert "source: list" in result.stderr and "InternalError (HTTP 500)" in result.stderr
