@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
 from loguru import logger
@@ -17,7 +18,7 @@ SECRETS = ("AKIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG", "minio-secret-99")
 def stream():
     buffer = io.StringIO()
     yield buffer
-    logsetup.setup()  # back to a plain stderr sink for whoever runs next
+    logsetup.setup(stream=sys.__stderr__)  # back to a plain stderr sink for whoever runs next
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
