@@ -102,6 +102,11 @@ _FATAL_CODES = frozenset({
 })
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
 _CHANGED_CODES = frozenset({"PreconditionFailed"})
+# Which settings to check when a side rejects the credentials (names, never values).
+_CREDENTIALS = {
+    "source": ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"),
+    "destination": ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY"),
+}
 _UNSUPPORTED_CODES = frozenset({"NotImplemented", "XNotImplemented"})
 
 
@@ -119,12 +124,19 @@ def classify(side: str, op: str, key: str | None, code: str | None, status: int 
         return PermanentError(side, op, key, detail, code=code)
     if code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status in (408, 429))):
         return TransientError(side, op, key, detail, code=code, retry_after=retry_after)
+    access, secret = _CREDENTIALS.get(side, ("the access key", "the secret key"))
+    if code == "InvalidAccessKeyId":
+        return FatalError(side, op, key, f"{detail}: the access key is unknown here; check {access}", code=code)
+    if code == "SignatureDoesNotMatch":
+        return FatalError(side, op, key, f"{detail}: the secret key is wrong for this access key; check {secret}",
+                          code=code)
     if code in _FATAL_CODES:
         return FatalError(side, op, key, detail, code=code)
     if code == "AccessDenied" or status == 403:
         # Denied on the bucket means nothing will work; on one object, only that object.
+        # A HEAD's 403 has no body, so a wrong key looks the same as a missing permission.
         cls = FatalError if bucket_op else PermanentError
-        return cls(side, op, key, f"{detail}: check the credentials' permissions", code=code)
+        return cls(side, op, key, f"{detail}: check {access}, {secret} and their permissions", code=code)
     if code in _NOT_FOUND_CODES or status == 404:
         return (FatalError if bucket_op else NotFound)(side, op, key, detail, code=code)
     return PermanentError(side, op, key, detail, code=code)
