@@ -76,8 +76,22 @@ def test_message_without_a_key():
     assert str(classify("source", "list", None, "InternalError", 500)) == "source: list: InternalError (HTTP 500)"
 
 
-def test_access_denied_says_what_to_check():
-    assert "permissions" in str(classify("source", "get", "k", "AccessDenied", 403))
+@pytest.mark.parametrize(
+    ("side", "code", "status", "hint"),
+    [
+        ("source", "InvalidAccessKeyId", 403, "the access key is unknown here; check MINIO_ACCESS_KEY"),
+        ("source", "SignatureDoesNotMatch", 403, "the secret key is wrong for this access key; check MINIO_SECRET_KEY"),
+        ("destination", "InvalidAccessKeyId", 403, "check S3_SYNC_ACCESS_KEY"),
+        ("destination", "SignatureDoesNotMatch", 403, "check S3_SYNC_SECRET_KEY"),
+        # A HEAD's 403 carries no code: a wrong key and a missing permission look alike.
+        ("destination", "AccessDenied", 403, "check S3_SYNC_ACCESS_KEY, S3_SYNC_SECRET_KEY and their permissions"),
+        ("source", None, 403, "check MINIO_ACCESS_KEY, MINIO_SECRET_KEY and their permissions"),
+    ],
+)
+def test_rejected_credentials_name_the_settings_to_check(side, code, status, hint):
+    error = classify(side, "check bucket", "b", code, status, bucket_op=True)
+    assert isinstance(error, FatalError)
+    assert hint in str(error)
 
 
 def test_retry_after_is_carried_on_transient_errors():
