@@ -1,0 +1,122 @@
+"""events.to_item: one notification record -> one work item (or None), by tables.
+
+Records are shaped like MinIO's ListenBucketNotification output."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from replicator.events import to_item
+
+
+def record(name: str, key: str | None = "photos/a.jpg", *, when: str | None = "2024-05-01T12:34:56.789Z",
+           etag: str | None = '"0123ABCD"', size: int | None = 1234, version: str | None = None) -> dict:
+    obj: dict = {}
+    if key is not None:
+        obj["key"] = key
+    if etag is not None:
+        obj["eTag"] = etag
+    if size is not None:
+        obj["size"] = size
+    if version is not None:
+        obj["versionId"] = version
+    rec: dict = {"eventName": name, "s3": {"bucket": {"name": "relics"}, "object": obj}}
+    if when is not None:
+        rec["eventTime"] = when
+    return rec
+
+
+WHEN = datetime(2024, 5, 1, 12, 34, 56, 789000, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "tags", "removed"),
+    [
+        ("s3:ObjectCreated:Put", True, False, False),
+        ("s3:ObjectCreated:Post", True, False, False),
+        ("s3:ObjectCreated:Copy", True, False, False),
+        ("s3:ObjectCreated:CompleteMultipartUpload", True, False, False),
+        ("s3:ObjectCreated:PutTagging", False, True, False),
+        ("s3:ObjectCreated:DeleteTagging", False, True, False),
+        ("s3:ObjectCreated:PutRetention", False, True, False),
+        ("s3:ObjectCreated:PutLegalHold", False, True, False),
+        ("s3:ObjectRemoved:Delete", True, False, True),
+        ("s3:ObjectRemoved:DeleteMarkerCreated", True, False, True),
+    ],
+)
+def test_event_kinds(name, content, tags, removed):
+    item = to_item(record(name))
+    assert item is not None
+    assert item.key == "photos/a.jpg"
+    assert (item.content, item.tags, item.removed) == (content, tags, removed)
+
+
+@pytest.mark.parametrize(
+    "record_",
+    [
+        record("s3:ObjectAccessed:Get"),
+        record("s3:ObjectAccessed:Head"),
+        record("s3:Replication:OperationFailedReplication"),
+        record(""),
+        record("s3:ObjectCreated:Put", key=None),
+        record("s3:ObjectCreated:Put", key=""),
+        {"eventName": "s3:ObjectCreated:Put"},  # no s3 section at all
+        {"eventName": "s3:ObjectCreated:Put", "s3": None},
+        {},
+    ],
+    ids=["accessed-get", "accessed-head", "replication", "no-name", "no-key", "empty-key", "no-s3", "s3-null",
+         "empty"],
+)
+def test_records_that_are_not_ours_give_none(record_):
+    assert to_item(record_) is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["dir/with space.txt", "a+b.txt", "caf%20e.txt", "100%.txt", "%2Fslash", "ünï/cödé ✓.bin", "a//b", " lead"],
+)
+def test_keys_are_used_verbatim_never_unquoted(key):
+    # MinIO's listen stream carries raw keys: "%20" is three characters of the name.
+    assert to_item(record("s3:ObjectCreated:Put", key=key)).key == key
+
+
+def test_details_of_a_created_event():
+    item = to_item(record("s3:ObjectCreated:Put", etag='"0123ABCD"', size=1234, version="v-1"))
+    assert item.etag == "0123abcd"  # unquoted, lower case: compared with listings' ETags
+    assert item.size == 1234
+    assert item.version == "v-1"
+    assert item.event_time == pytest.approx(WHEN)
+
+
+def test_a_removal_carries_no_size_or_etag():
+    item = to_item(record("s3:ObjectRemoved:Delete", etag=None, size=None))
+    assert item.etag is None
+    assert item.size is None
+
+
+def test_an_empty_etag_is_none():
+    assert to_item(record("s3:ObjectCreated:Put", etag='""')).etag is None
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("2024-05-01T12:34:56.789Z", WHEN),
+        ("2024-05-01T12:34:56Z", datetime(2024, 5, 1, 12, 34, 56, tzinfo=timezone.utc).timestamp()),
+        ("2024-05-01T14:34:56.789+02:00", WHEN),
+        ("2024-05-01T12:34:56.789000Z", WHEN),
+    ],
+)
+def test_event_time_is_parsed_to_epoch_seconds(when, expected):
+    assert to_item(record("s3:ObjectCreated:Put", when=when)).event_time == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("when", [None, "", "yesterday", "2024-13-45T99:00:00Z"])
+def test_a_missing_or_malformed_event_time_is_the_receipt_time(when):
+    before = time.time()
+    item = to_item(record("s3:ObjectCreated:Put", when=when))
+    after = time.time()
+    assert before <= item.event_time <= after
