@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return EXIT_FAILED
+    except Exception:  # noqa: BLE001 - a bug; Python's own traceback would bypass the redaction
+        logger.exception("unexpected error; this is a bug, please report it")
+        return EXIT_FAILED
 
 
 def _install_signals(on_signal) -> None:
