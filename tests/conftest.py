@@ -188,3 +188,32 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
     for secret in secret_values(env):
         assert secret not in result.output, f"a credential leaked into the output of {args}:\n{result.output}"
     return result
+
+
+@pytest.fixture
+def in_process_cli(capfd, monkeypatch):
+    """Run ``cli.main`` in this process, so a test can reach into the object graph (by
+    patching ``replicator.app.build``). Returns (exit code, stdout, stderr). The signal
+    handlers and log sink main installs are put back afterwards."""
+    import signal
+    import sys
+
+    from replicator import cli
+    from replicator.observability import logging as logsetup
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def main(env: dict[str, str], *args: str) -> CliResult:
+        for name in list(os.environ):
+            if name.startswith(("S3_SYNC_", "MINIO_")):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        code = cli.main(list(args))
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    yield main
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    logsetup.setup(stream=sys.__stderr__)  # not capfd's stream, which closes with the test

@@ -5,15 +5,11 @@ failed deletes nothing and exits 1."""
 from __future__ import annotations
 
 import io
-import signal
-import sys
 
 import pytest
 
 from replicator import app as app_module
-from replicator import cli
 from replicator.errors import StoreError, TransientError
-from replicator.observability import logging as logsetup
 from tests.conftest import run_cli
 
 
@@ -110,25 +106,6 @@ def test_a_failed_listing_deletes_nothing(pair, make_app, side):
     assert sorted(pair.dest_keys()) == keys
 
 
-@pytest.fixture
-def in_process_cli(capfd):
-    """Run ``cli.main`` in this process (so a test can reach into the object graph), with
-    the signal handlers and log sink it installs put back afterwards."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def main(env: dict[str, str], monkeypatch, *args: str):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        code = cli.main(list(args))
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    yield main
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    logsetup.setup(stream=sys.__stderr__)  # not capfd's stream, which closes with the test
-
-
 @pytest.mark.parametrize("side", ["source", "dest"])
 def test_a_failed_listing_exits_1_via_the_cli(pair, make_app, monkeypatch, in_process_cli, side):
     keys = synced(pair, make_app, 8)
@@ -141,9 +118,8 @@ def test_a_failed_listing_exits_1_via_the_cli(pair, make_app, monkeypatch, in_pr
         return built
 
     monkeypatch.setattr(app_module, "build", build)
-    code, out, err = in_process_cli({**pair.env, "S3_SYNC_MAX_RETRIES": "2"}, monkeypatch,
-                                    "reconcile", "--allow-mass-delete")
-    assert code == 1
-    assert "connection reset by peer" in err
-    assert "deletions skipped: this run had errors" in err
+    result = in_process_cli({**pair.env, "S3_SYNC_MAX_RETRIES": "2"}, "reconcile", "--allow-mass-delete")
+    assert result.code == 1
+    assert "connection reset by peer" in result.stderr
+    assert "deletions skipped: this run had errors" in result.stderr
     assert sorted(pair.dest_keys()) == keys
