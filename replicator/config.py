@@ -115,6 +115,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     queue_size: int = 10000
     listen_timeout: float = 30.0
+    reconcile_cooldown: float = 30.0
 
     def secrets(self) -> tuple[str, ...]:
         """Every credential value, for the log redaction filter."""
@@ -333,6 +334,7 @@ def load(env: Mapping[str, str]) -> Settings:
         shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0, minimum=0),
         queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, minimum=1, integer=True)),
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0, minimum=0, above=True),
+        reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0, minimum=0),
     )
     if r.problems:
         raise ConfigError("Invalid configuration: " + "; ".join(r.problems))

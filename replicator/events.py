@@ -93,6 +93,20 @@ class Listener:
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # jitter: many sidecars, one MinIO restart
 
     def run(self) -> None:
+        """The thread's target. A bug in one connection's handling must not end the
+        listening for good: log it, back off, and start over."""
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception:  # noqa: BLE001
+                logger.exception("listener: unexpected error; restarting it")
+                self.connected.clear()
+                metrics.listener_connected.set(0)
+                self.on_gap("listener restarted")
+                self._stop.wait(self.backoff_max / 2)
+        logger.debug("listener: stopped")
+
+    def _listen(self) -> None:
         failures = 0
         ever_connected = False
         disconnected_at: float | None = None
@@ -141,7 +155,6 @@ class Listener:
             if not self._stop.is_set():
                 failures += 1
                 self._stop.wait(self._backoff(failures))
-        logger.debug("listener: stopped")
 
     def _enqueue(self, item: WorkItem) -> None:
         self.last_event = time.time()

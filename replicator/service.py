@@ -45,7 +45,7 @@ ABORT_GRACE = 5.0  # after the deadline: time for aborts of multipart uploads to
 
 
 class Service:
-    def __init__(self, settings: Settings, *, min_reconcile_gap: float = 30.0):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.health = Health(settings.interval)
         self.queue = KeyedQueue(settings.queue_size)
@@ -57,7 +57,6 @@ class Service:
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._signalled = threading.Event()
-        self._min_gap = min_reconcile_gap
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -133,7 +132,7 @@ class Service:
         notifications = NotificationSource(self.settings)
         self.scheduler = Scheduler(
             lambda: app.reconciler.run(), interval=self.settings.interval, max_retries=self.settings.max_retries,
-            retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self._min_gap,
+            retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self.settings.reconcile_cooldown,
             on_result=self.health.record_reconcile,
         )
         self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self.scheduler.request)

@@ -76,10 +76,13 @@ class Subscription:
         self._closed.set()
         try:
             self._response.shutdown()
-        except (AttributeError, OSError):  # already gone
+        except (AttributeError, OSError, ValueError):  # already gone: urllib3 says ValueError
             pass
-        self._response.close()
-        self._response.release_conn()
+        try:
+            self._response.close()
+            self._response.release_conn()
+        except (OSError, ValueError):
+            pass
 
 
 class NotificationSource(MinioSource):

@@ -1,0 +1,200 @@
+"""Run the real sidecar (``python -m replicator run``) as a subprocess, and a TCP
+proxy that can cut connections: a network fault injector between the sidecar and a
+real server (the server stays real; only the wire misbehaves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.servers import HOST, free_port
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value. Fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Sidecar:
+    def __init__(self, env: dict[str, str], **overrides):
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_"))},
+            **env,
+            "S3_SYNC_ENABLED": "true",
+            "S3_SYNC_HTTP_HOST": HOST,
+            "S3_SYNC_HTTP_PORT": str(self.port),
+            "S3_SYNC_INTERVAL": "3600",
+            "S3_SYNC_RECONCILE_COOLDOWN": "1",
+            "S3_SYNC_LOG_LEVEL": "debug",
+            **{k: str(v) for k, v in overrides.items()},
+        }
+        self.logfile = Path(tempfile.mkstemp(prefix="sidecar-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> Sidecar:
+        with open(self.logfile, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "replicator", "run"], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.get("/healthz") is not None, timeout=30, what="sidecar /healthz")
+        return self
+
+    def get(self, path: str) -> tuple[int, bytes] | None:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+            return None
+
+    def status(self) -> dict:
+        result = self.get("/status")
+        assert result is not None and result[0] == 200
+        return json.loads(result[1])
+
+    def ready(self) -> bool:
+        result = self.get("/readyz")
+        return result is not None and result[0] == 200
+
+    def metrics(self) -> dict[str, float]:
+        result = self.get("/metrics")
+        assert result is not None and result[0] == 200
+        values: dict[str, float] = {}
+        for line in result[1].decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def idle(self) -> bool:
+        """No queued or in-flight event work."""
+        queue = self.status()["queue"]
+        return queue["depth"] == 0 and queue["in_flight"] == 0
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.logfile.unlink(missing_ok=True)
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target. ``cut()`` drops every open connection;
+    ``hold()`` makes new connections wait until ``release()``."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self._server = socket.create_server((HOST, self.port))
+        self._server.settimeout(0.2)
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        while not self._gate.wait(0.1):
+            if self._closed.is_set():
+                client.close()
+                return
+        try:
+            upstream = socket.create_connection((HOST, self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._open.update((client, upstream))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            with self._lock:
+                self._open.discard(src)
+                self._open.discard(dst)
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets = list(self._open)
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self.release()
+        self.cut()
+        self._server.close()
