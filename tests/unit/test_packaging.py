@@ -269,8 +269,7 @@ def test_readme_defaults_match_env_example():
     for name, value in example.items():
         if name in config.REQUIRED:
             continue
-        written = table[name].strip("`") if table[name].startswith("`") else table[name]
-        assert written == (value or "(none)"), f"{name}: README says {table[name]!r}, .env.example {value!r}"
+        assert table[name].strip("`") == (value or "(none)"), f"{name}: README says {table[name]!r}, .env.example {value!r}"
 
 
 def test_required_variables_come_first_in_the_readme_table():
