@@ -126,6 +126,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._gate = threading.Event()
         self._gate.set()
+        self._frozen: set[socket.socket] = set()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -164,6 +165,8 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if src in self._frozen:
+                    continue  # swallowed: the peer sees a silent connection that is still open
                 dst.sendall(data)
         except OSError:
             pass
@@ -177,6 +180,12 @@ class TcpProxy:
             with self._lock:
                 self._open.discard(src)
                 self._open.discard(dst)
+
+    def freeze(self) -> None:
+        """Half-open every current connection: it stays up, but no byte gets through.
+        Connections made afterwards flow normally."""
+        with self._lock:
+            self._frozen.update(self._open)
 
     def hold(self) -> None:
         self._gate.clear()

@@ -74,14 +74,16 @@ class Subscription:
         if self._closed.is_set():
             return
         self._closed.set()
+        # Best effort by design: a response that already ended or was released makes
+        # urllib3 raise ValueError or RuntimeError here, and either way it's closed.
         try:
             self._response.shutdown()
-        except (AttributeError, OSError, ValueError):  # already gone: urllib3 says ValueError
+        except Exception:  # noqa: BLE001
             pass
         try:
             self._response.close()
             self._response.release_conn()
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001
             pass
 
 

@@ -145,6 +145,24 @@ def test_a_gap_in_the_event_stream_is_repaired_by_a_reconcile(pair, sidecars):
         proxy.close()
 
 
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_a_silent_half_open_stream_is_noticed_and_replaced(pair, sidecars):
+    source = pair.servers["source"]
+    proxy = TcpProxy(source.port)
+    try:
+        env = {**pair.env, "MINIO_ENDPOINT": proxy.endpoint}
+        sidecar = sidecars(env, S3_SYNC_LISTEN_TIMEOUT=3)
+        wait_for(sidecar.ready, what="readiness")
+        proxy.freeze()  # no FIN, no RST: only silence tells
+        wait_for(lambda: sidecar.metrics()["replicator_listener_reconnects_total"] >= 1, timeout=30,
+                 what="a reconnect after the stream went silent")
+        put(pair, "after-silence.txt", b"heard")
+        wait_for(lambda: dest_has(pair, "after-silence.txt"), timeout=30, what="events flowing again")
+        assert "ReadTimeoutError" in sidecar.log()
+    finally:
+        proxy.close()
+
+
 def test_source_restart_reconnects_and_catches_up(minio_dest, sidecars, tmp_path):
     """Restart a real source MinIO under the running sidecar."""
     from tests.conftest import DEST_USER, DEST_PASSWORD, boto_client, unique_bucket
