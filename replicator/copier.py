@@ -109,7 +109,6 @@ class Copier:
             raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")
         self.dest.put(key, data, src, self._tags(src))
         metrics.bytes_copied.inc(len(data))
-        logger.debug("{}: copied {} bytes", key, len(data))
         return CopyResult(key, src.size, src.etag, multipart=False)
 
     def _copy_multipart(self, src: SourceObject) -> CopyResult:
@@ -139,7 +138,7 @@ class Copier:
                         f.exception()  # wait: an abort must not race a part still uploading
                 self._abort_upload(key, upload_id)
         metrics.bytes_copied.inc(src.size)
-        logger.debug("{}: copied {} bytes in {} parts", key, src.size, len(parts))
+        logger.debug("{}: uploaded in {} parts", key, len(parts))
         return CopyResult(key, src.size, src.etag, multipart=True)
 
     def _copy_part(self, src: SourceObject, upload_id: str, number: int, offset: int, length: int) -> tuple[int, str]:
