@@ -58,6 +58,7 @@ EXPECTED_DEFAULTS = {
     "shutdown_timeout": 10.0,
     "queue_size": 10000,
     "listen_timeout": 30.0,
+    "reconcile_cooldown": 30.0,
 }
 
 
