@@ -317,9 +317,9 @@ class _Run:
         if self.dry_run:
             logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes)
         elif s.failed or self.errors:
-            logger.error("✗ Sync failed: {}", line)
+            logger.error("Sync failed: {}", line)
         elif s.guard:
-            logger.error("✗ Sync incomplete, deletions refused: {}", line)
+            logger.error("Sync incomplete, deletions refused: {}", line)
         else:
             logger.success("✓ Sync completed: {}", line)
             metrics.reconcile_last_success.set_to_current_time()
