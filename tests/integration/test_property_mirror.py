@@ -14,7 +14,11 @@ from tests.conftest import unique_bucket
 
 # A small key space, so operations collide: overwrites, deletes of existing keys,
 # re-creation after delete. Contents of equal length make same-size rewrites common.
-KEYS = ["a", "a/b", "dir/", "ünï/😀", "sp ace", "x+y", "p%20q"]
+# No key is another's "directory" ("a" with "a/b"): MinIO doesn't support an object and a
+# prefix of the same name, and once "a" exists it leaves "a/b" out of listings while
+# still serving it (the reconcile then keeps a/b at the destination: its pre-delete
+# re-check finds it at the source).
+KEYS = ["a", "b/c", "dir/", "ünï/😀", "sp ace", "x+y", "p%20q"]
 CONTENTS = [b"", b"aaaa", b"bbbb", b"abab", b"0123456789"]
 
 operation = st.one_of(

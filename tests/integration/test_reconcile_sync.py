@@ -71,7 +71,7 @@ HEADERS = {
     "Expires": "Thu, 01 Jan 2037 00:00:00 GMT",
 }
 METADATA = {"owner": "alice", "project": "relics"}
-TAGS = {"team": "data", "tier": "gold"}
+TAGS = {"team": "data", "tier": "gold", "note": "a b+c=d/e:f@g_1.0-x"}  # MinIO allows ASCII only
 GZIPPED = gzip.compress(b'{"hello": "world"}\n' * 500, mtime=0)
 
 
@@ -170,27 +170,26 @@ def test_second_run_is_a_no_op_costing_only_listings(pair, mixed, make_app):
 
 
 def test_updates_including_a_same_size_rewrite(pair, make_app):
-    for key in ("grow", "same-size", "untouched", "retag"):
+    for key in ("grow", "same-size", "untouched"):
         put(pair, key, b"version one")
     first = make_app().reconciler.run()
-    assert first.copied == 4
+    assert first.copied == 3
 
     put(pair, "grow", b"version one, now longer")
     put(pair, "same-size", b"version TWO")  # same length, different bytes
     assert len(b"version TWO") == len(b"version one")
     put(pair, "new", b"brand new")
-    put(pair, "retag", b"version one", content_type="text/plain", metadata={"rev": "2"})  # same bytes
 
     app = make_app()
     second = app.reconciler.run()
     assert (second.copied, second.updated, second.failed) == (1, 2, 0)
-    assert second.unchanged == 2  # an unchanged body is unchanged, whatever its headers
+    assert second.unchanged == 1
     assert pair.dest_body("same-size") == b"version TWO"
     assert pair.dest_body("grow") == b"version one, now longer"
     assert pair.dest_snapshot() == pair.source_snapshot()
 
     third = make_app().reconciler.run()
-    assert (third.copied, third.updated, third.unchanged) == (0, 0, 5)
+    assert (third.copied, third.updated, third.unchanged) == (0, 0, 4)
 
 
 def test_same_size_rewrite_of_a_multipart_object(pair, make_app):
@@ -246,6 +245,19 @@ def test_double_slash_keys_at_the_destination_are_deleted(pair, make_app):
     stats = make_app().reconciler.run()
     assert (stats.copied, stats.deleted, stats.failed) == (1, 3, 0)
     assert pair.dest_keys() == ["a/b"]
+
+
+def test_an_object_the_source_serves_but_does_not_list_is_not_deleted(pair, make_app):
+    # MinIO doesn't support an object and a prefix of the same name: once "a" exists it
+    # leaves "a/b" out of listings, yet still serves it. The pre-delete re-check must see
+    # that the source has it.
+    put(pair, "a/b", b"nested")
+    make_app().reconciler.run()
+    put(pair, "a", b"flat")
+    assert pair.source_keys() == ["a"]
+    stats = make_app().reconciler.run()
+    assert (stats.copied, stats.deleted, stats.skipped, stats.failed) == (1, 0, 1, 0)
+    assert (pair.dest_body("a"), pair.dest_body("a/b")) == (b"flat", b"nested")
 
 
 def test_deletes_are_kept_when_disabled(pair, make_app):
