@@ -123,3 +123,32 @@ def test_a_failed_listing_exits_1_via_the_cli(pair, make_app, monkeypatch, in_pr
     assert "connection reset by peer" in result.stderr
     assert "deletions skipped: this run had errors" in result.stderr
     assert sorted(pair.dest_keys()) == keys
+
+
+@pytest.mark.parametrize("side", ["source", "dest"])
+def test_a_listing_blip_resumes_after_the_last_key(pair, make_app, side):
+    # Resumption sends the last key back to the server as start-after: odd characters
+    # must survive that round trip, or keys would be listed twice or skipped.
+    keys = sorted(["a b", "a+b", "a%2Fb", "q?x", "é/x", "日本/語", "😀"], key=str.encode)
+    put_many(pair, keys)
+    if side == "dest":
+        make_app().reconciler.run()
+    app = make_app()
+    store = app.source if side == "source" else app.dest
+    real = store.list_from
+    starts: list[str | None] = []
+
+    def blip_once(start_after):
+        starts.append(start_after)
+        for n, item in enumerate(real(start_after)):
+            if len(starts) == 1 and n == 3:
+                raise TransientError(store.side, "list", start_after, "connection reset by peer")
+            yield item
+
+    store.list_from = blip_once
+    stats = app.reconciler.run()
+    assert starts == [None, keys[2]]
+    assert stats.failed == 0
+    assert (stats.copied, stats.unchanged) == ((len(keys), 0) if side == "source" else (0, len(keys)))
+    assert (stats.source_objects, stats.dest_objects) == ((len(keys), 0) if side == "source" else (len(keys),) * 2)
+    assert sorted(pair.dest_keys()) == sorted(keys)
