@@ -299,3 +299,13 @@ def test_missing_destination_bucket_is_created(pair, make_app):
     stats = make_app().reconciler.run()
     assert (stats.copied, stats.failed) == (1, 0)
     assert pair.dest_keys() == ["a"]
+
+
+@pytest.mark.parametrize("pair", ["moto"], indirect=True)  # a MinIO server has one region of its own
+def test_missing_destination_bucket_is_created_in_the_configured_region(pair, make_app):
+    put(pair, "a", b"x")
+    pair.dest.delete_bucket(Bucket=pair.dest_bucket)
+    stats = make_app(S3_SYNC_REGION="eu-west-1").reconciler.run()
+    assert (stats.copied, stats.failed) == (1, 0)
+    location = pair.dest.get_bucket_location(Bucket=pair.dest_bucket)["LocationConstraint"]
+    assert location == "eu-west-1"
