@@ -350,3 +350,28 @@ def test_a_store_error_mid_delete_batch_fails_the_run(h):
     h.dest.fail("delete batch", None, StoreError("destination", "delete", None, "AccessDenied"))
     stats = h.run(allow_mass_delete=True)
     assert stats.failed == 1 and stats.deleted == 0 and "x" in h.dest.objects
+
+
+def test_deletes_go_in_batches_of_at_most_1000(h):
+    h.source.add("keep", b"1")
+    for i in range(2501):
+        h.dest.add(f"orphan-{i:05d}", b"x")
+    stats = h.run(allow_mass_delete=True)
+    assert (stats.deleted, stats.failed) == (2501, 0)
+    assert len(h.dest.ops("delete batch")) == 3
+    assert list(h.dest.objects) == ["keep"]
+
+
+def test_a_stop_during_the_run_skips_the_deletions(h):
+    for key in ("a", "b"):
+        h.source.add(key, b"1")
+    h.dest.add("orphan", b"x")
+    real = h.dest.put
+
+    def put_then_stop(key, *args):
+        real(key, *args)
+        h.stop.set()  # SIGTERM arrives while the copies run
+
+    h.dest.put = put_then_stop
+    stats = h.run()
+    assert stats.deleted == 0 and "orphan" in h.dest.objects
