@@ -49,11 +49,14 @@ def _no_lock(keys: list[str]) -> AbstractContextManager:
     return nullcontext()
 
 
-def check_endpoints(source: SourceStore, dest: DestinationStore, *, create: bool) -> None:
-    """Fail with a specific error unless both sides are usable."""
-    source.check()
+def check_endpoints(source: SourceStore, dest: DestinationStore, *, create: bool,
+                    policy: RetryPolicy | None = None) -> None:
+    """Fail with a specific error unless both sides are usable. With a policy, transient
+    failures (a server still starting, a 503) are retried like any other request."""
+    call = policy.call if policy is not None else (lambda fn: fn())
+    call(source.check)
     logger.info("✓ Source bucket accessible")
-    dest.check(create=create)
+    call(lambda: dest.check(create=create))
     logger.info("✓ Destination bucket accessible")
 
 
@@ -139,7 +142,11 @@ class _Run:
     def execute(self) -> RunStats:
         started = time.monotonic()
         o = self.o
-        check_endpoints(o.source, o.dest, create=not self.dry_run)
+        try:
+            check_endpoints(o.source, o.dest, create=not self.dry_run, policy=o.policy)
+        except Stopped:  # asked to stop while backing off: nothing began, nothing to report
+            logger.warning("stopped before the run began")
+            return self.stats
         logger.info("Reconciling {} → {}{}", o.settings.source_bucket, o.settings.dest_bucket,
                     " (dry run: nothing will change)" if self.dry_run else "")
         deletes = 0
