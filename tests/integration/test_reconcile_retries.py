@@ -47,3 +47,34 @@ def test_source_listing_is_tried_max_retries_times(pair, stub):
     assert result.code == 1
     assert stub.count("GET", "list-type=2") == attempts
     assert "source: list" in result.stderr and "InternalError (HTTP 500)" in result.stderr
+
+
+EMPTY_LISTING = (200, {}, b'<?xml version="1.0" encoding="UTF-8"?>'
+                          b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                          b'<Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys>'
+                          b'<IsTruncated>false</IsTruncated></ListBucketResult>')
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_a_destination_busy_at_start_up_is_retried(pair):
+    # A server still starting (503) when the job fires: the health check backs off and
+    # tries again instead of failing the run.
+    heads = []
+
+    def busy_then_fine(method, path, query):
+        if method == "HEAD":
+            heads.append(path)
+            if len(heads) == 1:
+                return s3_error("ServiceUnavailable", 503, {"Retry-After": "0"})
+            return 200, {}, b""
+        return EMPTY_LISTING
+
+    stub = StubS3(busy_then_fine)
+    try:
+        env = {**pair.env, "S3_SYNC_ENDPOINT": stub.endpoint, "S3_SYNC_MAX_RETRIES": "3", "S3_SYNC_RETRY_DELAY": "0"}
+        result = run_cli(env, "reconcile")
+    finally:
+        stub.close()
+    assert result.code == 0, result.stderr
+    assert len(heads) == 2
+    assert "destination: check bucket" in result.stderr and "(HTTP 503)" in result.stderr  # the retry is logged

@@ -375,3 +375,22 @@ def test_a_stop_during_the_run_skips_the_deletions(h):
     h.dest.put = put_then_stop
     stats = h.run()
     assert stats.deleted == 0 and "orphan" in h.dest.objects
+
+
+def test_a_busy_endpoint_at_start_is_retried(h):
+    h.source.add("a", b"1")
+    h.dest.fail("check", None, TransientError("destination", "check bucket", "mirror", "error (HTTP 503)"), times=2)
+    stats = h.run()
+    assert (stats.copied, stats.failed) == (1, 0)
+    assert len(h.dest.ops("check")) == 3
+
+
+def test_a_stop_while_the_start_up_check_backs_off_ends_the_run_quietly():
+    h = Harness(retry_delay=30.0)
+    h.source.add("a", b"1")
+    h.dest.fail("check", None, TransientError("destination", "check bucket", "mirror", "error (HTTP 503)"))
+    h.stop.set()  # the backoff's wait returns at once
+    stats = h.run()
+    h.close()
+    assert (stats.copied, stats.failed) == (0, 0)
+    assert h.dest.objects == {}
