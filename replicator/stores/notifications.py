@@ -23,12 +23,11 @@ import json
 import threading
 from collections.abc import Iterator
 
-from minio import Minio
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..errors import TransientError
-from .source import MinioSource, pool_manager
+from .source import MinioSource
 
 EVENTS = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
 # Seconds between MinIO's keep-alive records. Short, because MinIO sends no response
@@ -92,18 +91,8 @@ class NotificationSource(MinioSource):
     timeout is sized for object bodies, the listener's for noticing a dead stream."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings)
         self.read_timeout = max(settings.listen_timeout, PING + 5)
-        http = pool_manager(settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
-                            read_timeout=self.read_timeout, maxsize=2)
-        self.client = Minio(
-            settings.source_endpoint.host,
-            access_key=settings.source_access_key.reveal(),
-            secret_key=settings.source_secret_key.reveal(),
-            secure=settings.source_endpoint.secure,
-            http_client=http,
-            cert_check=settings.source_verify_tls,
-        )
+        super().__init__(settings, read_timeout=self.read_timeout, pool_size=2)
 
     def subscribe(self) -> Subscription:
         try:

@@ -100,13 +100,13 @@ class _Body:
 class MinioSource:
     side = "source"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, read_timeout: float | None = None, pool_size: int | None = None):
         self.bucket = settings.source_bucket
         self.endpoint = settings.source_endpoint.url
         http = pool_manager(
             settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
-            read_timeout=settings.read_timeout,
-            maxsize=settings.workers + settings.multipart_concurrency + 4,
+            read_timeout=read_timeout or settings.read_timeout,
+            maxsize=pool_size or settings.workers + settings.multipart_concurrency + 4,
         )
         self.client = Minio(
             settings.source_endpoint.host,
