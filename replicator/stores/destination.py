@@ -7,6 +7,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 import boto3
 from botocore.config import Config
@@ -21,10 +22,13 @@ from botocore.exceptions import (
     SSLError,
 )
 from loguru import logger
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import SOURCE_ETAG_META, ObjectInfo, SourceObject
+from . import listing
+from .transport import map_transport_error, pool_manager
 
 # SourceObject.headers name -> boto3 parameter.
 _HEADER_PARAMS = {
@@ -96,6 +100,8 @@ class S3Destination:
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
         self.client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
+        self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
+                                  read_timeout=settings.read_timeout, maxsize=4)
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         self._lock = threading.Lock()
@@ -158,20 +164,39 @@ class S3Destination:
                 raise
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        kwargs: dict = {"MaxKeys": 1000}
-        if start_after:
-            kwargs["StartAfter"] = start_after
+        # botocore signs the page request (presigned, so every auth and addressing rule
+        # stays botocore's); we fetch and parse it raw: botocore's generic parser is
+        # most of a no-op reconcile's CPU (see listing.py).
         while True:
-            page = self._call("list", start_after, self.client.list_objects_v2, bucket_op=True, **kwargs)
-            for item in page.get("Contents", ()):
-                modified = item.get("LastModified")
-                yield ObjectInfo(item["Key"], item.get("Size", 0), _etag(item.get("ETag")),
-                                 modified.timestamp() if modified else None)
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
+            if start_after:
+                params["StartAfter"] = start_after
+            url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
+            try:
+                response = self._http.request("GET", url)
+            except (Urllib3Error, OSError) as exc:
+                raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
+            if response.status != 200:
+                raise self._raw_error(response, "list", start_after)
+            try:
+                items, truncated = listing.parse_page(response.data)
+            except listing.MalformedPage as exc:
+                raise TransientError(self.side, "list", start_after, str(exc)) from exc
+            yield from items
+            if not truncated:
                 return
-            kwargs.pop("StartAfter", None)
-            kwargs["ContinuationToken"] = token
+            if not items:
+                raise TransientError(self.side, "list", start_after, "truncated listing page with no entries")
+            start_after = items[-1].key
+
+    def _raw_error(self, response, op: str, key: str | None) -> StoreError:
+        code = None
+        try:
+            code = ElementTree.fromstring(response.data).findtext("Code")
+        except ElementTree.ParseError:
+            pass
+        return classify(self.side, op, key, code, response.status, bucket_op=True,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")))
 
     def head_source_etag(self, key: str) -> str | None:
         try:
