@@ -50,6 +50,11 @@ class Workers:
                 item = self.queue.get(timeout=0.5)
             except Closed:
                 return
+            except Exception:  # noqa: BLE001 - a dead worker would silently stop replication
+                logger.exception("event worker: the queue failed; going on")
+                self.on_failure("work queue error")
+                time.sleep(0.5)
+                continue
             if item is None:
                 continue
             try:

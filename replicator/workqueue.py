@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -51,7 +51,9 @@ class KeyedQueue:
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._items: dict[str, WorkItem] = {}  # pending, newest item per key
-        self._ready: deque[str] = deque()  # pending keys nobody holds, oldest first
+        # Pending keys nobody holds, oldest first; an ordered set, so a claim can take a
+        # waiting key out in O(1) and a release can't queue a key twice.
+        self._ready: OrderedDict[str, None] = OrderedDict()
         self._busy: dict[str, int] = {}  # held keys: 1 by a worker, -1 by a reconcile claim
         self._cond = threading.Condition()
         self._closed = False
@@ -80,7 +82,7 @@ class KeyedQueue:
                 self._cond.wait(remaining)
             self._items[item.key] = item
             if item.key not in self._busy:
-                self._ready.append(item.key)
+                self._ready[item.key] = None
                 self._cond.notify_all()
             return True
 
@@ -91,14 +93,16 @@ class KeyedQueue:
         None on timeout; raises Closed once the queue is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._ready:
+            while True:
                 if self._closed:
-                    raise Closed()
+                    raise Closed()  # pending items are the next reconcile's, not this shutdown's
+                if self._ready:
+                    break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            key = self._ready.popleft()
+            key, _ = self._ready.popitem(last=False)
             item = self._items.pop(key)
             self._busy[key] = 1
             self._cond.notify_all()  # a slot freed for a blocked producer
@@ -117,6 +121,7 @@ class KeyedQueue:
                 self._cond.wait()
             for k in keys:
                 self._busy[k] = -1  # held by the reconcile
+                self._ready.pop(k, None)  # a waiting item stays pending, handed out after release
         try:
             yield
         finally:
@@ -126,7 +131,7 @@ class KeyedQueue:
 
     def _release(self, key: str) -> None:
         if self._busy.pop(key, None) is not None and key in self._items:
-            self._ready.append(key)
+            self._ready[key] = None
         self._cond.notify_all()
 
     # -- lifecycle and introspection ------------------------------------------------------

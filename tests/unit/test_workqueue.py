@@ -304,3 +304,124 @@ def test_no_key_is_ever_held_by_two_workers_at_once():
     assert q.depth() == 0 and q.in_flight() == 0
     assert set(processed) == set(keys)
     assert sum(processed.values()) + q.coalesced == 3 * 400  # every put was either worked or folded
+
+
+# Regressions: a claim on a waiting key, and close() with work still waiting.
+
+def test_claim_of_a_key_already_waiting_keeps_workers_off_it():
+    q = KeyedQueue(maxsize=10)
+    q.put(created("a"))            # "a" waits in _ready
+    with q.claim(["a"]):           # the reconcile claims it (e.g. a delete batch)
+        assert q.get(timeout=0.05) is None   # FAILS: the worker gets "a" while claimed
+    assert q.get(timeout=0).key == "a"
+
+
+def test_releasing_a_claim_on_a_waiting_key_does_not_queue_it_twice():
+    q = KeyedQueue(maxsize=10)
+    q.put(created("a"))
+    with q.claim(["a"]):
+        pass                        # _release appends "a" to _ready a second time
+    assert q.get(timeout=0).key == "a"
+    q.done("a")
+    assert q.get(timeout=0.05) is None   # FAILS: KeyError 'a' from _items.pop
+
+
+def test_close_stops_handing_out_pending_work():
+    q = KeyedQueue(maxsize=10)
+    q.put(created("a"))
+    assert q.close() == 1           # "1 queued events left for the next start's reconcile"
+    with pytest.raises(Closed):
+        q.get(timeout=0)            # FAILS: returns the item; workers drain the whole queue during shutdown
+
+
+def test_a_reconcile_claim_on_a_waiting_key_kills_an_event_worker():
+    """The consequence in the service: Workers._loop calls queue.get() outside its try,
+    so the KeyError above ends the worker thread for good (the sidecar keeps running
+    with one worker fewer; with all gone, the queue fills and events are dropped)."""
+    import threading, types
+    from replicator.workers import Workers
+
+    q = KeyedQueue(maxsize=10)
+    processed = []
+
+    class Recording(Workers):
+        def process(self, item):
+            processed.append(item.key)
+
+    app = types.SimpleNamespace(settings=types.SimpleNamespace(workers=1))
+    workers = Recording(app, q)
+    q.put(created("a"))                 # an event waits (workers busy elsewhere)
+    with q.claim(["a"]):                # the reconcile copies "a" meanwhile
+        pass
+    workers.start()
+    deadline = threading.Event()
+    for _ in range(100):
+        if processed:
+            break
+        deadline.wait(0.01)
+    deadline.wait(0.1)                  # the worker's next get() pops "a" a second time
+    q.put(created("b"))
+    for _ in range(100):
+        if "b" in processed:
+            break
+        deadline.wait(0.01)
+    alive = [t.is_alive() for t in workers._threads]
+    q.close()
+    assert processed == ["a", "b"]      # FAILS: ["a"]; the worker died of KeyError('a')
+    assert alive == [True]
+
+
+def test_no_key_is_held_by_a_worker_and_a_reconcile_claim_at_once():
+    """Producers, workers and two claiming 'reconciles' on a few keys: every holder
+    records the keys it holds; any overlap, or a crashed thread, fails."""
+    import random, threading
+    from collections import Counter
+
+    q = KeyedQueue(maxsize=3)
+    keys = [f"k{n}" for n in range(5)]
+    holders, guard, violations, errors = Counter(), threading.Lock(), [], []
+    done = threading.Event()
+
+    def hold(key, delta):
+        with guard:
+            holders[key] += delta
+            if holders[key] > 1:
+                violations.append(key)
+
+    def producer(seed):
+        rng = random.Random(seed)
+        for n in range(300):
+            q.put(WorkItem(rng.choice(keys), True, False, float(n)), timeout=10)
+
+    def worker():
+        try:
+            while not done.is_set() or q.depth():
+                item = q.get(timeout=0.01)
+                if item is None:
+                    continue
+                hold(item.key, 1); threading.Event().wait(0.0005); hold(item.key, -1)
+                q.done(item.key)
+        except BaseException as e:
+            errors.append(e)
+
+    def reconcile(seed):
+        rng = random.Random(seed)
+        try:
+            while not done.is_set():
+                claimed = rng.sample(keys, 2)
+                with q.claim(claimed):
+                    for k in claimed: hold(k, 1)
+                    threading.Event().wait(0.0005)
+                    for k in claimed: hold(k, -1)
+        except BaseException as e:
+            errors.append(e)
+
+    producers = [threading.Thread(target=producer, args=(n,)) for n in range(3)]
+    others = [threading.Thread(target=worker) for _ in range(4)] + \
+             [threading.Thread(target=reconcile, args=(n,)) for n in range(2)]
+    for t in producers + others: t.start()
+    for t in producers: t.join(20)
+    done.set()
+    for t in others: t.join(20)
+    assert errors == [] and violations == []   # FAILS today: KeyError in get(), and overlaps
+    assert q.depth() == 0
