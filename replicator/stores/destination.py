@@ -164,30 +164,23 @@ class S3Destination:
                 raise
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+        return listing.paginate(self.side, self._list_page, start_after)
+
+    def _list_page(self, start_after: str | None) -> bytes:
         # botocore signs the page request (presigned, so every auth and addressing rule
         # stays botocore's); we fetch and parse it raw: botocore's generic parser is
         # most of a no-op reconcile's CPU (see listing.py).
-        while True:
-            params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
-            if start_after:
-                params["StartAfter"] = start_after
-            url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
-            try:
-                response = self._http.request("GET", url)
-            except (Urllib3Error, OSError) as exc:
-                raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
-            if response.status != 200:
-                raise self._raw_error(response, "list", start_after)
-            try:
-                items, truncated = listing.parse_page(response.data)
-            except listing.MalformedPage as exc:
-                raise TransientError(self.side, "list", start_after, str(exc)) from exc
-            yield from items
-            if not truncated:
-                return
-            if not items:
-                raise TransientError(self.side, "list", start_after, "truncated listing page with no entries")
-            start_after = items[-1].key
+        params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
+        if start_after:
+            params["StartAfter"] = start_after
+        url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
+        try:
+            response = self._http.request("GET", url)
+        except (Urllib3Error, OSError) as exc:
+            raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
+        if response.status != 200:
+            raise self._raw_error(response, "list", start_after)
+        return response.data
 
     def _raw_error(self, response, op: str, key: str | None) -> StoreError:
         code = None

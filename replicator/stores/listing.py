@@ -14,9 +14,11 @@ it works the same on every provider and is what lets a failed listing resume.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
+from ..errors import TransientError
 from ..model import ObjectInfo
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -76,3 +78,21 @@ def query(start_after: str | None, max_keys: int = 1000) -> dict[str, str]:
     if start_after:
         params["start-after"] = start_after
     return params
+
+
+def paginate(side: str, fetch: Callable[[str | None], bytes], start_after: str | None) -> Iterator[ObjectInfo]:
+    """Every object after ``start_after``, page by page. ``fetch(start_after)`` returns
+    one raw page (raising errors.* itself); an unreadable page is a transient error,
+    never an empty listing: an empty listing would plan deletes."""
+    while True:
+        body = fetch(start_after)
+        try:
+            items, truncated = parse_page(body)
+        except MalformedPage as exc:
+            raise TransientError(side, "list", start_after, str(exc)) from exc
+        yield from items
+        if not truncated:
+            return
+        if not items:
+            raise TransientError(side, "list", start_after, "truncated listing page with no entries")
+        start_after = items[-1].key

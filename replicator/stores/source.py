@@ -112,22 +112,15 @@ class MinioSource:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        # Raw pages through minio-py's signed-request primitive, parsed by listing.py:
-        # minio-py's own list_objects costs 3x the CPU (see listing.py).
-        while True:
-            try:
-                response = self.client._execute("GET", self.bucket, query_params=listing.query(start_after))  # noqa: SLF001
-                items, truncated = listing.parse_page(response.data)
-            except listing.MalformedPage as exc:
-                raise TransientError(self.side, "list", start_after, str(exc)) from exc
-            except Exception as exc:
-                raise self._map(exc, "list", start_after, bucket_op=True) from exc
-            yield from items
-            if not truncated:
-                return
-            if not items:
-                raise TransientError(self.side, "list", start_after, "truncated listing page with no entries")
-            start_after = items[-1].key
+        return listing.paginate(self.side, self._list_page, start_after)
+
+    def _list_page(self, start_after: str | None) -> bytes:
+        # A raw page through minio-py's signed-request primitive: minio-py's own
+        # list_objects costs 3x the CPU (see listing.py).
+        try:
+            return self.client._execute("GET", self.bucket, query_params=listing.query(start_after)).data  # noqa: SLF001
+        except Exception as exc:
+            raise self._map(exc, "list", start_after, bucket_op=True) from exc
 
     @contextmanager
     def open(self, key: str):
