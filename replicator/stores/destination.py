@@ -347,6 +347,61 @@ class S3Destination:
             self._warn_no_object_lock(key)
             return result
 
+    def put_retention(self, key: str, lock: ObjectLock) -> None:
+        """Give the destination object ``lock``'s retention, or none when it has none.
+
+        A later date goes as it is. Shortening or removing a GOVERNANCE retention (and,
+        on MinIO, turning it into COMPLIANCE) needs the bypass, so after a refusal the
+        change is sent once more with BypassGovernanceRetention: the source's owner
+        could only make it with the same privilege. The bypass is never sent first, so
+        credentials without s3:BypassGovernanceRetention mirror everything else. A
+        COMPLIANCE retention can't be shortened or removed by anyone; that refusal is
+        permanent."""
+        if self._object_lock is False:
+            self._warn_no_object_lock(key)
+            return
+        sendable = sendable_lock(lock, time.time())
+        if lock.mode is not None and sendable.mode is None:
+            logger.debug("{}: retention ends within {}s; not mirrored", key, RETENTION_MARGIN)
+            return
+        retention = {"Mode": lock.mode, "RetainUntilDate": lock.retain_until} if lock.mode else {}
+        try:
+            self._lock_call("put retention", key, self.client.put_object_retention, Retention=retention)
+            return
+        except PermanentError as error:
+            if isinstance(error, NotFound):
+                raise
+        try:
+            self._lock_call("put retention", key, self.client.put_object_retention, Retention=retention,
+                            BypassGovernanceRetention=True)
+        except PermanentError as error:
+            if isinstance(error, NotFound):
+                raise
+            wanted = f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode else "no retention"
+            raise PermanentError(
+                self.side, "put retention", key,
+                f"{error.detail}{_server_message(error)}: the destination refuses {wanted} (a COMPLIANCE retention "
+                "can never be shortened or removed; a GOVERNANCE one only with s3:BypassGovernanceRetention)",
+                code=error.code) from error
+
+    def put_legal_hold(self, key: str, on: bool) -> None:
+        if self._object_lock is False:
+            self._warn_no_object_lock(key)
+            return
+        self._lock_call("put legal hold", key, self.client.put_object_legal_hold,
+                        LegalHold={"Status": "ON" if on else "OFF"})
+
+    def _lock_call(self, op: str, key: str, fn, **kwargs) -> None:
+        try:
+            self._call(op, key, fn, Key=key, **kwargs)
+        except PermanentError as error:
+            if error.code == "MethodNotAllowed":
+                # S3 and MinIO answer 405 when the key's current version is a delete
+                # marker: for a mirror, the object isn't there.
+                raise NotFound(self.side, op, key, f"{error.detail}: no current version",
+                               code=error.code) from error
+            raise
+
     # -- writes ----------------------------------------------------------------------
 
     def _without_tags_if_unsupported(self, op: str, key: str, fn, params: dict):

@@ -214,6 +214,16 @@ class MemoryStore:
         self._enter("put tags", key)
         self._get("put tags", key).tags = dict(tags)
 
+    def put_retention(self, key: str, lock: ObjectLock) -> None:
+        self._enter("put retention", key)
+        obj = self._get("put retention", key)
+        obj.lock = ObjectLock(lock.mode, lock.retain_until, obj.lock.legal_hold)
+
+    def put_legal_hold(self, key: str, on: bool) -> None:
+        self._enter("put legal hold", key)
+        obj = self._get("put legal hold", key)
+        obj.lock = ObjectLock(obj.lock.mode, obj.lock.retain_until, on)
+
     def delete_many(self, keys: list[str]) -> dict[str, str]:
         """A fault on ``delete batch`` fails the request; one on ``delete`` fails a key,
         reported in the result the way S3's DeleteObjects reports per-key errors."""
