@@ -168,11 +168,19 @@ class Copier:
             logger.error("{}: could not abort multipart upload {}: {}; the destination's lifecycle "
                          "rule for incomplete uploads (or the next run) must clean it", key, upload_id, error)
 
-    # -- metadata-only changes (tags) ---------------------------------------------
+    # -- metadata-only changes (tags, retention, legal hold) ----------------------
 
     def refresh_tags(self, key: str) -> None:
         tags = self.policy.call(lambda: self.source.get_tags(key))
         self.policy.call(lambda: self.dest.put_tags(key, tags))
+
+    def refresh_lock(self, src: SourceObject, *, retention: bool, legal_hold: bool) -> None:
+        """Give the destination object the retention and/or legal hold of ``src``, a
+        fresh description of the source object (its HEAD carries both)."""
+        if retention:
+            self.policy.call(lambda: self.dest.put_retention(src.key, src.lock))
+        if legal_hold:
+            self.policy.call(lambda: self.dest.put_legal_hold(src.key, src.lock.legal_hold))
 
     # -- delete -----------------------------------------------------------------
 

@@ -21,11 +21,14 @@ from .observability import metrics
 from .stores.notifications import NotificationSource, Subscription
 from .workqueue import KeyedQueue, WorkItem
 
-# Events that change only an object's metadata, not its bytes.
-METADATA_EVENTS = frozenset({
-    "s3:ObjectCreated:PutTagging", "s3:ObjectCreated:DeleteTagging",
-    "s3:ObjectCreated:PutRetention", "s3:ObjectCreated:PutLegalHold",
-})
+# Events that change only an object's metadata, not its bytes, and what they change.
+# The names are MinIO's (internal/event/name.go); s3:ObjectCreated:* includes them.
+METADATA_EVENTS = {
+    "s3:ObjectCreated:PutTagging": "tags",
+    "s3:ObjectCreated:DeleteTagging": "tags",
+    "s3:ObjectCreated:PutRetention": "retention",
+    "s3:ObjectCreated:PutLegalHold": "legal_hold",
+}
 ENQUEUE_TIMEOUT = 5.0  # how long a full queue may hold the listener before an event is dropped
 
 
@@ -49,7 +52,9 @@ def to_item(record: dict) -> WorkItem | None:
     common = dict(etag=(obj.get("eTag") or "").strip('"').lower() or None, size=obj.get("size"),
                   version=obj.get("versionId"), event_time=when)
     if name in METADATA_EVENTS:
-        return WorkItem(key, content=False, tags=True, **common)
+        changed = METADATA_EVENTS[name]
+        return WorkItem(key, content=False, tags=changed == "tags", retention=changed == "retention",
+                        legal_hold=changed == "legal_hold", **common)
     if name.startswith("s3:ObjectCreated:"):
         return WorkItem(key, content=True, tags=False, **common)
     if name.startswith("s3:ObjectRemoved:"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 # User-metadata key under which the copier records the source's ETag on each
 # destination object it writes. It lets the diff recognise an in-sync pair when the
@@ -44,6 +45,24 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectLock:
+    """An object's Object Lock settings: a retention (mode and date) and a legal hold.
+
+    MinIO reports them on every GET and HEAD to a user allowed to read them, so a
+    copy learns them from the request it makes anyway."""
+
+    mode: str | None = None  # "GOVERNANCE" or "COMPLIANCE"; None: no retention
+    retain_until: datetime | None = None  # timezone-aware; set exactly when mode is
+    legal_hold: bool = False
+
+    def __bool__(self) -> bool:
+        return self.mode is not None or self.legal_hold
+
+
+NO_LOCK = ObjectLock()
+
+
+@dataclass(frozen=True, slots=True)
 class SourceObject:
     """What a copy needs to know about the source object, from one GET or HEAD."""
 
@@ -54,6 +73,7 @@ class SourceObject:
     headers: dict[str, str] = field(default_factory=dict)  # Cache-Control, Expires, …
     metadata: dict[str, str] = field(default_factory=dict)  # user metadata, no prefix
     tag_count: int = 0
+    lock: ObjectLock = NO_LOCK
 
 
 @dataclass(slots=True)

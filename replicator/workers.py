@@ -5,7 +5,9 @@ Acting on the source's current state rather than on the event makes the order of
 events irrelevant: a delete event for a key that was re-uploaded since copies it,
 and a create event for a key deleted since deletes it (when S3_SYNC_DELETE allows).
 A failure after the copier's retries is logged, counted and left for the next
-reconcile; it is never dropped silently.
+reconcile; it is never dropped silently. Retention and legal holds are the exception:
+a reconcile can't see them, so a failure to mirror them is logged and counted as
+final (see ``_lock_failed``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from loguru import logger
 
 from .app import App
-from .errors import NotFound, ReplicatorError
+from .errors import NotFound, ReplicatorError, StoreError
 from .observability import metrics
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
@@ -107,6 +109,27 @@ class Workers:
                 self._copy(item)
                 return
             self._done(item, "tags refreshed")
+        if item.retention or item.legal_hold:
+            try:
+                app.copier.refresh_lock(current, retention=item.retention, legal_hold=item.legal_hold)
+            except NotFound:  # not at the destination (or only its delete marker): the whole object
+                self._copy(item)
+                return
+            except StoreError as error:
+                self._lock_failed(item, error)
+                return
+            both = item.retention and item.legal_hold
+            self._done(item, "retention and legal hold refreshed" if both
+                       else "retention refreshed" if item.retention else "legal hold refreshed")
+
+    def _lock_failed(self, item: WorkItem, error: StoreError) -> None:
+        """Unlike a failed copy, this isn't left for the next reconcile, which can't see
+        retention or legal holds (nor is one requested): the destination keeps what it
+        has until the source's settings change again or the object is copied again. A
+        refusal to shorten a COMPLIANCE retention is permanent anyway."""
+        self.failed += 1
+        metrics.failures.labels(metrics.failure_reason(error)).inc()
+        logger.error("{}: {}; retention and legal hold not mirrored (a reconcile can't see them)", item.key, error)
 
     def _copy(self, item: WorkItem) -> bool:
         """Copy the key; False if the source no longer has it."""

@@ -33,12 +33,16 @@ class WorkItem:
     size: int | None = None
     version: str | None = None
     removed: bool = False  # the newest event was a removal (a hint only; workers re-read)
+    retention: bool = False  # its object lock retention may have changed (metadata-only)
+    legal_hold: bool = False  # its legal hold may have changed (metadata-only)
 
     def merge(self, newer: WorkItem) -> WorkItem:
         return replace(
             newer,
             content=self.content or newer.content,
             tags=self.tags or newer.tags,
+            retention=self.retention or newer.retention,
+            legal_hold=self.legal_hold or newer.legal_hold,
             event_time=min(self.event_time, newer.event_time),
         )
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import uuid
@@ -67,6 +68,16 @@ class Pair:
     def settings(self, **overrides) -> config.Settings:
         env = {**self.env, **{k: str(v) for k, v in overrides.items()}}
         return config.load(env)
+
+    def with_object_lock(self, *, dest: bool = True) -> Pair:
+        """A fresh pair on the same servers: the source bucket with object lock (which
+        makes it versioned), the destination bucket with it too unless ``dest`` is False."""
+        source_bucket = unique_bucket("src-lock")
+        self.source.make_bucket(source_bucket, object_lock=True)
+        dest_bucket = unique_bucket("dst-lock" if dest else "dst")
+        self.dest.create_bucket(Bucket=dest_bucket, **({"ObjectLockEnabledForBucket": True} if dest else {}))
+        env = {**self.env, "MINIO_BUCKET": source_bucket, "S3_SYNC_BUCKET": dest_bucket}
+        return dataclasses.replace(self, env=env, source_bucket=source_bucket, dest_bucket=dest_bucket)
 
     def dest_keys(self) -> list[str]:
         keys = []

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ..model import ObjectInfo, SourceObject
+from ..model import ObjectInfo, ObjectLock, SourceObject
 
 
 class SourceStore(Protocol):
@@ -76,6 +76,14 @@ class DestinationStore(Protocol):
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         ...
+
+    def put_retention(self, key: str, lock: ObjectLock) -> None:
+        """Give the object ``lock``'s retention (none when ``lock.mode`` is None); NotFound
+        if the object isn't there. A no-op where the bucket has no object lock."""
+
+    def put_legal_hold(self, key: str, on: bool) -> None:
+        """Set or lift the object's legal hold; NotFound if the object isn't there. A no-op
+        where the bucket has no object lock."""
 
     def delete_many(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys; returns {key: error} for those that failed."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 
@@ -29,7 +32,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
-from ..model import SOURCE_ETAG_META, ObjectInfo, SourceObject
+from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import listing
 from .transport import coalescing_pool, map_transport_error, pool_manager
 
@@ -43,6 +46,19 @@ _HEADER_PARAMS = {
 }
 _UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "NotSupported", "XNotImplemented"})
 
+# A retention ending sooner than this is not sent with a copy. S3 refuses a retain-until
+# date in the past with InvalidRequest, the very code it gives a bucket without object
+# lock, and it tolerates 15 minutes of clock skew between client and server. A retention
+# that ends within that window protects nothing worth a refused write.
+RETENTION_MARGIN = 15 * 60
+# How a destination refuses the lock settings of a write: a bucket without object lock
+# (InvalidRequest "Bucket is missing ObjectLockConfiguration", from AWS, MinIO and moto
+# alike), credentials without s3:PutObjectRetention or s3:PutObjectLegalHold
+# (AccessDenied), a provider without object lock at all.
+_LOCK_REFUSED = frozenset({"InvalidRequest", "InvalidArgument", "AccessDenied"}) | _UNSUPPORTED
+
+T = TypeVar("T")
+
 
 def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
@@ -50,6 +66,52 @@ def _md5_b64(data: bytes) -> str:
 
 def _etag(value: str | None) -> str:
     return (value or "").strip('"').lower()
+
+
+def sendable_lock(lock: ObjectLock, now: float) -> ObjectLock:
+    """PURE: what of ``lock`` a write should carry at ``now`` (epoch seconds): the legal
+    hold when it is on, and the retention unless it ends within RETENTION_MARGIN."""
+    if lock.retain_until is not None and lock.retain_until.timestamp() - now < RETENTION_MARGIN:
+        lock = ObjectLock(legal_hold=lock.legal_hold)
+    return lock if lock else NO_LOCK
+
+
+def iso8601(when: datetime) -> str:
+    """``2026-11-27T21:01:23.000Z``: the form S3 documents for a retain-until date."""
+    utc = when.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def lock_headers(lock: ObjectLock) -> dict[str, str]:
+    """PURE: the HTTP headers that give an object written by PutObject or
+    CreateMultipartUpload the settings ``lock``: the raw-request twin of the boto3
+    parameters ``_object_params`` adds. Pass it ``S3Destination.lock_for(key, src)``,
+    which has already dropped what must not be sent."""
+    headers = {}
+    if lock.mode is not None and lock.retain_until is not None:
+        headers["x-amz-object-lock-mode"] = lock.mode
+        headers["x-amz-object-lock-retain-until-date"] = iso8601(lock.retain_until)
+    if lock.legal_hold:
+        headers["x-amz-object-lock-legal-hold"] = "ON"
+    return headers
+
+
+def _lock_params(lock: ObjectLock) -> dict:
+    params: dict = {}
+    if lock.mode is not None and lock.retain_until is not None:
+        params.update(ObjectLockMode=lock.mode, ObjectLockRetainUntilDate=lock.retain_until)
+    if lock.legal_hold:
+        params["ObjectLockLegalHoldStatus"] = "ON"
+    return params
+
+
+def _server_message(error: StoreError) -> str:
+    """The server's own words for an error ("Bucket is missing ObjectLockConfiguration"), if any."""
+    message = getattr(error, "server_message", None)  # a raw request's error (_raw_error)
+    response = getattr(error.__cause__, "response", None)  # a boto3 call's
+    if message is None and isinstance(response, dict):
+        message = response.get("Error", {}).get("Message")
+    return f": {message}" if message else ""
 
 
 def client_config(settings: Settings) -> Config:
@@ -110,6 +172,12 @@ class S3Destination:
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
+        # Whether the bucket takes object lock settings: None until check() asks it, or
+        # until a write carrying them is refused. Decided once per process; False means
+        # copies go without retention and legal holds.
+        self._object_lock: bool | None = None
+        self._object_lock_cause = ""  # why it is False, for the one warning
+        self._object_lock_warned = False
         self._lock = threading.Lock()
 
     # -- error mapping ---------------------------------------------------------
@@ -149,7 +217,6 @@ class S3Destination:
     def check(self, create: bool) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
-            return
         except ClientError as exc:
             error = self._map(exc, "check bucket", self.bucket, bucket_op=True)
             if error.code not in ("NotFound", "NoSuchBucket") or not create:
@@ -159,6 +226,9 @@ class S3Destination:
                 raise error from exc
         except Exception as exc:
             raise self._map(exc, "check bucket", self.bucket, bucket_op=True) from exc
+        else:
+            self._probe_object_lock()
+            return
         logger.info("{}: destination bucket missing; creating it in {}", self.bucket, self.region)
         kwargs = {}
         if self.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
@@ -168,6 +238,33 @@ class S3Destination:
         except StoreError as error:
             if error.code not in ("BucketAlreadyOwnedByYou",):
                 raise
+        self._probe_object_lock()
+
+    def _probe_object_lock(self) -> None:
+        """Ask the bucket once whether it has object lock. Only a clear "no" decides
+        it: a provider or a policy that won't say (AccessDenied, NotImplemented)
+        leaves it to the first write that carries lock settings. Never fails the check."""
+        if self._object_lock is not None:
+            return
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "ObjectLockConfigurationNotFoundError":
+                self._object_lock = False
+                self._object_lock_cause = f"destination bucket {self.bucket} has no object lock ({code})"
+            else:
+                logger.debug("{}: object lock configuration unknown ({}); the first locked object will tell",
+                             self.bucket, code)
+            return
+        except BotoCoreError as exc:
+            logger.debug("{}: object lock configuration unknown ({}); the first locked object will tell",
+                         self.bucket, type(exc).__name__)
+            return
+        enabled = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        self._object_lock = enabled
+        if not enabled:
+            self._object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
         return listing.paginate(self.side, self._list_page, start_after)
@@ -189,13 +286,16 @@ class S3Destination:
         return response.data
 
     def _raw_error(self, response, op: str, key: str | None, *, bucket_op: bool = True) -> StoreError:
-        code = None
+        code = message = None
         try:
-            code = ElementTree.fromstring(response.data).findtext("Code")
+            body = ElementTree.fromstring(response.data)
+            code, message = body.findtext("Code"), body.findtext("Message")
         except ElementTree.ParseError:
             pass
-        return classify(self.side, op, key, code, response.status, bucket_op=bucket_op,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        error = classify(self.side, op, key, code, response.status, bucket_op=bucket_op,
+                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        error.server_message = message  # for _server_message
+        return error
 
     def head_source_etag(self, key: str) -> str | None:
         try:
@@ -204,7 +304,8 @@ class S3Destination:
             return None
         return _etag(head.get("Metadata", {}).get(SOURCE_ETAG_META)) or None
 
-    def _object_params(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> dict:
+    def _object_params(self, key: str, src: SourceObject, tags: dict[str, str] | None,
+                       lock: ObjectLock = NO_LOCK) -> dict:
         params: dict = {"Key": key, "Metadata": {**src.metadata, SOURCE_ETAG_META: src.etag}}
         if src.content_type:
             params["ContentType"] = src.content_type
@@ -213,7 +314,105 @@ class S3Destination:
                 params[param] = src.headers[header]
         if tags and self._tagging:
             params["Tagging"] = urlencode(tags)
+        params.update(_lock_params(lock))
         return params
+
+    # -- object lock ---------------------------------------------------------------
+
+    def lock_for(self, key: str, src: SourceObject) -> ObjectLock:
+        """The lock settings a write of ``key`` should carry: the source's, minus a
+        retention about to end; none once the bucket turned out not to take them."""
+        lock = sendable_lock(src.lock, time.time())
+        if lock and self._object_lock is False:
+            self._warn_no_object_lock(key)
+            return NO_LOCK
+        return lock
+
+    def _warn_no_object_lock(self, key: str) -> None:
+        with self._lock:
+            if self._object_lock_warned:
+                return
+            self._object_lock_warned = True
+        logger.warning("{}: {}; replicating without retention and legal holds from now on",
+                       key, self._object_lock_cause)
+
+    def _without_lock_if_refused(self, key: str, src: SourceObject, send: Callable[[ObjectLock], T]) -> T:
+        """``send(lock)`` writes the object with ``lock``'s settings. If the destination
+        refuses them and takes the object without, it doesn't take them at all (no
+        object lock on the bucket, or no permission): say so once and stop sending them.
+        A copy never fails for want of object lock. Works for any request ``send`` makes."""
+        lock = self.lock_for(key, src)
+        if not lock:
+            return send(NO_LOCK)
+        try:
+            return send(lock)
+        except PermanentError as error:
+            if isinstance(error, NotFound) or error.code not in _LOCK_REFUSED:
+                raise
+            result = send(NO_LOCK)  # raises if the lock settings weren't the cause
+            with self._lock:
+                self._object_lock = False
+                self._object_lock_cause = (f"destination bucket {self.bucket} refused the object's retention and "
+                                           f"legal hold ({error.detail}{_server_message(error)})")
+            self._warn_no_object_lock(key)
+            return result
+
+    def put_retention(self, key: str, lock: ObjectLock) -> None:
+        """Give the destination object ``lock``'s retention, or none when it has none.
+
+        A later date goes as it is. Shortening or removing a GOVERNANCE retention (and,
+        on MinIO, turning it into COMPLIANCE) needs the bypass, so after a refusal the
+        change is sent once more with BypassGovernanceRetention: the source's owner
+        could only make it with the same privilege. The bypass is never sent first, so
+        credentials without s3:BypassGovernanceRetention mirror everything else. A
+        COMPLIANCE retention can't be shortened or removed by anyone; that refusal is
+        permanent."""
+        if self._object_lock is False:
+            self._warn_no_object_lock(key)
+            return
+        sendable = sendable_lock(lock, time.time())
+        if lock.mode is not None and sendable.mode is None:
+            logger.debug("{}: retention ends within {}s; not mirrored", key, RETENTION_MARGIN)
+            return
+        retention = {"Mode": lock.mode, "RetainUntilDate": lock.retain_until} if lock.mode else {}
+        try:
+            self._lock_call("put retention", key, self.client.put_object_retention, Retention=retention)
+            return
+        except PermanentError as error:
+            if isinstance(error, NotFound):
+                raise
+        try:
+            self._lock_call("put retention", key, self.client.put_object_retention, Retention=retention,
+                            BypassGovernanceRetention=True)
+        except PermanentError as error:
+            if isinstance(error, NotFound):
+                raise
+            wanted = f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode else "no retention"
+            raise PermanentError(
+                self.side, "put retention", key,
+                f"{error.detail}{_server_message(error)}: the destination refuses {wanted} (a COMPLIANCE retention "
+                "can never be shortened or removed; a GOVERNANCE one only with s3:BypassGovernanceRetention)",
+                code=error.code) from error
+
+    def put_legal_hold(self, key: str, on: bool) -> None:
+        if self._object_lock is False:
+            self._warn_no_object_lock(key)
+            return
+        self._lock_call("put legal hold", key, self.client.put_object_legal_hold,
+                        LegalHold={"Status": "ON" if on else "OFF"})
+
+    def _lock_call(self, op: str, key: str, fn, **kwargs) -> None:
+        try:
+            self._call(op, key, fn, Key=key, **kwargs)
+        except PermanentError as error:
+            if error.code == "MethodNotAllowed":
+                # S3 and MinIO answer 405 when the key's current version is a delete
+                # marker: for a mirror, the object isn't there.
+                raise NotFound(self.side, op, key, f"{error.detail}: no current version",
+                               code=error.code) from error
+            raise
+
+    # -- writes ----------------------------------------------------------------------
 
     def _without_tags_if_unsupported(self, op: str, key: str, fn, params: dict):
         """Call fn; if the provider rejects tagging, warn once and go on without tags."""
@@ -272,20 +471,26 @@ class S3Destination:
             self._tagging = False
 
     def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
-        headers = self._object_headers(src, tags)
-        try:
-            self._send("put", key, "", headers, data)
-        except PermanentError as error:
-            if "x-amz-tagging" not in headers or error.code not in _UNSUPPORTED:
-                raise
-            self._tags_unsupported(error)
-            del headers["x-amz-tagging"]
-            self._send("put", key, "", headers, data)
+        def send(lock: ObjectLock) -> None:
+            headers = {**self._object_headers(src, tags), **lock_headers(lock)}
+            try:
+                self._send("put", key, "", headers, data)
+            except PermanentError as error:
+                if "x-amz-tagging" not in headers or error.code not in _UNSUPPORTED:
+                    raise
+                self._tags_unsupported(error)
+                del headers["x-amz-tagging"]
+                self._send("put", key, "", headers, data)
+
+        self._without_lock_if_refused(key, src, send)
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
-        params = self._object_params(key, src, tags)
-        return self._without_tags_if_unsupported(
-            "start multipart", key, self.client.create_multipart_upload, params)["UploadId"]
+        def send(lock: ObjectLock) -> str:
+            params = self._object_params(key, src, tags, lock)
+            return self._without_tags_if_unsupported(
+                "start multipart", key, self.client.create_multipart_upload, params)["UploadId"]
+
+        return self._without_lock_if_refused(key, src, send)
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import FatalError, NotFound, SourceChanged, StoreError
-from ..model import SOURCE_ETAG_META, ObjectInfo, SourceObject
+from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 
 
 def md5_etag(data: bytes) -> str:
@@ -43,6 +43,7 @@ class StoredObject:
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    lock: ObjectLock = NO_LOCK
 
 
 @dataclass
@@ -76,10 +77,10 @@ class MemoryStore:
 
     def add(self, key: str, data: bytes, *, content_type: str | None = None, headers: dict[str, str] | None = None,
             metadata: dict[str, str] | None = None, tags: dict[str, str] | None = None,
-            etag: str | None = None) -> StoredObject:
+            etag: str | None = None, lock: ObjectLock = NO_LOCK) -> StoredObject:
         """Store an object directly (what a client's PUT would leave behind)."""
         stored = StoredObject(data, etag or md5_etag(data), content_type, dict(headers or {}),
-                              dict(metadata or {}), dict(tags or {}))
+                              dict(metadata or {}), dict(tags or {}), lock)
         self.objects[key] = stored
         return stored
 
@@ -116,7 +117,7 @@ class MemoryStore:
 
     def _describe(self, key: str, obj: StoredObject) -> SourceObject:
         return SourceObject(key, len(obj.data), obj.etag, obj.content_type, dict(obj.headers),
-                            dict(obj.metadata), len(obj.tags))
+                            dict(obj.metadata), len(obj.tags), obj.lock)
 
     # -- both protocols ----------------------------------------------------------
 
@@ -174,7 +175,7 @@ class MemoryStore:
 
     def _written(self, data: bytes, etag: str, src: SourceObject, tags: dict[str, str] | None) -> StoredObject:
         return StoredObject(data, etag, src.content_type, dict(src.headers),
-                            {**src.metadata, SOURCE_ETAG_META: src.etag}, dict(tags or {}))
+                            {**src.metadata, SOURCE_ETAG_META: src.etag}, dict(tags or {}), src.lock)
 
     def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
         self._enter("put", key)
@@ -212,6 +213,16 @@ class MemoryStore:
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         self._enter("put tags", key)
         self._get("put tags", key).tags = dict(tags)
+
+    def put_retention(self, key: str, lock: ObjectLock) -> None:
+        self._enter("put retention", key)
+        obj = self._get("put retention", key)
+        obj.lock = ObjectLock(lock.mode, lock.retain_until, obj.lock.legal_hold)
+
+    def put_legal_hold(self, key: str, on: bool) -> None:
+        self._enter("put legal hold", key)
+        obj = self._get("put legal hold", key)
+        obj.lock = ObjectLock(obj.lock.mode, obj.lock.retain_until, on)
 
     def delete_many(self, keys: list[str]) -> dict[str, str]:
         """A fault on ``delete batch`` fails the request; one on ``delete`` fails a key,

@@ -33,25 +33,27 @@ WHEN = datetime(2024, 5, 1, 12, 34, 56, 789000, tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize(
-    ("name", "content", "tags", "removed"),
+    ("name", "content", "tags", "retention", "legal_hold", "removed"),
     [
-        ("s3:ObjectCreated:Put", True, False, False),
-        ("s3:ObjectCreated:Post", True, False, False),
-        ("s3:ObjectCreated:Copy", True, False, False),
-        ("s3:ObjectCreated:CompleteMultipartUpload", True, False, False),
-        ("s3:ObjectCreated:PutTagging", False, True, False),
-        ("s3:ObjectCreated:DeleteTagging", False, True, False),
-        ("s3:ObjectCreated:PutRetention", False, True, False),
-        ("s3:ObjectCreated:PutLegalHold", False, True, False),
-        ("s3:ObjectRemoved:Delete", True, False, True),
-        ("s3:ObjectRemoved:DeleteMarkerCreated", True, False, True),
+        ("s3:ObjectCreated:Put", True, False, False, False, False),
+        ("s3:ObjectCreated:Post", True, False, False, False, False),
+        ("s3:ObjectCreated:Copy", True, False, False, False, False),
+        ("s3:ObjectCreated:CompleteMultipartUpload", True, False, False, False, False),
+        ("s3:ObjectCreated:PutTagging", False, True, False, False, False),
+        ("s3:ObjectCreated:DeleteTagging", False, True, False, False, False),
+        # Metadata-only too; the names are MinIO's (internal/event/name.go).
+        ("s3:ObjectCreated:PutRetention", False, False, True, False, False),
+        ("s3:ObjectCreated:PutLegalHold", False, False, False, True, False),
+        ("s3:ObjectRemoved:Delete", True, False, False, False, True),
+        ("s3:ObjectRemoved:DeleteMarkerCreated", True, False, False, False, True),
     ],
 )
-def test_event_kinds(name, content, tags, removed):
+def test_event_kinds(name, content, tags, retention, legal_hold, removed):
     item = to_item(record(name))
     assert item is not None
     assert item.key == "photos/a.jpg"
-    assert (item.content, item.tags, item.removed) == (content, tags, removed)
+    assert (item.content, item.tags, item.retention, item.legal_hold, item.removed) == (
+        content, tags, retention, legal_hold, removed)
 
 
 @pytest.mark.parametrize(

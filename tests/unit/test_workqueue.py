@@ -26,6 +26,14 @@ def removed(key: str, t: float = 100.0) -> WorkItem:
     return WorkItem(key, content=True, tags=False, event_time=t, removed=True)
 
 
+def retention(key: str, t: float = 100.0) -> WorkItem:
+    return WorkItem(key, content=False, tags=False, event_time=t, retention=True)
+
+
+def legal_hold(key: str, t: float = 100.0) -> WorkItem:
+    return WorkItem(key, content=False, tags=False, event_time=t, legal_hold=True)
+
+
 # -- coalescing -------------------------------------------------------------------------
 
 
@@ -59,6 +67,23 @@ def test_merge_keeps_every_flag_and_the_newest_details(older, newer, content, ta
     q.put(newer)
     item = q.get(timeout=0)
     assert (item.content, item.tags, item.removed) == (content, tags, removed_)
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([retention("k"), legal_hold("k")], (False, False, True, True)),
+        ([legal_hold("k"), tagged("k")], (False, True, False, True)),
+        ([retention("k"), created("k")], (True, False, True, False)),
+        ([created("k"), legal_hold("k"), retention("k")], (True, False, True, True)),
+    ],
+)
+def test_merge_keeps_retention_and_legal_hold_flags(items, expected):
+    q = KeyedQueue(maxsize=10)
+    for item in items:
+        q.put(item)
+    item = q.get(timeout=0)
+    assert (item.content, item.tags, item.retention, item.legal_hold) == expected
 
 
 def test_merge_keeps_the_oldest_event_time_whatever_the_arrival_order():
