@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
-from xml.etree import ElementTree
 
 import boto3
 from botocore.config import Config
@@ -25,16 +24,14 @@ from botocore.exceptions import (
     SSLError,
 )
 from loguru import logger
-from minio import time as minio_time
 from minio.credentials import Credentials as MinioCredentials
-from minio.signer import sign_v4_s3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import listing
-from .transport import coalescing_pool, map_transport_error, pool_manager
+from .transport import coalescing_pool, map_transport_error, object_path, pool_manager, raw_error, signed_request
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
 _HEADER_PARAMS = {
@@ -107,7 +104,7 @@ def _lock_params(lock: ObjectLock) -> dict:
 
 def _server_message(error: StoreError) -> str:
     """The server's own words for an error ("Bucket is missing ObjectLockConfiguration"), if any."""
-    message = getattr(error, "server_message", None)  # a raw request's error (_raw_error)
+    message = getattr(error, "server_message", None)  # a raw request's error (transport.raw_error)
     response = getattr(error.__cause__, "response", None)  # a boto3 call's
     if message is None and isinstance(response, dict):
         message = response.get("Error", {}).get("Message")
@@ -157,16 +154,13 @@ class S3Destination:
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
                                   read_timeout=settings.read_timeout,
                                   maxsize=settings.workers + settings.multipart_concurrency + 4)
-        # The data path (PutObject, UploadPart) is sent as raw signed requests:
-        # botocore's per-call machinery (endpoint rules resolved per key, event hooks,
-        # serialisers) cost 2.5-3.4 ms of CPU per small PUT, the raw request well under
-        # 1 ms (docs/benchmarks.md). The bucket's base URL comes from botocore, so
-        # addressing (virtual or path style, regional endpoints, dotted bucket names)
-        # follows its rules.
+        # The data path (PutObject, UploadPart) is sent as raw signed requests
+        # (transport.signed_request): botocore's per-call machinery (endpoint rules
+        # resolved per key, event hooks, serialisers) cost 2.5-3.4 ms of CPU per small
+        # PUT. The bucket's base URL comes from botocore, so addressing (virtual or path
+        # style, regional endpoints, dotted bucket names) follows its rules.
         bucket_url = urlsplit(self.client.generate_presigned_url("head_bucket", Params={"Bucket": self.bucket}))
         self._origin = f"{bucket_url.scheme}://{bucket_url.netloc}"
-        self._netloc = bucket_url.netloc
-        self._secure = bucket_url.scheme == "https"
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
         self._objects = coalescing_pool(self._http, self._origin)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
@@ -282,20 +276,8 @@ class S3Destination:
         except (Urllib3Error, OSError) as exc:
             raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
         if response.status != 200:
-            raise self._raw_error(response, "list", start_after)
+            raise raw_error(self.side, "list", start_after, response, bucket_op=True)
         return response.data
-
-    def _raw_error(self, response, op: str, key: str | None, *, bucket_op: bool = True) -> StoreError:
-        code = message = None
-        try:
-            body = ElementTree.fromstring(response.data)
-            code, message = body.findtext("Code"), body.findtext("Message")
-        except ElementTree.ParseError:
-            pass
-        error = classify(self.side, op, key, code, response.status, bucket_op=bucket_op,
-                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
-        error.server_message = message  # for _server_message
-        return error
 
     def head_source_etag(self, key: str) -> str | None:
         try:
@@ -437,30 +419,18 @@ class S3Destination:
         return headers
 
     def _send(self, op: str, key: str, query: str, headers: dict[str, str], body: bytes):
-        """One SigV4-signed PUT for ``key``; returns the response, raises errors.* for
-        anything but 200. Signed as minio-py and botocore sign it: over HTTPS the
-        payload is UNSIGNED-PAYLOAD, over plain HTTP its SHA-256 is signed. Content-MD5
-        goes on every request: the destination verifies it, and providers require it
-        for uploads into object-locked buckets."""
-        # Every byte but the unreserved ones is percent-encoded, "/" kept: this is also
-        # SigV4's canonical form for S3, so the path is signed exactly as sent.
-        path = f"{self._bucket_path}/{quote(key, safe='/~')}{query}"
-        now = minio_time.utcnow()
-        sha256 = "UNSIGNED-PAYLOAD" if self._secure else hashlib.sha256(body).hexdigest()
-        headers = {**headers, "Host": self._netloc, "Content-Length": str(len(body)), "Content-MD5": _md5_b64(body),
-                   "x-amz-content-sha256": sha256, "x-amz-date": minio_time.to_amz_date(now)}
-        # minio-py's signer, not botocore's: same algorithm on a plain dict, a fifth of
-        # the CPU (botocore's header object is an email.message.Message).
-        sign_v4_s3(method="PUT", url=urlsplit(self._origin + path), region=self.region, headers=headers,
-                   credentials=self._credentials, content_sha256=sha256, date=now)
+        """One signed PUT for ``key`` (transport.signed_request); returns the response,
+        raises errors.* for anything but 200. Content-MD5 goes on every request: the
+        destination verifies it, and providers require it for uploads into
+        object-locked buckets."""
+        headers = {**headers, "Content-MD5": _md5_b64(body)}
         try:
-            # The pool's urlopen, not PoolManager.request: that one normalises the path
-            # ("a/./b", "a/../b"), which would write to a different key.
-            response = self._objects.urlopen("PUT", path, body=body, headers=headers, redirect=False)
+            response = signed_request(self._objects, "PUT", self._origin, object_path(self._bucket_path, key, query),
+                                      region=self.region, credentials=self._credentials, headers=headers, body=body)
         except (Urllib3Error, OSError) as exc:
             raise map_transport_error(self.side, op, key, self.endpoint, exc) from exc
         if response.status != 200:
-            raise self._raw_error(response, op, key, bucket_op=False)
+            raise raw_error(self.side, op, key, response)
         return response
 
     def _tags_unsupported(self, error: StoreError) -> None:
