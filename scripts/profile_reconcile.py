@@ -151,7 +151,7 @@ def pieces_copy(src: MinioServer, dst: MinioServer, env: dict[str, str], count: 
         with source.open(key) as (info, body):
             bodies[key] = (info, body.read())
 
-    per_object("GET through MinioSource.open (minio-py)", get)
+    per_object("GET through MinioSource.open (signed raw request)", get)
     per_object("PUT through S3Destination.put (signed raw request, Content-MD5)",
                lambda k: dest.put(k, bodies[k][1], bodies[k][0], None))
     plain = Minio(dst.host, bench.DST_USER, bench.DST_PASS, secure=False)
