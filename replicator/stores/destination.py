@@ -166,20 +166,22 @@ class S3Destination:
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
         return listing.paginate(self.side, self._list_page, start_after)
 
-    def _list_page(self, start_after: str | None) -> bytes:
+    def _list_page(self, request: listing.PageRequest) -> bytes:
         # botocore signs the page request (presigned, so every auth and addressing rule
         # stays botocore's); we fetch and parse it raw: botocore's generic parser is
         # most of a no-op reconcile's CPU (see listing.py).
         params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
-        if start_after:
-            params["StartAfter"] = start_after
+        for name, value in (("StartAfter", request.start_after), ("Prefix", request.prefix),
+                            ("Delimiter", request.delimiter), ("ContinuationToken", request.token)):
+            if value:
+                params[name] = value
         url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
         try:
             response = self._http.request("GET", url)
         except (Urllib3Error, OSError) as exc:
-            raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
+            raise map_transport_error(self.side, "list", request.subject, self.endpoint, exc) from exc
         if response.status != 200:
-            raise self._raw_error(response, "list", start_after)
+            raise self._raw_error(response, "list", request.subject)
         return response.data
 
     def _raw_error(self, response, op: str, key: str | None) -> StoreError:

@@ -114,13 +114,13 @@ class MinioSource:
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
         return listing.paginate(self.side, self._list_page, start_after)
 
-    def _list_page(self, start_after: str | None) -> bytes:
+    def _list_page(self, request: listing.PageRequest) -> bytes:
         # A raw page through minio-py's signed-request primitive: minio-py's own
         # list_objects costs 3x the CPU (see listing.py).
         try:
-            return self.client._execute("GET", self.bucket, query_params=listing.query(start_after)).data  # noqa: SLF001
+            return self.client._execute("GET", self.bucket, query_params=request.query()).data  # noqa: SLF001
         except Exception as exc:
-            raise self._map(exc, "list", start_after, bucket_op=True) from exc
+            raise self._map(exc, "list", request.subject, bucket_op=True) from exc
 
     @contextmanager
     def open(self, key: str):
