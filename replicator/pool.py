@@ -55,7 +55,8 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
     Items cross between the threads in lists of up to ``batch``: one queue hand-off per
     item was the largest CPU cost of a no-op reconcile once listings were parsed lean.
     An exception in the producer is re-raised in the consumer at the same position.
-    Closing the generator early stops the producer."""
+    Closing the generator early stops the producer, which closes ``source`` (a listing
+    that lists in threads of its own stops them)."""
     batch = max(1, min(batch, depth))
     chunks: queue.Queue = queue.Queue(maxsize=max(1, depth // batch))
     closed = threading.Event()
@@ -83,6 +84,10 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
         except BaseException as exc:  # forwarded to the consumer, which decides
             put(pending)
             put((_DONE, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
