@@ -27,7 +27,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import SOURCE_ETAG_META, ObjectInfo, SourceObject
-from . import listing
+from . import listing, parallel_listing
 from .transport import map_transport_error, pool_manager
 
 # SourceObject.headers name -> boto3 parameter.
@@ -100,8 +100,10 @@ class S3Destination:
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
         self.client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
+        # Listing pages only: one connection per prefix listed at once, plus the top level.
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
-                                  read_timeout=settings.read_timeout, maxsize=4)
+                                  read_timeout=settings.read_timeout, maxsize=settings.list_concurrency + 2)
+        self.list_concurrency = settings.list_concurrency
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         self._lock = threading.Lock()
@@ -164,7 +166,7 @@ class S3Destination:
                 raise
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return listing.paginate(self.side, self._list_page, start_after)
+        return parallel_listing.walk(self.side, self._list_page, start_after, self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # botocore signs the page request (presigned, so every auth and addressing rule

@@ -12,7 +12,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ..config import Settings
 from ..errors import FatalError, NotFound, StoreError, TransientError, classify, parse_retry_after
 from ..model import ObjectInfo, SourceObject
-from . import listing
+from . import listing, parallel_listing
 from .transport import map_transport_error, pool_manager
 
 # Headers a copy carries over besides Content-Type and user metadata.
@@ -70,10 +70,11 @@ class MinioSource:
     def __init__(self, settings: Settings, *, read_timeout: float | None = None, pool_size: int | None = None):
         self.bucket = settings.source_bucket
         self.endpoint = settings.source_endpoint.url
+        self.list_concurrency = settings.list_concurrency
         http = pool_manager(
             settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
             read_timeout=read_timeout or settings.read_timeout,
-            maxsize=pool_size or settings.workers + settings.multipart_concurrency + 4,
+            maxsize=pool_size or settings.workers + settings.multipart_concurrency + settings.list_concurrency + 4,
         )
         self.client = Minio(
             settings.source_endpoint.host,
@@ -112,7 +113,7 @@ class MinioSource:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return listing.paginate(self.side, self._list_page, start_after)
+        return parallel_listing.walk(self.side, self._list_page, start_after, self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # A raw page through minio-py's signed-request primitive: minio-py's own
