@@ -59,7 +59,7 @@ def walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> 
     ``concurrency`` prefixes at a time."""
     if concurrency <= 1:
         return paginate(side, fetch, start_after)
-    return ordered_chain(plan(side, fetch, start_after), concurrency, name=f"list-{side}")
+    return ordered_chain(plan(side, fetch, start_after), concurrency, name=f"list-{side}-prefix")
 
 
 def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "",

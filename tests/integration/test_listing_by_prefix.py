@@ -5,6 +5,7 @@ whose listing fails must make the run delete nothing, or resume and complete."""
 from __future__ import annotations
 
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -111,6 +112,10 @@ def test_a_prefix_whose_listing_fails_makes_the_run_delete_nothing(pair, make_ap
     assert len(failed) == 3  # the run tried the failing prefix once per attempt, then gave up
     assert stats.failed >= 1 and stats.deleted == 0
     assert sorted(pair.dest_keys()) == layout
+    for thread in threading.enumerate():  # and no listing thread outlives the run
+        if thread.name.startswith("list-"):
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
 
 
 @pytest.mark.parametrize("side", ["source", "dest"])

@@ -217,7 +217,7 @@ def test_stopping_early_leaves_no_listing_thread_behind():
     listing = walk("source", server, None, 4)
     assert [next(listing).key for _ in range(3)] == ["d00/obj-0", "d00/obj-1", "d00/obj-2"]
     listing.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("list-source")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("list-source-prefix")]
 
 
 # --- the pure pieces ---------------------------------------------------------------------

@@ -139,3 +139,21 @@ def test_ordered_chain_stops_its_workers_when_a_part_fails():
     with pytest.raises(TransientError):
         list(ordered_chain([broken, endless, endless], workers=3, buffer=1, name="after-error"))
     assert not [t for t in threading.enumerate() if t.name.startswith("after-error")]
+
+
+def test_closing_prefetch_closes_its_source():
+    closed = threading.Event()
+
+    def produce():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    items = prefetch(produce(), depth=4, batch=2)
+    assert next(items) == 0
+    items.close()
+    assert closed.wait(10)  # the producer thread noticed, and closed the listing it was reading
