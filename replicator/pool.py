@@ -5,15 +5,19 @@
   and pile up work in memory (s3transfer's pattern).
 - ``prefetch``: runs an iterator in a thread, a bounded number of items ahead, so
   the two listings' network round trips overlap each other and the diff.
+- ``ordered_chain``: concatenates iterators in order while running the next few of
+  them ahead in threads, so a listing split by prefix pays its servers' page latency
+  a few prefixes at a time and still comes out in key order.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, Union
 
 T = TypeVar("T")
 
@@ -51,7 +55,8 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
     Items cross between the threads in lists of up to ``batch``: one queue hand-off per
     item was the largest CPU cost of a no-op reconcile once listings were parsed lean.
     An exception in the producer is re-raised in the consumer at the same position.
-    Closing the generator early stops the producer."""
+    Closing the generator early stops the producer, which closes ``source`` (a listing
+    that lists in threads of its own stops them)."""
     batch = max(1, min(batch, depth))
     chunks: queue.Queue = queue.Queue(maxsize=max(1, depth // batch))
     closed = threading.Event()
@@ -79,6 +84,10 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
         except BaseException as exc:  # forwarded to the consumer, which decides
             put(pending)
             put((_DONE, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
@@ -92,3 +101,103 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
             yield from chunk
     finally:
         closed.set()
+
+
+class _Ahead:
+    """One part of an ``ordered_chain`` running in a worker: its lists go through a
+    queue of at most ``buffer`` lists; its end, or its error, follows them."""
+
+    def __init__(self, open_part: Callable[[], Iterable[list]], buffer: int, closed: threading.Event):
+        self._open = open_part
+        self._lists: queue.Queue = queue.Queue(maxsize=buffer)
+        self._closed = closed
+        self.future: Future | None = None
+
+    def _put(self, entry) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._lists.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        lists = None
+        try:
+            lists = iter(self._open())
+            for chunk in lists:
+                if not self._put(chunk):
+                    return
+            self._put((_DONE, None))
+        except BaseException as exc:  # forwarded to the consumer, at this part's turn
+            self._put((_DONE, exc))
+        finally:
+            close = getattr(lists, "close", None)
+            if close is not None:
+                close()
+
+    def lists(self) -> Iterator[list]:
+        while True:
+            try:
+                chunk = self._lists.get(timeout=0.5)
+            except queue.Empty:
+                if self.future is not None and self.future.done() and self._lists.empty():
+                    self.future.result()  # the worker died outside run()'s handler
+                    raise RuntimeError("an ordered_chain worker ended without its result")
+                continue
+            if type(chunk) is tuple:
+                if chunk[1] is not None:
+                    raise chunk[1]
+                return
+            yield chunk
+
+
+Part = Union[list[T], Callable[[], Iterable[list[T]]]]
+
+
+def ordered_chain(parts: Iterable[Part], workers: int, *, buffer: int = 2, name: str = "chain") -> Iterator[T]:
+    """Yield every item of ``parts``, in order. A part is a list of items, or a callable
+    that returns an iterable of lists. Callables run in up to ``workers`` threads,
+    started ahead of their turn, each at most ``buffer`` lists ahead of the consumer.
+    At most ``2 * workers`` parts are pulled from ``parts`` ahead, so memory is bounded
+    by the settings, never by how many parts there are.
+
+    A part's error is raised at its turn, after every item before it: a consumer that
+    resumes after the last item it got misses nothing. Closing the generator (or an
+    error) stops the workers and waits for them: no thread outlives the chain."""
+    workers = max(1, workers)
+    closed = threading.Event()
+    pending: deque = deque()
+    running = 0
+    source = iter(parts)
+    exhausted = False
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    try:
+        while True:
+            while not exhausted and running < workers and len(pending) < 2 * workers:
+                part = next(source, _DONE)
+                if part is _DONE:
+                    exhausted = True
+                elif callable(part):
+                    ahead = _Ahead(part, max(1, buffer), closed)
+                    ahead.future = executor.submit(ahead.run)
+                    pending.append(ahead)
+                    running += 1
+                else:
+                    pending.append(part)
+            if not pending:
+                return
+            head = pending.popleft()
+            if type(head) is _Ahead:
+                for chunk in head.lists():
+                    yield from chunk
+                running -= 1
+            else:
+                yield from head
+    finally:
+        closed.set()
+        executor.shutdown(wait=True, cancel_futures=True)
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()

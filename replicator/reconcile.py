@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from typing import TextIO
 
 from loguru import logger
@@ -153,18 +153,19 @@ class _Run:
         with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
                 try:
-                    changes = diff.plan(self._listing(o.source.list_from, "source"),
-                                        self._listing(o.dest.list_from, "destination"))
-                    for change in changes:
-                        if self.fatal is not None or o.stop.is_set():
-                            break
-                        if change.action is Action.UNCHANGED:
-                            self.stats.unchanged += 1
-                        elif change.action is Action.DELETE:
-                            spool.write(json.dumps([change.key, change.size]) + "\n")
-                            deletes += 1
-                        else:
-                            pool.submit(self._apply, change)
+                    # closing: a run that stops early stops both listings' threads now.
+                    with closing(diff.plan(self._listing(o.source.list_from, "source"),
+                                           self._listing(o.dest.list_from, "destination"))) as changes:
+                        for change in changes:
+                            if self.fatal is not None or o.stop.is_set():
+                                break
+                            if change.action is Action.UNCHANGED:
+                                self.stats.unchanged += 1
+                            elif change.action is Action.DELETE:
+                                spool.write(json.dumps([change.key, change.size]) + "\n")
+                                deletes += 1
+                            else:
+                                pool.submit(self._apply, change)
                 except StoreError as error:  # a listing failed after its retries, or was out of order
                     self._failed("listing", error)
                     self.fatal = self.fatal or error

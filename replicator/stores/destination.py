@@ -30,7 +30,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
-from . import listing
+from . import listing, parallel_listing
 from .transport import coalescing_pool, map_transport_error, object_path, pool_manager, raw_error, signed_request
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
@@ -153,7 +153,7 @@ class S3Destination:
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
                                   read_timeout=settings.read_timeout,
-                                  maxsize=settings.workers + settings.multipart_concurrency + 4)
+                                  maxsize=settings.workers + settings.multipart_concurrency + settings.list_concurrency + 4)
         # The data path (PutObject, UploadPart) is sent as raw signed requests
         # (transport.signed_request): botocore's per-call machinery (endpoint rules
         # resolved per key, event hooks, serialisers) cost 2.5-3.4 ms of CPU per small
@@ -164,6 +164,7 @@ class S3Destination:
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
         self._objects = coalescing_pool(self._http, self._origin)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
+        self.list_concurrency = settings.list_concurrency
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         # Whether the bucket takes object lock settings: None until check() asks it, or
@@ -261,22 +262,24 @@ class S3Destination:
             self._object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return listing.paginate(self.side, self._list_page, start_after)
+        return parallel_listing.walk(self.side, self._list_page, start_after, self.list_concurrency)
 
-    def _list_page(self, start_after: str | None) -> bytes:
+    def _list_page(self, request: listing.PageRequest) -> bytes:
         # botocore signs the page request (presigned, so every auth and addressing rule
         # stays botocore's); we fetch and parse it raw: botocore's generic parser is
         # most of a no-op reconcile's CPU (see listing.py).
         params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
-        if start_after:
-            params["StartAfter"] = start_after
+        for name, value in (("StartAfter", request.start_after), ("Prefix", request.prefix),
+                            ("Delimiter", request.delimiter), ("ContinuationToken", request.token)):
+            if value:
+                params[name] = value
         url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
         try:
             response = self._http.request("GET", url)
         except (Urllib3Error, OSError) as exc:
-            raise map_transport_error(self.side, "list", start_after, self.endpoint, exc) from exc
+            raise map_transport_error(self.side, "list", request.subject, self.endpoint, exc) from exc
         if response.status != 200:
-            raise raw_error(self.side, "list", start_after, response, bucket_op=True)
+            raise raw_error(self.side, "list", request.subject, response, bucket_op=True)
         return response.data
 
     def head_source_etag(self, key: str) -> str | None:

@@ -2,8 +2,9 @@
 
 import pytest
 
+from replicator.errors import TransientError
 from replicator.model import ObjectInfo
-from replicator.stores.listing import MalformedPage, parse_page, query
+from replicator.stores.listing import MalformedPage, Page, PageRequest, pages, parse, parse_page, query
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
 
@@ -65,3 +66,51 @@ def test_malformed_pages_are_errors_not_empty_listings(body):
 def test_query_paginates_by_start_after():
     assert query(None) == {"list-type": "2", "max-keys": "1000", "encoding-type": "url"}
     assert query("k/1")["start-after"] == "k/1"
+
+
+def test_query_of_a_delimited_continuation_page():
+    request = PageRequest(prefix="photos/", delimiter="/", token="opaque+token")
+    assert request.query() == {"list-type": "2", "max-keys": "1000", "encoding-type": "url",
+                               "prefix": "photos/", "delimiter": "/", "continuation-token": "opaque+token"}
+    assert request.subject == "photos/"
+    assert PageRequest("photos/a", "photos/").subject == "photos/a"
+
+
+def prefix_entry(prefix: str) -> str:
+    return f"<CommonPrefixes><Prefix>{prefix}</Prefix></CommonPrefixes>"
+
+
+@pytest.mark.parametrize("ns", [NS, ""])
+def test_common_prefixes_and_the_continuation_token_are_read(ns):
+    body = page(entry("top") + prefix_entry("a%2F") + prefix_entry("%C3%A9+x%2F")
+                + "<NextContinuationToken>tok/1=</NextContinuationToken>", truncated=True, ns=ns)
+    got = parse(body)
+    assert got == Page([ObjectInfo("top", 1, "abc")], True, ["a/", "é x/"], "tok/1=")
+
+
+def test_a_page_without_prefixes_or_token():
+    assert parse(page(entry("a"))) == Page([ObjectInfo("a", 1, "abc")], False, [], None)
+
+
+def test_a_common_prefix_without_its_prefix_is_malformed():
+    with pytest.raises(MalformedPage):
+        parse(page("<CommonPrefixes></CommonPrefixes>"))
+
+
+def test_pages_follow_start_after_and_an_unreadable_page_is_a_transient_error():
+    bodies = iter([page(entry("p/a") + entry("p/b"), truncated=True), page(entry("p/c")), b"<oops"])
+    requests = []
+
+    def fetch(request):
+        requests.append(request)
+        return next(bodies)
+
+    assert [[o.key for o in items] for items in pages("source", fetch, None, "p/")] == [["p/a", "p/b"], ["p/c"]]
+    assert requests == [PageRequest(None, "p/"), PageRequest("p/b", "p/")]
+    with pytest.raises(TransientError, match="source: list x: listing is not XML"):
+        list(pages("source", fetch, "x"))
+
+
+def test_a_truncated_page_without_entries_is_an_error_not_the_end():
+    with pytest.raises(TransientError, match="truncated listing page with no entries"):
+        list(pages("destination", lambda request: page("", truncated=True), None))

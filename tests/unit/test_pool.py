@@ -1,4 +1,4 @@
-"""pool.py: prefetch keeps order and forwards a producer's error in place; the
+"""pool.py: prefetch and ordered_chain keep order and forward a producer's error in place; the
 bounded executor applies backpressure."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from replicator.errors import TransientError
-from replicator.pool import BoundedExecutor, prefetch
+from replicator.pool import BoundedExecutor, ordered_chain, prefetch
 
 
 def test_prefetch_yields_everything_in_order():
@@ -46,3 +46,114 @@ def test_bounded_executor_blocks_submit_at_the_limit():
         release.set()
         submitter.join(10)
         assert third_submitted.is_set()
+
+
+# --- ordered_chain -----------------------------------------------------------------------
+
+def lists_of(*chunks):
+    """A part for ordered_chain: a callable returning these lists."""
+    return lambda: iter([list(chunk) for chunk in chunks])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8])
+def test_ordered_chain_keeps_the_order_of_parts_and_lists(workers):
+    parts = [[1, 2], lists_of([3], [4, 5]), lists_of(), [6], lists_of([7]), [], lists_of([8, 9], [10])]
+    assert list(ordered_chain(parts, workers)) == list(range(1, 11))
+
+
+def test_ordered_chain_waits_for_a_slow_part_while_later_parts_are_done():
+    later_done = threading.Event()
+
+    def slow():
+        assert later_done.wait(10)  # the part after this one finished first
+        yield ["a"]
+
+    def fast():
+        yield ["b"]
+        later_done.set()
+
+    assert list(ordered_chain([slow, fast], workers=2)) == ["a", "b"]
+
+
+def test_ordered_chain_raises_a_parts_error_at_its_turn_after_every_earlier_item():
+    def broken():
+        yield ["c"]
+        raise TransientError("source", "list", "p/", "connection reset by peer")
+
+    got = []
+    with pytest.raises(TransientError, match="connection reset"):
+        for item in ordered_chain([["a"], lists_of(["b"]), broken, lists_of(["never"])], workers=4):
+            got.append(item)
+    assert got == ["a", "b", "c"]
+
+
+def test_ordered_chain_raises_an_error_from_opening_a_part():
+    def refuses():
+        raise TransientError("destination", "list", "p/", "InternalError (HTTP 500)")
+
+    with pytest.raises(TransientError):
+        list(ordered_chain([lists_of(["a"]), refuses], workers=2))
+
+
+def test_ordered_chain_starts_at_most_workers_parts_ahead():
+    pulled = []
+
+    def parts():
+        for n in range(100):
+            pulled.append(n)
+            yield lists_of([n])
+
+    chain = ordered_chain(parts(), workers=3)
+    assert next(chain) == 0
+    assert pulled == [0, 1, 2]  # three in flight; the fourth waits for the first to be consumed
+    assert next(chain) == 1
+    assert pulled == [0, 1, 2, 3]
+    chain.close()
+
+
+def test_ordered_chain_stops_its_workers_when_the_consumer_stops_early():
+    opened = []
+
+    def endless(n):
+        def part():
+            opened.append(n)
+            while True:
+                yield [n]
+        return part
+
+    chain = ordered_chain((endless(n) for n in range(10)), workers=4, buffer=1, name="endless")
+    assert [next(chain) for _ in range(3)] == [0, 0, 0]
+    chain.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("endless")]
+    assert len(opened) <= 4
+
+
+def test_ordered_chain_stops_its_workers_when_a_part_fails():
+    def endless():
+        while True:
+            yield ["x"]
+
+    def broken():
+        raise TransientError("source", "list", None, "boom")
+
+    with pytest.raises(TransientError):
+        list(ordered_chain([broken, endless, endless], workers=3, buffer=1, name="after-error"))
+    assert not [t for t in threading.enumerate() if t.name.startswith("after-error")]
+
+
+def test_closing_prefetch_closes_its_source():
+    closed = threading.Event()
+
+    def produce():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    items = prefetch(produce(), depth=4, batch=2)
+    assert next(items) == 0
+    items.close()
+    assert closed.wait(10)  # the producer thread noticed, and closed the listing it was reading

@@ -1,0 +1,161 @@
+"""List a bucket several prefixes at a time, and still in key order.
+
+Why: once its parsing was lean, a no-op reconcile spent most of its time waiting for
+the servers' pages, one after the other (issue 2: 6.4 s against rclone's 5.9 s at
+100,000 objects, while using the least CPU). rclone lists its "directories" 8 at a
+time. Measured on the benchmark's data (100 prefixes of 1,000 keys, both sides at
+once, median of 5): one sequence of pages 5.6 s, 8 prefixes at a time 4.7 s, and the
+MinIO servers spent less CPU serving it (5.5 against 6.8 s).
+
+How: the top level is listed with delimiter ``/``, page by page, which gives the
+objects directly at the top and one entry per common prefix. Each prefix is listed
+recursively (no delimiter) by one of ``concurrency`` workers, ahead of its turn
+(``pool.ordered_chain``), and the consumer takes everything strictly in key order.
+Two facts about sorted keys make that one listing's order:
+
+- the keys under a prefix P are contiguous in sorted order; and
+- a key K that is not under P sorts before all of P's keys if and only if K < P.
+
+So the top level's objects and prefixes, merged in sorted order with each prefix
+replaced by its keys, are exactly the recursive listing. (The diff checks the order
+anyway.)
+
+Layouts: a flat bucket has no prefixes, and its top level's pages are the listing,
+one after the other, as before. A level with exactly one prefix (everything under
+``data/``) gains nothing from splitting, so the walk descends into that prefix, up to
+``MAX_DEPTH`` levels, and splits there. ``S3_SYNC_LIST_CONCURRENCY=1`` is the plain
+sequential listing (``listing.paginate``).
+
+Resuming (``retry.resumable`` lists again from the last key it got, K): servers do not
+roll the keys after K that share K's prefix into that prefix (MinIO and moto both leave
+``a/`` out of a delimited listing that starts after ``a/b``), so the prefix K lies in
+is listed first, from K, and a server that does return it again is not listed twice.
+
+Safety: a prefix's listing that fails raises the same TransientError a sequential
+listing raises, at that prefix's turn, after every key before it, so the resumption
+misses nothing; a short listing would plan deletes. A page whose keys or prefixes lie
+outside what was asked is refused (ListingOrderError), as a listing out of order is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from ..errors import FatalError, ListingOrderError
+from ..model import ObjectInfo
+from ..pool import Part, ordered_chain
+from .listing import Fetch, PageRequest, fetch_page, paginate, pages
+
+DELIMITER = "/"
+# How many levels below the top the walk may descend while each level has a single
+# prefix (data/2026/...). Beyond it the single prefix is listed as one sequence.
+MAX_DEPTH = 3
+
+Entry = tuple[str, ObjectInfo | None]  # (key, object) or (prefix, None)
+
+
+def walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
+    """Every object after ``start_after`` (all when None), in key order, listing up to
+    ``concurrency`` prefixes at a time."""
+    if concurrency <= 1:
+        return paginate(side, fetch, start_after)
+    return ordered_chain(plan(side, fetch, start_after), concurrency, name=f"list-{side}-prefix")
+
+
+def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "",
+         depth: int = 0) -> Iterator[Part[ObjectInfo]]:
+    """The listing of ``prefix`` after ``start_after`` as ``ordered_chain`` parts, in key
+    order: lists of the objects at this level, and for each sub-prefix a callable that
+    lists it recursively. Pages of this level are fetched as the parts are pulled."""
+    inside = prefix_of(start_after, prefix)
+    page = fetch_page(side, fetch, PageRequest(start_after, prefix, DELIMITER))
+    entries = level_entries(side, prefix, page.items, page.prefixes)
+    prefixes = {key for key, obj in entries if obj is None} | ({inside} if inside else set())
+    descend = depth < MAX_DEPTH and not page.truncated and len(prefixes) == 1
+
+    def sub(sub_prefix: str) -> Iterator[Part[ObjectInfo]]:
+        # Only the prefix start_after lies in (start_after may be the prefix itself, a
+        # folder marker) starts after it; every later one from its beginning.
+        after = start_after if start_after is not None and start_after >= sub_prefix else None
+        if descend:
+            yield from plan(side, fetch, after, sub_prefix, depth + 1)
+        else:
+            yield subtree(side, fetch, sub_prefix, after)
+
+    last = None
+    if inside:
+        yield from sub(inside)
+        last = inside
+    while True:
+        batch: list[ObjectInfo] = []
+        for key, obj in entries:
+            if obj is not None:
+                batch.append(obj)
+            elif key != last:  # the prefix start_after lies in, repeated by a server
+                if batch:
+                    yield batch
+                    batch = []
+                yield from sub(key)
+                last = key
+        if batch:
+            yield batch
+        if not page.truncated:
+            return
+        if not page.token:
+            # start-after a common prefix is not portable (listing.py), so there is no
+            # safe way on without the token.
+            raise FatalError(side, "list", prefix or None,
+                             "truncated listing by prefix without a continuation token; "
+                             "set S3_SYNC_LIST_CONCURRENCY=1 for this provider")
+        page = fetch_page(side, fetch, PageRequest(None, prefix, DELIMITER, page.token))
+        entries = level_entries(side, prefix, page.items, page.prefixes)
+
+
+def subtree(side: str, fetch: Fetch, prefix: str, start_after: str | None) -> Callable[[], Iterator[list[ObjectInfo]]]:
+    """A part that lists everything under ``prefix`` after ``start_after``, page by page."""
+
+    def run() -> Iterator[list[ObjectInfo]]:
+        for items in pages(side, fetch, start_after, prefix):
+            for obj in items:
+                if not obj.key.startswith(prefix):
+                    raise _outside(side, prefix, obj.key)
+            yield items
+
+    return run
+
+
+def prefix_of(key: str | None, prefix: str) -> str | None:
+    """The sub-prefix of ``prefix`` (one level down) that ``key`` lies in, if any."""
+    if key is None or not key.startswith(prefix):
+        return None
+    end = key.find(DELIMITER, len(prefix))
+    return key[:end + 1] if end >= 0 else None
+
+
+def level_entries(side: str, prefix: str, items: list[ObjectInfo], prefixes: list[str]) -> list[Entry]:
+    """One delimited page of ``prefix``: its objects and sub-prefixes merged in key order
+    (a response lists them apart). An object whose key goes deeper than this level (a
+    server listing a folder marker ``a/`` as an object *and* a prefix) is counted as its
+    prefix, whose own listing includes it; a prefix named twice counts once."""
+    entries: list[Entry] = []
+    for obj in items:
+        if not obj.key.startswith(prefix):
+            raise _outside(side, prefix, obj.key)
+        deeper = prefix_of(obj.key, prefix)
+        entries.append((deeper, None) if deeper else (obj.key, obj))
+    for sub_prefix in prefixes:
+        if len(sub_prefix) <= len(prefix) or not sub_prefix.startswith(prefix):
+            raise _outside(side, prefix, sub_prefix)
+        entries.append((sub_prefix, None))
+    entries.sort(key=lambda entry: entry[0])
+    merged: list[Entry] = []
+    for entry in entries:
+        if entry[1] is None and merged and merged[-1] == entry:
+            continue
+        merged.append(entry)
+    return merged
+
+
+def _outside(side: str, prefix: str, key: str) -> ListingOrderError:
+    return ListingOrderError(side, "list", prefix or None,
+                             f"listing of prefix {prefix!r} returned {key!r}, outside it; refusing to diff")
