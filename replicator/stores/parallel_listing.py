@@ -35,6 +35,9 @@ Safety: a prefix's listing that fails raises the same TransientError a sequentia
 listing raises, at that prefix's turn, after every key before it, so the resumption
 misses nothing; a short listing would plan deletes. A page whose keys or prefixes lie
 outside what was asked is refused (ListingOrderError), as a listing out of order is.
+A prefix that lists no keys is not an error: MinIO names the prefixes of empty
+directories and of keys that only have delete markers (versioned buckets). Common
+prefixes are decoded as keys are (``EncodingType=url``), as botocore and minio-py do.
 """
 
 from __future__ import annotations

@@ -61,6 +61,18 @@ def test_listing_by_prefix_lists_what_one_sequence_of_pages_lists(pair, side):
             assert keys(parallel, start) == [k for k in expected if k > start], start
 
 
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_prefixes_that_hold_only_delete_markers_list_nothing(pair):
+    # MinIO still names "gone/" as a common prefix once its only key has a delete marker.
+    from minio.versioningconfig import ENABLED, VersioningConfig
+
+    pair.source.set_bucket_versioning(pair.source_bucket, VersioningConfig(ENABLED))
+    put_source(pair, ["gone/x", "gone/y/z", "kept/x", "top"])
+    for key in ("gone/x", "gone/y/z"):
+        pair.source.remove_object(pair.source_bucket, key)
+    assert keys(stores(pair, "source", 8)) == keys(stores(pair, "source", 1)) == ["kept/x", "top"]
+
+
 @pytest.mark.parametrize("side", ["source", "dest"])
 def test_a_top_level_of_more_than_one_page_is_followed_to_its_end(pair, side):
     # 1,100 entries at the top level, objects and prefixes alternating: the delimited
