@@ -23,8 +23,12 @@ anyway.)
 Layouts: a flat bucket has no prefixes, and its top level's pages are the listing,
 one after the other, as before. A level with exactly one prefix (everything under
 ``data/``) gains nothing from splitting, so the walk descends into that prefix, up to
-``MAX_DEPTH`` levels, and splits there. ``S3_SYNC_LIST_CONCURRENCY=1`` is the plain
-sequential listing (``listing.paginate``).
+``MAX_DEPTH`` levels, and splits there. Many small prefixes (one per user, a few keys
+each) would cost a request each where one page holds a thousand keys: once the last
+``SAMPLE_PAGES`` pages of prefix listings held fewer than ``SMALL_PAGE`` keys on
+average, the walk lists the rest as one sequence of pages, from the last key it
+yielded. ``S3_SYNC_LIST_CONCURRENCY=1`` is the plain sequential listing
+(``listing.paginate``).
 
 Resuming (``retry.resumable`` lists again from the last key it got, K): servers do not
 roll the keys after K that share K's prefix into that prefix (MinIO and moto both leave
@@ -35,11 +39,17 @@ Safety: a prefix's listing that fails raises the same TransientError a sequentia
 listing raises, at that prefix's turn, after every key before it, so the resumption
 misses nothing; a short listing would plan deletes. A page whose keys or prefixes lie
 outside what was asked is refused (ListingOrderError), as a listing out of order is.
+A prefix that lists no keys is not an error: MinIO names the prefixes of empty
+directories and of keys that only have delete markers (versioned buckets). Common
+prefixes are decoded as keys are (``EncodingType=url``), as botocore and minio-py do.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 from ..errors import FatalError, ListingOrderError
 from ..model import ObjectInfo
@@ -50,8 +60,33 @@ DELIMITER = "/"
 # How many levels below the top the walk may descend while each level has a single
 # prefix (data/2026/...). Beyond it the single prefix is listed as one sequence.
 MAX_DEPTH = 3
+# Prefixes are "small" when the last SAMPLE_PAGES pages of their listings held fewer
+# than SMALL_PAGE keys on average (a full page holds 1,000).
+SAMPLE_PAGES = 16
+SMALL_PAGE = 250
 
 Entry = tuple[str, ObjectInfo | None]  # (key, object) or (prefix, None)
+
+
+class Tally:
+    """Keys per page of the latest prefix listings, counted by the workers."""
+
+    def __init__(self) -> None:
+        self._recent: deque[int] = deque(maxlen=SAMPLE_PAGES)
+        self._lock = threading.Lock()
+        self.small = False  # set once the walk went on as one sequence of pages
+
+    def add(self, keys: int) -> None:
+        with self._lock:
+            self._recent.append(keys)
+
+    def prefixes_are_small(self) -> bool:
+        with self._lock:
+            return len(self._recent) == SAMPLE_PAGES and sum(self._recent) < SAMPLE_PAGES * SMALL_PAGE
+
+
+class _GoSequential(Exception):
+    """Raised by the planner when listing prefix by prefix stopped paying."""
 
 
 def walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
@@ -59,14 +94,38 @@ def walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> 
     ``concurrency`` prefixes at a time."""
     if concurrency <= 1:
         return paginate(side, fetch, start_after)
-    return ordered_chain(plan(side, fetch, start_after), concurrency, name=f"list-{side}-prefix")
+    return _walk(side, fetch, start_after, concurrency)
 
 
-def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "",
-         depth: int = 0) -> Iterator[Part[ObjectInfo]]:
+def _walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
+    tally = Tally()
+    last = start_after
+    with closing(ordered_chain(_until_small(plan(side, fetch, start_after, tally=tally), tally),
+                               concurrency, name=f"list-{side}-prefix")) as chain:
+        for obj in chain:
+            last = obj.key
+            yield obj
+    if tally.small:
+        # Everything after the last key yielded, whichever prefixes the planner had
+        # reached: the same rule a resumed listing follows.
+        yield from paginate(side, fetch, last)
+
+
+def _until_small(parts: Iterator[Part[ObjectInfo]], tally: Tally) -> Iterator[Part[ObjectInfo]]:
+    """The planner's parts, until it finds the prefixes small; the parts already handed
+    out are still listed and consumed."""
+    try:
+        yield from parts
+    except _GoSequential:
+        tally.small = True
+
+
+def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "", depth: int = 0,
+         tally: Tally | None = None) -> Iterator[Part[ObjectInfo]]:
     """The listing of ``prefix`` after ``start_after`` as ``ordered_chain`` parts, in key
     order: lists of the objects at this level, and for each sub-prefix a callable that
-    lists it recursively. Pages of this level are fetched as the parts are pulled."""
+    lists it recursively. Pages of this level are fetched as the parts are pulled.
+    With a ``tally``, raises _GoSequential instead of a prefix part once prefixes are small."""
     inside = prefix_of(start_after, prefix)
     page = fetch_page(side, fetch, PageRequest(start_after, prefix, DELIMITER))
     entries = level_entries(side, prefix, page.items, page.prefixes)
@@ -78,9 +137,11 @@ def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "",
         # folder marker) starts after it; every later one from its beginning.
         after = start_after if start_after is not None and start_after >= sub_prefix else None
         if descend:
-            yield from plan(side, fetch, after, sub_prefix, depth + 1)
+            yield from plan(side, fetch, after, sub_prefix, depth + 1, tally)
+        elif tally is not None and tally.prefixes_are_small():
+            raise _GoSequential()
         else:
-            yield subtree(side, fetch, sub_prefix, after)
+            yield subtree(side, fetch, sub_prefix, after, tally)
 
     last = None
     if inside:
@@ -111,15 +172,22 @@ def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "",
         entries = level_entries(side, prefix, page.items, page.prefixes)
 
 
-def subtree(side: str, fetch: Fetch, prefix: str, start_after: str | None) -> Callable[[], Iterator[list[ObjectInfo]]]:
+def subtree(side: str, fetch: Fetch, prefix: str, start_after: str | None,
+            tally: Tally | None = None) -> Callable[[], Iterator[list[ObjectInfo]]]:
     """A part that lists everything under ``prefix`` after ``start_after``, page by page."""
 
     def run() -> Iterator[list[ObjectInfo]]:
+        empty = True
         for items in pages(side, fetch, start_after, prefix):
+            empty = False
+            if tally is not None:
+                tally.add(len(items))
             for obj in items:
                 if not obj.key.startswith(prefix):
                     raise _outside(side, prefix, obj.key)
             yield items
+        if empty and tally is not None:
+            tally.add(0)
 
     return run
 

@@ -61,18 +61,39 @@ def test_listing_by_prefix_lists_what_one_sequence_of_pages_lists(pair, side):
             assert keys(parallel, start) == [k for k in expected if k > start], start
 
 
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_prefixes_that_hold_only_delete_markers_list_nothing(pair):
+    # MinIO still names "gone/" as a common prefix once its only key has a delete marker.
+    from minio.versioningconfig import ENABLED, VersioningConfig
+
+    pair.source.set_bucket_versioning(pair.source_bucket, VersioningConfig(ENABLED))
+    put_source(pair, ["gone/x", "gone/y/z", "kept/x", "top"])
+    for key in ("gone/x", "gone/y/z"):
+        pair.source.remove_object(pair.source_bucket, key)
+    assert keys(stores(pair, "source", 8)) == keys(stores(pair, "source", 1)) == ["kept/x", "top"]
+
+
+LAYOUTS = {
+    # 1,100 entries at the top level, every hundredth a prefix, one of them the last
+    # entry of the first page: the second page is reached by continuation token.
+    "two pages": [f"k{i:04d}/x" if i % 100 == 99 else f"k{i:04d}" for i in range(1100)],
+    # Prefixes of one key each: the walk goes on as one sequence of pages midway.
+    "small prefixes": [f"user-{u:03d}/{name}" for u in range(60) for name in ("avatar", "a/b")],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("side", ["source", "dest"])
-def test_a_top_level_of_more_than_one_page_is_followed_to_its_end(pair, side):
-    # 1,100 entries at the top level, objects and prefixes alternating: the delimited
-    # listing spans two pages, the second reached by continuation token.
-    many = [f"k{i:04d}/x" if i % 2 else f"k{i:04d}" for i in range(1100)]
+def test_larger_layouts_are_listed_to_their_end(pair, side, layout):
+    many = LAYOUTS[layout]
     if side == "source":
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda k: pair.source.put_object(pair.source_bucket, k, io.BytesIO(b"x"), 1), many))
     else:
         put_dest(pair, many)
     assert keys(stores(pair, side, 8)) == sorted(many)
-    assert keys(stores(pair, side, 8), "k0500") == sorted(k for k in many if k > "k0500")
+    middle = sorted(many)[len(many) // 2]
+    assert keys(stores(pair, side, 8), middle) == sorted(k for k in many if k > middle)
 
 
 # --- failures ---------------------------------------------------------------------------

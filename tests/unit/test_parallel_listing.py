@@ -89,6 +89,8 @@ LAYOUTS = {
     "empty prefixes (folder markers only)": ["a/", "b/", "b/c/", "d"],
     "deep single chain": ["1/2/3/4/5/6/x", "1/2/3/4/5/6/y"],
     "empty bucket": [],
+    # Enough small prefixes for the walk to go on as one sequence of pages midway.
+    "many small prefixes": [f"u{u:02d}/{name}" for u in range(40) for name in ("a", "b/c")] + ["u17", "zz"],
 }
 
 
@@ -147,6 +149,27 @@ def test_a_resumed_walk_lists_the_prefix_it_stopped_in_from_where_it_stopped():
     server = FakeS3(LAYOUTS["directories"])
     assert keys_of(walk("source", server, "d1/obj-0", 8))[:2] == ["d1/obj-1", "d1/obj-2"]
     assert PageRequest("d1/obj-0", "d1/") in server.requests
+
+
+def test_many_small_prefixes_are_listed_as_one_sequence_once_they_prove_small():
+    keys = [f"user-{u:04d}/avatar" for u in range(300)]
+    server = FakeS3(keys)
+    assert keys_of(walk("source", server, None, 8)) == keys
+    prefix_listings = server.listed_prefixes(delimited=False)
+    # The sample, plus what was already running when the walk decided: not 300 requests.
+    assert parallel_listing.SAMPLE_PAGES <= len([p for p in prefix_listings if p]) <= parallel_listing.SAMPLE_PAGES + 16
+    sequential = [r for r in server.requests if not r.prefix and not r.delimiter]
+    assert len(sequential) == 1 and sequential[0].start_after.startswith("user-00")
+
+
+def test_large_prefixes_are_listed_one_by_one_to_the_end(monkeypatch):
+    monkeypatch.setattr(parallel_listing, "SAMPLE_PAGES", 4)
+    monkeypatch.setattr(parallel_listing, "SMALL_PAGE", 3)  # full pages of 4 keys are not small
+    keys = [f"d{d:02d}/obj-{i}" for d in range(20) for i in range(8)]
+    server = FakeS3(keys, max_keys=4)
+    assert keys_of(walk("source", server, None, 4)) == keys
+    assert len(set(server.listed_prefixes(delimited=False))) == 20
+    assert not [r for r in server.requests if not r.prefix and not r.delimiter]
 
 
 # --- failures ---------------------------------------------------------------------------
