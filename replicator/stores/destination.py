@@ -161,6 +161,8 @@ class S3Destination:
         # style, regional endpoints, dotted bucket names) follows its rules.
         bucket_url = urlsplit(self.client.generate_presigned_url("head_bucket", Params={"Bucket": self.bucket}))
         self._origin = f"{bucket_url.scheme}://{bucket_url.netloc}"
+        self._secure = bucket_url.scheme == "https"
+        self._aws = endpoint.is_aws
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
         self._objects = coalescing_pool(self._http, self._origin)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
@@ -423,10 +425,16 @@ class S3Destination:
 
     def _send(self, op: str, key: str, query: str, headers: dict[str, str], body: bytes):
         """One signed PUT for ``key`` (transport.signed_request); returns the response,
-        raises errors.* for anything but 200. Content-MD5 goes on every request: the
-        destination verifies it, and providers require it for uploads into
-        object-locked buckets."""
-        headers = {**headers, "Content-MD5": _md5_b64(body)}
+        raises errors.* for anything but 200.
+
+        Every byte is hashed once, by whichever hash the destination verifies: over
+        HTTPS the payload goes unsigned and Content-MD5 is the check; over plain HTTP
+        the signed SHA-256 is (a mismatch is refused as XAmzContentSHA256Mismatch), as
+        minio-py does it. Content-MD5 is added anyway where a provider demands it: a
+        write carrying object-lock settings, and anything sent to AWS, which wants it
+        for every upload into an object-locked bucket."""
+        if self._secure or self._aws or any(name.startswith("x-amz-object-lock-") for name in headers):
+            headers = {**headers, "Content-MD5": _md5_b64(body)}
         try:
             response = signed_request(self._objects, "PUT", self._origin, object_path(self._bucket_path, key, query),
                                       region=self.region, credentials=self._credentials, headers=headers, body=body)
