@@ -1,4 +1,4 @@
-"""Command line: subcommands, exit codes and signal wiring; nothing else.
+"""Command line: subcommands, exit codes, signal and garbage-collector wiring; nothing else.
 
 Exit codes:
   0  the destination is in sync (or, for ``run``, a clean shutdown)
@@ -10,10 +10,13 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from loguru import logger
 
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from .service import Service
 
-            return Service(settings).run_until_signalled(_install_signals)
+            service = Service(settings)
+            with _start_up_heap_frozen():
+                return service.run_until_signalled(_install_signals)
         if args.command == "check":
             return _check(settings)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete)
@@ -62,6 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - a bug; Python's own traceback would bypass the redaction
         logger.exception("unexpected error; this is a bug, please report it")
         return EXIT_FAILED
+
+
+@contextmanager
+def _start_up_heap_frozen() -> Iterator[None]:
+    """Keep the garbage collector off what exists once the clients are built.
+
+    boto3 and minio-py build their models into ~80,000 tracked objects that live as
+    long as the process. A listing's entries, held a few thousand at a time in the
+    listing buffers, survive into the oldest generation and set off full collections,
+    each of which walked all of those again: a third of a 100,000-object no-op
+    reconcile's CPU (3.5 -> 2.5 s, measured with and without this). ``gc.freeze``
+    takes them out of the collector's view; ``gc.unfreeze`` gives them back, so a
+    caller in the same process (the tests) loses nothing."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _install_signals(on_signal) -> None:
@@ -109,7 +132,8 @@ def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool
 
     _install_signals(on_signal)
     try:
-        stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
+        with _start_up_heap_frozen():
+            stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
     except ReplicatorError as error:
         logger.error("{}", error)
         return EXIT_FAILED
