@@ -54,7 +54,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import random
 import re
 import shutil
@@ -67,7 +66,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +75,9 @@ sys.path.insert(0, str(REPO))
 import urllib3  # noqa: E402
 from minio import Minio  # noqa: E402
 
-from tests.servers import HOST, TOOLS_DIR, MinioServer, find_tool, free_port  # noqa: E402
+import benchlib  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+from tests.servers import HOST, MinioServer, find_tool, free_port  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
 SRC_USER, SRC_PASS = "bench-src-admin", "bench-src-secret-9fQ2"
@@ -665,46 +666,11 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
 
 
 def machine_info() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-        except OSError as exc:
-            return f"({exc})"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines()
-                if line.startswith("Model name")), platform.processor())
-    pins = {}
-    for name in ("minio", "mc"):
-        stamp = TOOLS_DIR / "bin" / f".{name}.pin"
-        pins[name] = stamp.read_text().strip() if stamp.is_file() else sh(find_tool(name), "--version").splitlines()[0]
-    from importlib.metadata import version
-
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": sh("nproc"),
-        "free_h": subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.rstrip(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "minio": pins["minio"],
-        "mc": pins["mc"],
-        "minio_py": version("minio"),
-        "boto3": version("boto3"),
+        **benchlib.machine_info(),
         "urllib3": version("urllib3"),
         "loadavg_start": os.getloadavg(),
     }
-
-
-def update_doc(doc: Path, fragment: str) -> bool:
-    if not doc.is_file():
-        return False
-    text = doc.read_text()
-    if MARK_BEGIN not in text or MARK_END not in text:
-        return False
-    head, rest = text.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    doc.write_text(f"{head}{MARK_BEGIN}\n{fragment}\n{MARK_END}{tail}")
-    return True
 
 
 def report(results: list[dict], meta: dict, args) -> None:
@@ -732,7 +698,7 @@ def report(results: list[dict], meta: dict, args) -> None:
     print("\n" + fragment)
     log(f"results: {out}; fragment: {fragment_file}; plot: {args.plot}")
     if args.update_doc:
-        if update_doc(Path(args.update_doc), fragment):
+        if benchlib.update_doc(Path(args.update_doc), fragment, MARK_BEGIN, MARK_END):
             log(f"updated the generated section of {args.update_doc}")
         else:
             log(f"{args.update_doc} has no generated-section markers; left alone")

@@ -55,7 +55,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -68,7 +67,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +76,8 @@ sys.path.insert(0, str(REPO))
 from minio import Minio  # noqa: E402
 from minio.commonconfig import SnowballObject  # noqa: E402
 
-from tests.servers import TOOLS_DIR, MinioServer, find_tool  # noqa: E402
+import benchlib  # noqa: E402
+from tests.servers import MinioServer, find_tool  # noqa: E402
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -736,46 +736,11 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
 
 
 def machine_info() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.rstrip()
-        except OSError as exc:
-            return f"({exc})"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines()
-                if line.startswith("Model name")), platform.processor())
-    pins = {}
-    for name in ("minio", "mc"):
-        stamp = TOOLS_DIR / "bin" / f".{name}.pin"
-        pins[name] = stamp.read_text().strip() if stamp.is_file() else sh(find_tool(name), "--version").splitlines()[0]
-    from importlib.metadata import version
-
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": sh("nproc"),
-        "free_h": sh("free", "-h"),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "replicator_commit": sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
-        "minio": pins["minio"],
-        "mc": pins["mc"],
-        "rclone": sh(shutil.which("rclone") or "rclone", "version").splitlines()[0],
-        "boto3": version("boto3"),
-        "minio_py": version("minio"),
+        **benchlib.machine_info(),
+        "replicator_commit": benchlib.sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+        "rclone": benchlib.sh(shutil.which("rclone") or "rclone", "version").splitlines()[0],
     }
-
-
-def update_doc(doc: Path, fragment: str) -> bool:
-    if not doc.is_file():
-        return False
-    text = doc.read_text()
-    if MARK_BEGIN not in text or MARK_END not in text:
-        return False
-    head, rest = text.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    doc.write_text(f"{head}{MARK_BEGIN}\n{fragment}\n{MARK_END}{tail}")
-    return True
 
 
 def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
@@ -798,7 +763,7 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     plot(summary, Path(args.plot), meta)
     print("\n" + fragment)
-    if args.update_doc and update_doc(Path(args.update_doc), fragment):
+    if args.update_doc and benchlib.update_doc(Path(args.update_doc), fragment, MARK_BEGIN, MARK_END):
         log(f"results: {out}; plot: {args.plot}; updated the generated section of {args.update_doc}")
         return
     if args.update_doc:

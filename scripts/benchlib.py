@@ -1,0 +1,57 @@
+"""Shared by the benchmark scripts: the machine and tool versions a report names, and
+the replacement of a Markdown document's generated section."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+from tests.servers import TOOLS_DIR, find_tool
+
+
+def sh(*cmd: str) -> str:
+    """A command's output (trailing white space dropped), or why it could not run."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.rstrip()
+    except OSError as exc:
+        return f"({exc})"
+
+
+def machine_info() -> dict:
+    """Date, machine, Python, and the versions of MinIO, mc and the SDKs."""
+    cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines()
+                if line.startswith("Model name")), platform.processor())
+    pins = {}
+    for name in ("minio", "mc"):
+        # install-tools.sh stamps the module version it built; --version only says DEVELOPMENT.GOGET.
+        stamp = TOOLS_DIR / "bin" / f".{name}.pin"
+        pins[name] = stamp.read_text().strip() if stamp.is_file() else sh(find_tool(name), "--version").splitlines()[0]
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": sh("nproc"),
+        "free_h": sh("free", "-h"),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "minio": pins["minio"],
+        "mc": pins["mc"],
+        "minio_py": version("minio"),
+        "boto3": version("boto3"),
+    }
+
+
+def update_doc(doc: Path, fragment: str, begin: str, end: str) -> bool:
+    """Replace what stands between the markers ``begin`` and ``end`` in ``doc`` with
+    ``fragment``. False (and nothing written) when the file or a marker is missing."""
+    if not doc.is_file():
+        return False
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{fragment}\n{end}{tail}")
+    return True
