@@ -74,9 +74,11 @@ def test_share_threshold_is_configurable(pair, make_app):
 
 # --- an injected listing failure -------------------------------------------------------
 
-def break_listing(app, side: str, after: int, error_type: type[StoreError] = TransientError) -> list[str | None]:
+def break_listing(app, side: str, after: int, error_type: type[StoreError] = TransientError, *,
+                  once: bool = False) -> list[str | None]:
     """Make ``side``'s listing fail after ``after`` items, and on every resumption: the
-    retries run out. Returns the start keys of each listing attempt."""
+    retries run out. With ``once``, only the first attempt fails (a blip) and the
+    resumption lists on. Returns the start keys of each listing attempt."""
     store = app.source if side == "source" else app.dest
     real = store.list_from
     starts: list[str | None] = []
@@ -84,7 +86,8 @@ def break_listing(app, side: str, after: int, error_type: type[StoreError] = Tra
     def failing(start_after):
         starts.append(start_after)
         for n, item in enumerate(real(start_after)):
-            if n >= after or start_after is not None:
+            broken = len(starts) == 1 and n == after if once else n >= after or start_after is not None
+            if broken:
                 raise error_type(store.side, "list", start_after, "connection reset by peer")
             yield item
 
@@ -134,18 +137,7 @@ def test_a_listing_blip_resumes_after_the_last_key(pair, make_app, side):
     if side == "dest":
         make_app().reconciler.run()
     app = make_app()
-    store = app.source if side == "source" else app.dest
-    real = store.list_from
-    starts: list[str | None] = []
-
-    def blip_once(start_after):
-        starts.append(start_after)
-        for n, item in enumerate(real(start_after)):
-            if len(starts) == 1 and n == 3:
-                raise TransientError(store.side, "list", start_after, "connection reset by peer")
-            yield item
-
-    store.list_from = blip_once
+    starts = break_listing(app, side, after=3, once=True)
     stats = app.reconciler.run()
     assert starts == [None, keys[2]]
     assert stats.failed == 0
