@@ -610,12 +610,6 @@ def targets(summary: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def targets_markdown(rows) -> str:
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot(summary: dict, path: Path, meta: dict) -> None:
     import matplotlib
 
@@ -687,7 +681,7 @@ def report(results: list[dict], meta: dict, args) -> None:
         "\n".join(f"- {tool}: `{cmd}`" for tool, cmd in meta["commands"].items()) + "\n",
         markdown(summary, meta),
         "Targets:\n",
-        targets_markdown(targets(summary)),
+        benchlib.targets_markdown(targets(summary), ("target", "measured", "met")),
     ])
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)

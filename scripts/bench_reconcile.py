@@ -643,12 +643,6 @@ def targets(summary: dict, n: int, m: int) -> list[tuple[str, str, bool]]:
     return out
 
 
-def targets_markdown(rows) -> str:
-    lines = ["| Target (replicator) | Measured (medians) | Met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot(summary: dict, path: Path, meta: dict) -> None:
     """One panel of wall times per phase (bars: medians, dots: each run), one of peak
     RSS, one of requests per no-op pass."""
@@ -754,7 +748,7 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
         "```\n$ free -h\n" + meta["free_h"] + "\n```\n",
         markdown(summary, meta),
         "Targets:\n",
-        targets_markdown(rows),
+        benchlib.targets_markdown(rows, ("Target (replicator)", "Measured (medians)", "Met")),
         "Setup (seconds; not part of any measurement):\n",
         "| Step | s |\n|---|---|\n" + setup + "\n",
     ])

@@ -55,3 +55,10 @@ def update_doc(doc: Path, fragment: str, begin: str, end: str) -> bool:
     _, tail = rest.split(end, 1)
     doc.write_text(f"{head}{begin}\n{fragment}\n{end}{tail}")
     return True
+
+
+def targets_markdown(rows, header: tuple[str, str, str]) -> str:
+    """A Markdown table of (target, measured, met) rows; a missed target in bold."""
+    lines = [f"| {' | '.join(header)} |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
+    return "\n".join(lines) + "\n"
