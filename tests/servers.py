@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,13 +47,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(200,)) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(200,), cafile: str | None = None) -> None:
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 if response.status in ok:
                     return
         except urllib.error.HTTPError as exc:
@@ -66,11 +68,13 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(
 
 class MinioServer:
     """One single-drive MinIO server. ``stop()``/``start()`` keep port and data, so a
-    restart looks to clients like the same server going away and coming back."""
+    restart looks to clients like the same server going away and coming back. With
+    ``tls`` (tests/tls.py) it serves HTTPS with that certificate."""
 
     def __init__(self, name: str, user: str = "minioadmin", password: str = "minioadmin",
-                 workdir: str | None = None):
+                 workdir: str | None = None, tls=None):
         self.name = name
+        self.tls = tls
         self.user = user
         self.password = password
         self._own_dir = workdir is None
@@ -83,7 +87,7 @@ class MinioServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     @property
     def host(self) -> str:
@@ -101,10 +105,12 @@ class MinioServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [find_tool("minio"), "server", str(self.data), "--quiet", "--address", self.host,
-                 "--console-address", f"{HOST}:{free_port()}"],
+                 "--console-address", f"{HOST}:{free_port()}",
+                 *(["--certs-dir", str(self.tls.certs_dir)] if self.tls else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        _wait_http(f"{self.endpoint}/minio/health/cluster", self.proc, self.log, timeout)
+        _wait_http(f"{self.endpoint}/minio/health/cluster", self.proc, self.log, timeout,
+                   cafile=str(self.tls.ca_file) if self.tls else None)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

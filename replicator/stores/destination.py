@@ -31,7 +31,8 @@ from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import listing, parallel_listing
-from .transport import coalescing_pool, map_transport_error, object_path, pool_manager, raw_error, signed_request
+from .http_client import HttpClient
+from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
 _HEADER_PARAMS = {
@@ -155,7 +156,7 @@ class S3Destination:
                                   read_timeout=settings.read_timeout,
                                   maxsize=settings.workers + settings.multipart_concurrency + settings.list_concurrency + 4)
         # The data path (PutObject, UploadPart) is sent as raw signed requests
-        # (transport.signed_request): botocore's per-call machinery (endpoint rules
+        # (transport.signed_request, http_client): botocore's per-call machinery (endpoint rules
         # resolved per key, event hooks, serialisers) cost 2.5-3.4 ms of CPU per small
         # PUT. The bucket's base URL comes from botocore, so addressing (virtual or path
         # style, regional endpoints, dotted bucket names) follows its rules.
@@ -164,7 +165,10 @@ class S3Destination:
         self._secure = bucket_url.scheme == "https"
         self._aws = endpoint.is_aws
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
-        self._objects = coalescing_pool(self._http, self._origin)
+        self._objects = HttpClient(self._origin, connect_timeout=settings.connect_timeout,
+                                   read_timeout=settings.read_timeout, verify=settings.dest_verify_tls,
+                                   ca_bundle=settings.dest_ca_bundle,
+                                   maxsize=settings.workers + settings.multipart_concurrency + 4)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
         self.list_concurrency = settings.list_concurrency
         self._tagging = True  # cleared once the provider says it doesn't do tags
@@ -436,9 +440,10 @@ class S3Destination:
         if self._secure or self._aws or any(name.startswith("x-amz-object-lock-") for name in headers):
             headers = {**headers, "Content-MD5": _md5_b64(body)}
         try:
-            response = signed_request(self._objects, "PUT", self._origin, object_path(self._bucket_path, key, query),
+            response = signed_request(self._objects, "PUT", object_path(self._bucket_path, key, query),
                                       region=self.region, credentials=self._credentials, headers=headers, body=body)
-        except (Urllib3Error, OSError) as exc:
+            response.read()  # the (error) document; hands the connection back
+        except OSError as exc:
             raise map_transport_error(self.side, op, key, self.endpoint, exc) from exc
         if response.status != 200:
             raise raw_error(self.side, op, key, response)

@@ -1,6 +1,7 @@
-"""HTTP plumbing shared by the adapters that speak raw HTTP: the pool (no retries:
-retry.py owns them), the signed object request both adapters use on their data path,
-and the mapping of connection-level failures and error responses into errors.*.
+"""HTTP plumbing shared by the adapters that speak raw HTTP: the urllib3 pool the SDKs
+and listings use (no retries: retry.py owns them), the signed object request both
+adapters send on their data path (through http_client), and the mapping of
+connection-level failures and error responses into errors.*.
 
 Why raw requests on the data path: every copy is one GET and one PUT, and the SDKs'
 per-call machinery cost more CPU than the HTTP exchange itself (botocore 2.5-3.4 ms
@@ -10,6 +11,7 @@ still a library's: minio-py's SigV4 signer."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
@@ -19,11 +21,12 @@ import urllib3
 from minio import time as minio_time
 from minio.credentials import Credentials
 from minio.signer import sign_v4_s3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, SSLError, TimeoutError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ..config import Settings
 from ..errors import FatalError, StoreError, TransientError, classify, parse_retry_after
+from .http_client import ConnectFailed, HttpClient, Response
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -42,70 +45,35 @@ def pool_manager(settings: Settings, *, verify: bool, ca_bundle: str | None, rea
     )
 
 
-class _OneWrite:
-    """Send a small request's headers and body in one write. http.client writes them
-    separately, so a small PUT costs two sends and two wake-ups of the server; on
-    loopback the second send cost 5-10% of the client's and the server's CPU per PUT.
-    Go's net/http (mc) buffers them into one write too."""
-
-    _held: bytes | None = None
-    _hold = False
-
-    def request(self, method, url, body=None, headers=None, **kwargs):  # type: ignore[no-untyped-def]
-        self._hold = isinstance(body, bytes) and 0 < len(body) <= _ONE_WRITE_MAX
-        try:
-            super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
-        except BaseException:
-            self._held = None  # the connection is dropped by the pool anyway
-            raise
-        finally:
-            self._hold = False
-        if self._held is not None:  # never strand held bytes, whatever the base class did
-            held, self._held = self._held, None
-            super().send(held)  # type: ignore[misc]
-
-    def send(self, data):  # type: ignore[no-untyped-def]
-        if self._hold:
-            if self._held is None:
-                self._held = bytes(data)  # the header block; the body follows
-                return
-            data, self._held = self._held + bytes(data), None
-            self._hold = False
-        return super().send(data)  # type: ignore[misc]
-
-
-_ONE_WRITE_MAX = 256 * 1024
-
-
-class _OneWriteHTTP(_OneWrite, HTTPConnection):
-    pass
-
-
-class _OneWriteHTTPS(_OneWrite, HTTPSConnection):
-    pass
-
-
-def coalescing_pool(manager: urllib3.PoolManager, origin: str):
-    """``manager``'s pool for ``origin``, sending small requests in one write."""
-    pool = manager.connection_from_url(origin)
-    pool.ConnectionCls = _OneWriteHTTPS if origin.startswith("https:") else _OneWriteHTTP
-    return pool
-
-
 def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc: Exception) -> StoreError:
-    """Connection-level failures: the endpoint, not the object, is the subject."""
+    """Connection-level failures, from urllib3 or from http_client: the endpoint, not
+    the object, is the subject."""
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason  # type: ignore[assignment]
-    if isinstance(exc, SSLError):
-        return FatalError(side, op, key, f"TLS handshake with {endpoint} failed: {type(exc).__name__}"
+    if isinstance(exc, (SSLError, ssl.SSLError)):
+        return FatalError(side, op, key, f"TLS handshake with {endpoint} failed: {_tls_reason(exc)}"
                           " (check the CA bundle, or the endpoint's scheme)")
-    if isinstance(exc, NewConnectionError):
+    if isinstance(exc, (NewConnectionError, ConnectFailed)):
         return TransientError(side, op, key, f"cannot connect to {endpoint}: connection refused or unreachable")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (Urllib3Timeout, TimeoutError, socket.timeout)):
         return TransientError(side, op, key, f"{endpoint} timed out ({type(exc).__name__})")
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, (ProtocolError, ConnectionError)):
         return TransientError(side, op, key, f"connection to {endpoint} broke: {type(exc).__name__}")
     return TransientError(side, op, key, f"{endpoint}: {type(exc).__name__}")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """The certificate problem when there is one ("certificate verify failed:
+    self-signed certificate"), else the exception's name."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # urllib3 wraps the ssl module's error
+        if isinstance(seen, ssl.SSLCertVerificationError) and seen.verify_message:
+            return f"certificate verify failed: {seen.verify_message}"
+        if seen is None:
+            break
+        inner = next((a for a in seen.args if isinstance(a, BaseException)), None)
+        seen = inner or seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def object_path(bucket_path: str, key: str, query: str = "") -> str:
@@ -115,16 +83,16 @@ def object_path(bucket_path: str, key: str, query: str = "") -> str:
     return f"{bucket_path}/{quote(key, safe='/~')}{query}"
 
 
-def signed_request(pool, method: str, origin: str, path: str, *, region: str, credentials: Credentials,
-                   headers: dict[str, str] | None = None, body: bytes | None = None, preload: bool = True):
-    """Send one SigV4-signed request on ``pool`` (a urllib3 connection pool for
-    ``origin``) and return the response, whatever its status. Payload as both SDKs
-    sign it: UNSIGNED-PAYLOAD over HTTPS, its SHA-256 over plain HTTP.
-
-    The pool's urlopen, not PoolManager.request: that one normalises the path
-    ("a/./b", "a/../b"), which would address a different key. Transport failures
-    propagate as urllib3 exceptions, for the caller to map with its endpoint's name."""
+def signed_request(client: HttpClient, method: str, path: str, *, region: str, credentials: Credentials,
+                   headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+    """Send one SigV4-signed request on ``client`` (http_client.HttpClient, one origin)
+    and return the response, whatever its status, its body unread: the caller reads or
+    releases it. Payload as both SDKs sign it: UNSIGNED-PAYLOAD over HTTPS, its SHA-256
+    over plain HTTP. ``path`` goes out exactly as given (object_path), never
+    normalised. Transport failures propagate as OSError/ConnectionError, for the
+    caller to map with its endpoint's name."""
     now = minio_time.utcnow()
+    origin = client.origin
     if origin.startswith("https:"):
         sha256 = "UNSIGNED-PAYLOAD"
     else:
@@ -135,7 +103,8 @@ def signed_request(pool, method: str, origin: str, path: str, *, region: str, cr
         headers["Content-Length"] = str(len(body))
     sign_v4_s3(method=method, url=urlsplit(origin + path), region=region, headers=headers,
                credentials=credentials, content_sha256=sha256, date=now)
-    return pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=preload)
+    headers.pop("Content-Length", None)  # signed; the client writes it
+    return client.request(method, path, headers, body)
 
 
 def raw_error(side: str, op: str, key: str | None, response, *, bucket_op: bool = False) -> StoreError:

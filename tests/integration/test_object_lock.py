@@ -202,14 +202,15 @@ def test_a_compliance_retention_the_destination_holds_longer_is_never_shortened(
     wait_for(sidecar.ready, what="readiness")
     wait_for(lambda: dest_lock(locked, "kept.txt")[0] == GOVERNANCE, what="the initial copy")
     # Someone made the destination's copy COMPLIANCE for longer; no one can undo that.
+    held_until = days(3)  # once: two calls can straddle a second
     locked.dest.put_object_retention(Bucket=locked.dest_bucket, Key="kept.txt",
-                                     Retention={"Mode": COMPLIANCE, "RetainUntilDate": days(3)},
+                                     Retention={"Mode": COMPLIANCE, "RetainUntilDate": held_until},
                                      BypassGovernanceRetention=True)
 
     locked.source.set_object_retention(locked.source_bucket, "kept.txt", Retention(GOVERNANCE, days(2)))
 
     wait_for(lambda: "refuses GOVERNANCE until" in sidecar.log(), what="the refusal in the log")
-    assert dest_lock(locked, "kept.txt") == (COMPLIANCE, days(3), False)
+    assert dest_lock(locked, "kept.txt") == (COMPLIANCE, held_until, False)
     line = next(line for line in sidecar.log().splitlines() if "refuses GOVERNANCE until" in line)
     assert "kept.txt: destination: put retention kept.txt: InvalidRequest (HTTP 400)" in line
     assert "a COMPLIANCE retention can never be shortened or removed" in line

@@ -1,4 +1,5 @@
-"""The data path's raw signed requests (stores/transport.py) against a real MinIO.
+"""The data path's raw signed requests (stores/transport.py over stores/http_client.py)
+against a real MinIO.
 
 Over plain HTTP a PUT carries no Content-MD5 unless a provider demands one: the signed
 SHA-256 of the payload is the integrity check. These tests hold the server to that."""
@@ -7,23 +8,24 @@ from __future__ import annotations
 
 import uuid
 
-import urllib3
 from minio import Minio
 from minio.credentials import Credentials
 
 from replicator.stores import transport
+from replicator.stores.http_client import HttpClient
 from tests.conftest import DEST_PASSWORD, DEST_USER
 
 
-class _Tamper:
-    """A pool that sends a different body of the same length from the one signed:
+class _Tamper(HttpClient):
+    """A client that sends a different body of the same length from the one signed:
     what a corrupting middlebox (or a bug) would do."""
 
-    def __init__(self, pool):
-        self._pool = pool
+    def request(self, method, path, headers, body=None):
+        return super().request(method, path, headers, bytes(reversed(body)))
 
-    def urlopen(self, method, path, body=None, **kwargs):
-        return self._pool.urlopen(method, path, body=bytes(reversed(body)), **kwargs)
+
+def _client(server, cls=HttpClient) -> HttpClient:
+    return cls(server.endpoint, connect_timeout=5, read_timeout=30)
 
 
 def _bucket(server) -> str:
@@ -32,25 +34,24 @@ def _bucket(server) -> str:
     return name
 
 
-def _put(server, pool, bucket: str, key: str, body: bytes):
-    return transport.signed_request(pool, "PUT", server.endpoint, transport.object_path(f"/{bucket}", key),
+def _put(client, bucket: str, key: str, body: bytes):
+    return transport.signed_request(client, "PUT", transport.object_path(f"/{bucket}", key),
                                     region="us-east-1", credentials=Credentials(DEST_USER, DEST_PASSWORD), body=body)
 
 
 def test_a_signed_put_lands_with_its_bytes(minio_dest):
     bucket = _bucket(minio_dest)
-    pool = urllib3.PoolManager(retries=False).connection_from_url(minio_dest.endpoint)
     key = "odd key/ü+%?#~.bin"
-    response = _put(minio_dest, pool, bucket, key, b"payload-1234")
+    response = _put(_client(minio_dest), bucket, key, b"payload-1234")
     assert response.status == 200
+    response.release()
     got = Minio(minio_dest.host, DEST_USER, DEST_PASSWORD, secure=False).get_object(bucket, key)
     assert got.read() == b"payload-1234"
 
 
 def test_a_body_that_is_not_the_signed_one_is_refused(minio_dest):
     bucket = _bucket(minio_dest)
-    pool = urllib3.PoolManager(retries=False).connection_from_url(minio_dest.endpoint)
-    response = _put(minio_dest, _Tamper(pool), bucket, "k", b"abcdefgh")
+    response = _put(_client(minio_dest, _Tamper), bucket, "k", b"abcdefgh")
     assert response.status == 400
     error = transport.raw_error("destination", "put", "k", response)
     assert error.code == "XAmzContentSHA256Mismatch"
