@@ -32,7 +32,7 @@ from ..errors import FatalError, NotFound, PermanentError, StoreError, Transient
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import listing, parallel_listing
 from .http_client import HttpClient
-from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request
+from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request, tls_failure
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
 _HEADER_PARAMS = {
@@ -195,8 +195,7 @@ class S3Destination:
             return classify(self.side, op, key, code, status, bucket_op=bucket_op,
                             retry_after=parse_retry_after(headers.get("retry-after")))
         if isinstance(exc, SSLError):
-            return FatalError(self.side, op, key, f"TLS handshake with {self.endpoint} failed"
-                              " (check S3_SYNC_CA_BUNDLE, or the endpoint's scheme)")
+            return tls_failure(self.side, op, key, self.endpoint, exc)
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
             return TransientError(self.side, op, key, f"cannot connect to {self.endpoint}: {type(exc).__name__}")
         if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):

@@ -51,8 +51,7 @@ def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc:
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason  # type: ignore[assignment]
     if isinstance(exc, (SSLError, ssl.SSLError)):
-        return FatalError(side, op, key, f"TLS handshake with {endpoint} failed: {_tls_reason(exc)}"
-                          " (check the CA bundle, or the endpoint's scheme)")
+        return tls_failure(side, op, key, endpoint, exc)
     if isinstance(exc, (NewConnectionError, ConnectFailed)):
         return TransientError(side, op, key, f"cannot connect to {endpoint}: connection refused or unreachable")
     if isinstance(exc, (Urllib3Timeout, TimeoutError, socket.timeout)):
@@ -60,6 +59,16 @@ def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc:
     if isinstance(exc, (ProtocolError, ConnectionError)):
         return TransientError(side, op, key, f"connection to {endpoint} broke: {type(exc).__name__}")
     return TransientError(side, op, key, f"{endpoint}: {type(exc).__name__}")
+
+
+_CA_BUNDLE_SETTING = {"source": "MINIO_CA_BUNDLE", "destination": "S3_SYNC_CA_BUNDLE"}
+
+
+def tls_failure(side: str, op: str, key: str | None, endpoint: str, exc: BaseException) -> FatalError:
+    """A TLS failure is fatal: retrying won't make a certificate trusted."""
+    setting = _CA_BUNDLE_SETTING.get(side, "the CA bundle")
+    return FatalError(side, op, key, f"TLS handshake with {endpoint} failed: {_tls_reason(exc)}"
+                      f" (check {setting}, or the endpoint's scheme)")
 
 
 def _tls_reason(exc: BaseException) -> str:

@@ -167,7 +167,12 @@ def test_a_reconcile_over_tls_uses_the_configured_ca_bundles(tls, tls_server):
 
     refused = run_cli(env, "reconcile")
     assert refused.code == 1, refused.output
-    assert "certificate verify failed" in refused.output
+    assert "certificate verify failed" in refused.output and "check MINIO_CA_BUNDLE" in refused.output
+
+    dest_refused = run_cli({**env, "MINIO_CA_BUNDLE": str(tls.ca_file)}, "reconcile")
+    assert dest_refused.code == 1, dest_refused.output
+    assert "destination: check bucket" in dest_refused.output
+    assert "certificate verify failed" in dest_refused.output and "check S3_SYNC_CA_BUNDLE" in dest_refused.output
 
     trusted = run_cli({**env, "MINIO_CA_BUNDLE": str(tls.ca_file), "S3_SYNC_CA_BUNDLE": str(tls.ca_file)},
                       "reconcile")
