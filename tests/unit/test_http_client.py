@@ -331,6 +331,22 @@ def test_a_head_response_has_no_body_whatever_its_content_length(serve):
     assert len(peer.conns) == 1
 
 
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+], ids=["100", "103"])
+def test_an_interim_response_is_skipped_for_the_final_one(serve, interim):
+    # A client must accept 1xx answers it did not ask for (RFC 9110 §15.2). Taken for
+    # the answer, the final one would be left in the socket, to be read as the answer
+    # to the next request on the connection.
+    peer, client = serve([(interim, ok(b"first")), ok(b"second")])
+    response = get(client)
+    assert response.status == 200
+    assert "link" not in response.headers  # the interim response's headers are not the final one's
+    assert response.read() == b"first"
+    assert get(client).read() == b"second"
+
+
 # -- headers ----------------------------------------------------------------------------
 
 _HEADERS = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Amz-Meta-Tag: one\r\nx-amz-meta-tag: two\r\n"
