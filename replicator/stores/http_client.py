@@ -68,7 +68,7 @@ class Response:
     end, and closes it otherwise; it is safe to call more than once."""
 
     __slots__ = ("status", "headers", "_conn", "_client", "_parser", "_chunks", "_headers_done", "_complete",
-                 "_keep_alive", "_delimited")
+                 "_keep_alive", "_delimited", "_interim")
 
     def __init__(self, conn: _Connection, client: HttpClient):
         self._conn: _Connection | None = conn
@@ -81,6 +81,7 @@ class Response:
         self._complete = False
         self._keep_alive = False
         self._delimited = False  # Content-Length or chunked: the end is knowable
+        self._interim = False  # parsing a 1xx response, which the final one follows
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -89,8 +90,15 @@ class Response:
         self.headers[key] = f"{dict.__getitem__(self.headers, key)}, {text}" if key in self.headers else text
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: skipped, as http.client does (RFC 9110 §15.2).
+            # Taken for the answer, it would leave the final one to answer the next request.
+            self._interim = True
+            self.headers.clear()
+            return
         self._headers_done = True
-        self.status = self._parser.get_status_code()
+        self.status = status
         self._keep_alive = self._parser.should_keep_alive()
         self._delimited = "content-length" in self.headers or "transfer-encoding" in self.headers
 
@@ -98,6 +106,9 @@ class Response:
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
 
     # --

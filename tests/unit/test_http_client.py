@@ -1,0 +1,535 @@
+"""stores/http_client.py against a scripted loopback peer, and transport.map_transport_error.
+
+What is covered: the bytes a request puts on the wire (one write for a small body),
+keep-alive reuse, every way a response can be delimited (Content-Length, chunked, the
+connection's end, no body), header lookup and decoding, the resend of an idempotent
+request on a connection the server closed while idle (and no resend otherwise), broken
+and garbage answers, timeouts, refused connections, header injection, release/read
+semantics and the idle-pool bound.
+
+Why a scripted peer and not MinIO (tests/integration/test_http_client.py covers the
+client against MinIO): these are the answers a well-behaved server never gives, or
+gives only by timing luck: a body cut short, a close between two requests, a header
+split across reads, garbage. The peer is a plain socket server on 127.0.0.1 that plays
+one script per accepted connection and records exactly which bytes it received, so
+each test can also say what the client did *not* do (resend, reconnect).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from replicator.errors import FatalError, TransientError
+from replicator.stores.http_client import (
+    _ONE_WRITE_MAX,
+    ConnectFailed,
+    ConnectionLost,
+    HttpClient,
+    MalformedResponse,
+)
+from replicator.stores.transport import map_transport_error
+
+# -- the scripted peer ----------------------------------------------------------
+#
+# A script is a sequence of steps, played on one accepted connection:
+#   bytes       receive one request, answer with these bytes
+#   tuple       receive one request, answer with each piece in turn, pausing between
+#               them so the client's recv() sees the answer in parts
+#   SILENT      receive one request, never answer it
+#   CLOSE       close the connection now, without reading anything more
+# When a script ends without CLOSE the peer holds the connection open, recording any
+# further request (unanswered) until the client closes it.
+
+CLOSE = object()
+SILENT = object()
+PAUSE = 0.02  # between the pieces of an answer: long enough for the client to read each apart
+
+
+class Seen:
+    """What the peer saw on one accepted connection."""
+
+    def __init__(self):
+        self.requests: list[bytes] = []  # each request, exactly as received
+        self.recv_calls: list[int] = []  # recv() calls each request took to arrive
+        self.eof = threading.Event()  # the client closed its end
+        self.done = threading.Event()  # the peer closed its end
+
+
+class Peer:
+    def __init__(self, *scripts):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.conns: list[Seen] = []  # one per accepted connection, in order
+        self._scripts = scripts
+        self._socks: list[socket.socket] = []
+        self._players: list[threading.Thread] = []
+        self._wake_address = None
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def stop(self) -> None:
+        """Stop accepting, having counted every connection made so far: the backlog is
+        accepted in order, so once a connection of our own made now comes out of it,
+        every client connection made before is in ``conns``. Then end the players."""
+        if self._wake_address is not None:
+            return
+        with socket.socket() as wake:
+            wake.bind(("127.0.0.1", 0))
+            self._wake_address = wake.getsockname()
+            wake.connect(("127.0.0.1", self.port))
+            self._acceptor.join(2)
+        self._listener.close()
+        for sock in self._socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a player blocked in recv()
+            except OSError:
+                pass  # already closed by its player
+        for player in self._players:
+            player.join(2)
+
+    def _accept(self) -> None:
+        while True:
+            sock, address = self._listener.accept()
+            if address == self._wake_address:
+                sock.close()
+                return
+            seen = Seen()
+            script = self._scripts[len(self.conns)] if len(self.conns) < len(self._scripts) else [CLOSE]
+            self.conns.append(seen)
+            self._socks.append(sock)
+            player = threading.Thread(target=self._play, args=(sock, script, seen), daemon=True)
+            self._players.append(player)
+            player.start()
+
+    def _play(self, sock: socket.socket, script, seen: Seen) -> None:
+        pending = bytearray()  # bytes received beyond the last request
+        try:
+            for step in script:
+                if step is CLOSE:
+                    return
+                if not _receive(sock, seen, pending):
+                    return
+                if step is SILENT:
+                    continue
+                for i, piece in enumerate(step if isinstance(step, tuple) else (step,)):
+                    if i:
+                        time.sleep(PAUSE)
+                    sock.sendall(piece)
+            while _receive(sock, seen, pending):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            seen.done.set()
+
+
+def _receive(sock: socket.socket, seen: Seen, pending: bytearray) -> bool:
+    """Read one request (headers, then a Content-Length body) into ``seen``; False at
+    the end of the stream."""
+    calls = 0
+
+    def more() -> bool:
+        nonlocal calls
+        calls += 1
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            seen.eof.set()
+            return False
+        pending.extend(data)
+        return True
+
+    while b"\r\n\r\n" not in pending:
+        if not more():
+            return False
+    end = pending.index(b"\r\n\r\n") + 4
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\r$", bytes(pending[:end]))
+    end += int(length.group(1)) if length else 0
+    while len(pending) < end:
+        if not more():
+            return False
+    seen.requests.append(bytes(pending[:end]))
+    seen.recv_calls.append(calls)
+    del pending[:end]
+    return True
+
+
+# -- helpers ----------------------------------------------------------------------
+
+def ok(body: bytes = b"ok", *headers: str) -> bytes:
+    """A 200 with a Content-Length body."""
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 200 OK\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def get(client: HttpClient, path: str = "/k"):
+    return client.request("GET", path, {"Host": "peer"})
+
+
+def request_bytes(method: str, path: str = "/k", body: bytes | None = None) -> bytes:
+    """What the client should send for ``method path`` with only a Host header."""
+    length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: peer\r\n{length}\r\n".encode() + (body or b"")
+
+
+@pytest.fixture
+def serve():
+    """serve(*scripts, **client_options) -> (peer, client); both closed afterwards."""
+    made: list[tuple[Peer, HttpClient]] = []
+
+    def start(*scripts, read_timeout: float = 1.0, **options) -> tuple[Peer, HttpClient]:
+        peer = Peer(*scripts)
+        client = HttpClient(peer.origin, connect_timeout=1, read_timeout=read_timeout, **options)
+        made.append((peer, client))
+        return peer, client
+
+    yield start
+    for peer, client in made:
+        client.close()
+        peer.stop()
+
+
+# -- the request on the wire ------------------------------------------------------
+
+def test_a_small_put_goes_out_in_one_write(serve):
+    peer, client = serve([ok()])
+    body = b"x" * 1000
+    response = client.request("PUT", "/path", {"Host": "peer", "X-Amz-Meta-Colour": "blue"}, body)
+    assert response.read() == b"ok"
+    # Content-Length is the client's own; the caller's headers go out as given, in order.
+    assert peer.conns[0].requests == [
+        b"PUT /path HTTP/1.1\r\nHost: peer\r\nX-Amz-Meta-Colour: blue\r\nContent-Length: 1000\r\n\r\n" + body]
+    # Headers and body in one write: a single send of ~1 KiB on loopback is one segment,
+    # so the peer's first recv() gets all of it. Two writes could arrive apart.
+    assert peer.conns[0].recv_calls == [1]
+
+
+@pytest.mark.parametrize("size", [_ONE_WRITE_MAX, _ONE_WRITE_MAX + 1, 3 * _ONE_WRITE_MAX + 7])
+def test_a_put_body_arrives_whole_whatever_its_size(serve, size):
+    peer, client = serve([ok()])
+    body = os.urandom(size)  # above _ONE_WRITE_MAX, the body follows the headers in a write of its own
+    assert client.request("PUT", "/k", {"Host": "peer"}, body).read() == b"ok"
+    assert peer.conns[0].requests == [request_bytes("PUT", "/k", body)]
+
+
+def test_a_get_has_no_content_length(serve):
+    peer, client = serve([ok()])
+    get(client).read()
+    assert peer.conns[0].requests == [b"GET /k HTTP/1.1\r\nHost: peer\r\n\r\n"]
+
+
+def test_an_empty_body_is_sent_as_content_length_0(serve):
+    peer, client = serve([ok()])
+    client.request("PUT", "/k", {"Host": "peer"}, b"").read()
+    assert peer.conns[0].requests == [b"PUT /k HTTP/1.1\r\nHost: peer\r\nContent-Length: 0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Meta": "a\r\nInjected: 1"},
+    {"X-Meta": "a\nb"},
+    {"X-Meta": "a\rb"},
+    {"X-Meta\r\nInjected": "1"},
+    {"X-Meta\n": "1"},
+])
+def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(serve, headers):
+    peer, client = serve()
+    with pytest.raises(ValueError):
+        client.request("PUT", "/k", {"Host": "peer", **headers}, b"body")
+    peer.stop()
+    assert peer.conns == []  # not even a connection
+
+
+# -- keep-alive -------------------------------------------------------------------
+
+def test_sequential_requests_share_one_connection(serve):
+    peer, client = serve([ok(b"a"), ok(b"b")])
+    assert get(client, "/a").read() == b"a"
+    assert get(client, "/b").read() == b"b"
+    peer.stop()
+    assert len(peer.conns) == 1
+    assert peer.conns[0].requests == [request_bytes("GET", "/a"), request_bytes("GET", "/b")]
+
+
+# -- response framing -----------------------------------------------------------------
+
+def test_a_content_length_body_is_read_and_the_connection_kept(serve):
+    peer, client = serve([ok(b"hello")])
+    response = get(client)
+    assert response.status == 200
+    assert response.read() == b"hello"
+    assert len(client._idle) == 1
+
+
+def test_a_chunked_body_in_several_reads_is_read_whole_and_the_connection_reused(serve):
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",  # a chunk split mid-data
+               b"lo\r\n7\r\n, world\r\n",
+               b"1\r\n!\r\n0\r\n\r\n")
+    peer, client = serve([chunked, ok(b"next")])
+    assert get(client).read() == b"hello, world!"
+    assert get(client).read() == b"next"  # the chunked end was found: the connection is clean
+    peer.stop()
+    assert len(peer.conns) == 1
+
+
+def test_a_body_ended_by_the_close_is_read_whole_and_the_connection_dropped(serve):
+    # No Content-Length, no chunking: the body is whatever comes until the server closes.
+    unframed = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ", b"second part")
+    peer, client = serve([unframed, CLOSE], [ok(b"fresh")])
+    assert get(client).read() == b"first part, second part"
+    assert len(client._idle) == 0  # a closed connection is never pooled
+    assert get(client).read() == b"fresh"
+    peer.stop()
+    assert len(peer.conns) == 2
+
+
+def test_a_connection_close_response_is_not_reused(serve):
+    peer, client = serve([ok(b"bye", "Connection: close")], [ok(b"fresh")])
+    assert get(client).read() == b"bye"
+    assert len(client._idle) == 0
+    # The peer did not close: the client did, because the server said it would.
+    assert peer.conns[0].eof.wait(2)
+    assert get(client).read() == b"fresh"
+    peer.stop()
+    assert len(peer.conns) == 2 and len(peer.conns[0].requests) == 1
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",  # 304 never has a body, whatever the length says
+], ids=["204", "content-length-0", "304"])
+def test_a_response_without_a_body_completes_at_once(serve, answer):
+    peer, client = serve([answer])  # the peer then holds the connection open: waiting for more would hang
+    started = time.monotonic()
+    response = get(client)
+    assert response.read() == b""
+    assert time.monotonic() - started < 0.5  # well under read_timeout (1 s)
+    assert len(client._idle) == 1
+
+
+def test_a_head_response_has_no_body_whatever_its_content_length(serve):
+    peer, client = serve([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", ok(b"next")])
+    response = client.request("HEAD", "/k", {"Host": "peer"})
+    assert response.headers["content-length"] == "100"
+    assert response.read() == b""
+    # Reused, and the next response parsed on its own: nothing of the HEAD's is left over.
+    assert get(client).read() == b"next"
+    peer.stop()
+    assert len(peer.conns) == 1
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+], ids=["100", "103"])
+def test_an_interim_response_is_skipped_for_the_final_one(serve, interim):
+    # A client must accept 1xx answers it did not ask for (RFC 9110 §15.2). Taken for
+    # the answer, the final one would be left in the socket, to be read as the answer
+    # to the next request on the connection.
+    peer, client = serve([(interim, ok(b"first")), ok(b"second")])
+    response = get(client)
+    assert response.status == 200
+    assert "link" not in response.headers  # the interim response's headers are not the final one's
+    assert response.read() == b"first"
+    assert get(client).read() == b"second"
+
+
+# -- headers ----------------------------------------------------------------------------
+
+_HEADERS = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Amz-Meta-Tag: one\r\nx-amz-meta-tag: two\r\n"
+            b"X-Amz-Meta-Name: caf\xe9 \xff\xfe\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_header_lookups_ignore_case(serve):
+    peer, client = serve([_HEADERS])
+    headers = get(client).headers
+    assert headers["content-type"] == headers["Content-Type"] == headers["CONTENT-TYPE"] == "text/plain"
+    assert headers.get("Content-TYPE") == "text/plain"
+    assert "Content-Type" in headers and "content-type" in headers
+    assert headers.get("X-Missing") is None and headers.get("X-Missing", "d") == "d"
+    assert "X-Missing" not in headers and 42 not in headers
+
+
+def test_a_repeated_header_is_joined_with_a_comma(serve):
+    peer, client = serve([_HEADERS])
+    assert get(client).headers["X-Amz-Meta-Tag"] == "one, two"
+
+
+def test_non_ascii_header_bytes_round_trip_as_latin_1_like_http_client(serve):
+    peer, client = serve([_HEADERS])
+    value = get(client).headers["x-amz-meta-name"]
+    assert value.encode("latin-1") == b"caf\xe9 \xff\xfe"
+    head = _HEADERS.split(b"\r\n", 1)[1]
+    assert value == http.client.parse_headers(io.BytesIO(head))["X-Amz-Meta-Name"]
+
+
+def test_headers_split_across_reads_are_parsed_whole(serve):
+    # The pieces cut a header name, a value and the blank line: llhttp reports each
+    # piece separately and the client must not take a piece for a whole header.
+    pieces = (b"HTTP/1.1 200 OK\r\nX-Amz-Me", b"ta-Key: some va", b"lue\r\nContent-Len", b"gth: 2\r\n\r", b"\nok")
+    peer, client = serve([pieces])
+    response = get(client)
+    assert response.headers["x-amz-meta-key"] == "some value"
+    assert response.read() == b"ok"
+
+
+# -- a connection the server closed while idle ------------------------------------
+
+@pytest.mark.parametrize("method, body", [("GET", None), ("PUT", b"data")])
+def test_an_idempotent_request_on_a_connection_closed_while_idle_is_sent_again(serve, method, body):
+    peer, client = serve([ok(b"first"), CLOSE], [ok(b"again")])
+    assert get(client).read() == b"first"
+    assert peer.conns[0].done.wait(2)  # the server closed the idle connection (its keep-alive timeout)
+    response = client.request(method, "/k", {"Host": "peer"}, body)
+    assert response.status == 200 and response.read() == b"again"
+    peer.stop()
+    assert len(peer.conns) == 2
+    assert peer.conns[1].requests == [request_bytes(method, "/k", body)]
+
+
+def test_a_post_on_a_connection_closed_while_idle_is_not_sent_again(serve):
+    peer, client = serve([ok(b"first"), CLOSE], [ok(b"again")])
+    assert get(client).read() == b"first"
+    assert peer.conns[0].done.wait(2)
+    # The server may have acted on a POST before the connection broke: not ours to resend.
+    with pytest.raises(ConnectionError):
+        client.request("POST", "/k", {"Host": "peer"}, b"data")
+    peer.stop()
+    assert len(peer.conns) == 1  # no new connection: the POST went nowhere else
+    assert peer.conns[0].requests == [request_bytes("GET")]
+
+
+def test_a_reused_connection_cut_mid_headers_is_not_sent_again(serve):
+    # Part of an answer arrived: the server has seen the request; a resend is retry.py's call.
+    peer, client = serve([ok(b"first"), (b"HTTP/1.1 200 OK\r\nContent-Le",), CLOSE], [ok(b"again")])
+    assert get(client).read() == b"first"
+    with pytest.raises(ConnectionLost):
+        get(client)
+    peer.stop()
+    assert len(peer.conns) == 1
+    assert len(peer.conns[0].requests) == 2
+
+
+# -- broken answers ---------------------------------------------------------------------
+
+def test_a_body_cut_short_raises_connection_lost_and_is_not_sent_again(serve):
+    peer, client = serve([(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10,), CLOSE], [ok()])
+    response = get(client)
+    assert response.status == 200
+    with pytest.raises(ConnectionLost):
+        response.read()
+    assert len(client._idle) == 0
+    peer.stop()
+    assert len(peer.conns) == 1 and len(peer.conns[0].requests) == 1
+
+
+def test_garbage_is_a_malformed_response(serve):
+    peer, client = serve([b"NOT HTTP\r\n\r\n"])
+    with pytest.raises(MalformedResponse):
+        get(client)
+    assert len(client._idle) == 0
+    peer.stop()
+    assert len(peer.conns) == 1 and len(peer.conns[0].requests) == 1
+
+
+# -- timeouts and refusals --------------------------------------------------------------
+
+def test_a_silent_server_times_out_after_read_timeout_and_is_not_asked_again(serve):
+    # On a reused connection, where a failure with no answer byte could pass for a
+    # stale connection: a timeout must not be resent (the server may be working on it).
+    peer, client = serve([ok(b"first"), SILENT], [ok(b"again")], read_timeout=0.3)
+    assert get(client).read() == b"first"
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        get(client)
+    assert 0.25 <= time.monotonic() - started < 1.0
+    peer.stop()
+    assert len(peer.conns) == 1 and len(peer.conns[0].requests) == 2
+
+
+def test_a_refused_connection_is_connect_failed():
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))  # bound, never listening: a connect is refused at once
+        client = HttpClient(f"http://127.0.0.1:{placeholder.getsockname()[1]}", connect_timeout=1, read_timeout=1)
+        with pytest.raises(ConnectFailed):
+            get(client)
+
+
+# -- release and read --------------------------------------------------------------------
+
+def test_releasing_an_unread_body_closes_the_connection(serve):
+    # 10 of 100 bytes: the rest would be read as the start of the next response.
+    peer, client = serve([(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10,)], [ok(b"fresh")])
+    response = get(client)
+    response.release()
+    assert len(client._idle) == 0
+    assert peer.conns[0].eof.wait(2)  # closed by the client
+    response.release()  # a second release is harmless
+    assert get(client).read() == b"fresh"
+    peer.stop()
+    assert len(peer.conns) == 2
+
+
+def test_read_twice_returns_the_same_bytes_and_pools_the_connection_once(serve):
+    peer, client = serve([ok(b"body")])
+    response = get(client)
+    assert response.read() == b"body"
+    assert response.read() == b"body"
+    assert response.data == b"body"
+    assert len(client._idle) == 1
+
+
+def test_maxsize_bounds_the_idle_connections(serve):
+    peer, client = serve([ok(b"a"), ok(b"c")], [ok(b"b")], maxsize=1)
+    first, second = get(client), get(client)  # both out at once: two connections
+    assert first.read() == b"a"
+    assert second.read() == b"b"
+    assert len(client._idle) == 1
+    assert peer.conns[1].eof.wait(2)  # the second had no room and was closed
+    assert get(client).read() == b"c"  # the one kept is the first
+    peer.stop()
+    assert len(peer.conns) == 2
+
+
+# -- map_transport_error ------------------------------------------------------------------
+
+def _certificate_error() -> ssl.SSLCertVerificationError:
+    # As the ssl module raises it: the reason in args, verify_message/verify_code set after.
+    exc = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)")
+    exc.verify_code, exc.verify_message = 18, "self-signed certificate"
+    return exc
+
+
+ENDPOINT = "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("exc, kind, detail", [
+    (ConnectFailed("Connection refused"), TransientError,
+     f"cannot connect to {ENDPOINT}: connection refused or unreachable"),
+    (TimeoutError("timed out"), TransientError, f"{ENDPOINT} timed out (TimeoutError)"),
+    (ConnectionLost("closed"), TransientError, f"connection to {ENDPOINT} broke: ConnectionLost"),
+    (MalformedResponse("bad"), TransientError, f"connection to {ENDPOINT} broke: MalformedResponse"),
+    # request() lets the socket's own errors through unwrapped.
+    (ConnectionResetError(104, "reset"), TransientError, f"connection to {ENDPOINT} broke: ConnectionResetError"),
+    (_certificate_error(), FatalError,
+     f"TLS handshake with {ENDPOINT} failed: certificate verify failed: self-signed certificate"),
+], ids=["connect-failed", "timeout", "connection-lost", "malformed", "reset", "certificate"])
+def test_map_transport_error(exc, kind, detail):
+    error = map_transport_error("source", "get", "a/b", ENDPOINT, exc)
+    assert type(error) is kind  # exactly: a FatalError is no TransientError, and the reverse
+    assert (error.side, error.op, error.key) == ("source", "get", "a/b")
+    assert str(error).startswith(f"source: get a/b: {detail}")
