@@ -43,8 +43,8 @@ class SourceStore(Protocol):
 
 
 class Reader(Protocol):
-    def read(self, amount: int | None = None) -> bytes:
-        ...
+    def read(self) -> bytes | bytearray:
+        """The whole body."""
 
 
 class DestinationStore(Protocol):

@@ -20,6 +20,7 @@ What it does, and no more:
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -32,6 +33,7 @@ _RECV = 256 * 1024
 # Bodies up to this size leave in the same write as the headers (one send, one wake-up
 # of the server); larger ones follow in a second write rather than be copied.
 _ONE_WRITE_MAX = 256 * 1024
+_SEND_SLICE = 1024 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
@@ -67,30 +69,56 @@ class Response:
     ``release()`` hands the connection back for reuse when the body was read to its
     end, and closes it otherwise; it is safe to call more than once."""
 
-    __slots__ = ("status", "headers", "_conn", "_client", "_parser", "_chunks", "_headers_done", "_complete",
-                 "_keep_alive", "_delimited", "_interim")
+    __slots__ = ("status", "headers", "_conn", "_client", "_parser", "_chunks", "_buffer", "_filled",
+                 "_headers_done", "_complete", "_keep_alive", "_delimited", "_interim", "_over", "_failed")
 
     def __init__(self, conn: _Connection, client: HttpClient):
         self._conn: _Connection | None = conn
         self._client = client
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser holds this object's callbacks, and this object the parser: a cycle,
+        # broken in release() so that a body is freed when its last user drops it, not at
+        # the next full collection.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers = Headers()
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # body bytes that came with the headers, or of unknown length
+        self._buffer: bytearray | None = None  # the body, once read() knows its length
+        self._filled = 0
         self._headers_done = False
         self._complete = False
         self._keep_alive = False
         self._delimited = False  # Content-Length or chunked: the end is knowable
         self._interim = False  # parsing a 1xx response, which the final one follows
+        self._over = False  # our answer is complete: anything more is not ours
+        self._failed = False
 
     # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # A second message in the same read (an unsolicited 408, say): never taken
+            # for part of this one, and the connection is not reused.
+            self._over = True
+            self._keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        # latin-1, as http.client decodes: any byte round-trips into a str and back.
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        if self._headers_done:
+            return  # chunked trailers, or a message after ours
+        # UTF-8, which MinIO passes through in user metadata as it was given, and which
+        # the SigV4 signer hashes: a value sent on unchanged is signed as sent. (Not UTF-8:
+        # read as latin-1, so nothing fails; the copy then carries it UTF-8 encoded.)
+        key = name.decode("latin-1").lower()
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
         self.headers[key] = f"{dict.__getitem__(self.headers, key)}, {text}" if key in self.headers else text
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        if self._headers_done:
+            return
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # 100 Continue, 103 Early Hints: skipped, as http.client does (RFC 9110 §15.2).
             # Taken for the answer, it would leave the final one to answer the next request.
@@ -99,41 +127,70 @@ class Response:
             return
         self._headers_done = True
         self.status = status
-        self._keep_alive = self._parser.should_keep_alive()
-        self._delimited = "content-length" in self.headers or "transfer-encoding" in self.headers
+        self._keep_alive = parser.should_keep_alive()
+        chunked = self.headers.get("transfer-encoding", "").lower().rstrip().endswith("chunked")
+        self._delimited = chunked or "content-length" in self.headers
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        if self._over:
+            return
+        if self._buffer is None:
+            self._chunks.append(body)
+        else:
+            end = self._filled + len(body)
+            self._buffer[self._filled:end] = body
+            self._filled = end
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-            return
-        self._complete = True
+        elif not self._over:
+            self._complete = True
 
     # --
     @property
     def data(self) -> bytes:
-        """The body, read in full (the error document, for transport.raw_error)."""
-        return self.read()
+        """The body as bytes, read in full (the error document, for transport.raw_error)."""
+        return bytes(self.read())
 
-    def read(self) -> bytes:
-        """The whole body. Errors leave the connection closed."""
-        conn = self._conn
-        if conn is not None and not self._complete:
+    def read(self) -> bytes | bytearray:
+        """The whole body: a bytearray when its length was announced, filled in place,
+        so a body costs its size once. Errors leave the connection closed."""
+        if self._failed:
+            raise ConnectionLost("the response's body could not be read to its end")
+        if not self._complete:
+            conn = self._conn
+            if conn is None:
+                raise ConnectionLost("the response was released before its body was read")
+            self._allocate()
             try:
                 self._feed(conn, body=True)
             except BaseException:
-                self._conn = None
+                self._failed = True
+                self._conn = self._parser = None
+                self._buffer, self._chunks = None, []
                 conn.close()
                 raise
+        self.release()
+        if self._buffer is not None:
+            return self._buffer
         if len(self._chunks) != 1:
             self._chunks = [b"".join(self._chunks)]
-        self.release()
         return self._chunks[0]
+
+    def _allocate(self) -> None:
+        # Only here, when the caller asked for the body: at the headers, an object too
+        # large for one PUT (which the copy releases unread) would be allocated whole.
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > 0 and not self.headers.get("transfer-encoding"):
+            self._buffer = bytearray(int(length))
+            for chunk in self._chunks:
+                self.on_body(chunk)
+            self._chunks = []
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
+        self._parser = None
         if conn is None:
             return
         if self._complete and self._keep_alive:
@@ -143,8 +200,13 @@ class Response:
 
     def _feed(self, conn: _Connection, *, body: bool) -> None:
         """Read and parse until the headers (or, with ``body``, the whole message) are in."""
+        parser = self._parser
+        assert parser is not None
         while not (self._complete if body else self._headers_done):
-            n = conn.sock.recv_into(conn.buffer)
+            try:
+                n = conn.sock.recv_into(conn.buffer)
+            except ssl.SSLError as exc:  # mid-stream (a handshake error comes from _connect)
+                raise ConnectionLost(f"TLS stream broken ({type(exc).__name__})") from None
             if n == 0:
                 if self._headers_done and not self._delimited:
                     self._complete = True  # a body that ends with the connection
@@ -153,8 +215,10 @@ class Response:
                 raise ConnectionLost("the server closed the connection before the response was complete")
             conn.received += n
             try:
-                self._parser.feed_data(conn.view[:n])
-            except httptools.HttpParserError as exc:
+                parser.feed_data(conn.view[:n])
+            except httptools.HttpParserCallbackError:
+                raise  # a bug of ours, not the server's answer
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
                 raise MalformedResponse(f"malformed HTTP response ({type(exc).__name__})") from None
 
 
@@ -168,13 +232,31 @@ class _Connection:
         self.used = False  # has carried a request before: the server may have closed it since
         self.received = 0  # bytes of the current response
 
-    def send(self, head: bytes, body: bytes | None) -> None:
-        if body and len(body) <= _ONE_WRITE_MAX:
-            self.sock.sendall(head + body)
-        else:
+    def send(self, head: bytes, body: bytes | bytearray | None) -> None:
+        try:
+            if body and len(body) <= _ONE_WRITE_MAX:
+                self.sock.sendall(head + body)
+                return
             self.sock.sendall(head)
             if body:
-                self.sock.sendall(body)
+                # In slices: sendall's timeout bounds the whole call (Python >= 3.5), and a
+                # large part on a slow link must only keep moving, not finish in read_timeout.
+                view = memoryview(body)
+                for offset in range(0, len(view), _SEND_SLICE):
+                    self.sock.sendall(view[offset:offset + _SEND_SLICE])
+        except ssl.SSLError as exc:
+            raise ConnectionLost(f"TLS stream broken ({type(exc).__name__})") from None
+
+    def dropped(self) -> bool:
+        """Whether the idle connection has something to read: the server's close, or an
+        answer no request asked for. Either way it can't carry a request. (poll, not
+        select: select fails on descriptors above 1023.)"""
+        try:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def close(self) -> None:
         try:
@@ -202,7 +284,8 @@ class HttpClient:
         self._idle: deque[_Connection] = deque()
         self._lock = threading.Lock()
 
-    def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> Response:
+    def request(self, method: str, path: str, headers: dict[str, str],
+                body: bytes | bytearray | None = None) -> Response:
         """Send one request; return once the status and headers are in. ``headers`` must
         include Host; Content-Length is added for a body. The caller reads or releases
         the response."""
@@ -214,31 +297,56 @@ class HttpClient:
         if body is not None:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = "".join(lines).encode("utf-8")  # what the signer hashed
+        resent = False
         while True:
-            conn = self._get()
+            conn = self._connect() if resent else self._get()
             reused, conn.used, conn.received = conn.used, True, 0
             response = Response(conn, self)
             try:
-                conn.send(head, body)
-                response._feed(conn, body=False)  # noqa: SLF001
-            except (OSError, ConnectionError) as exc:
+                self._exchange(conn, response, head, body)
+            except BaseException as exc:
                 conn.close()
-                # A kept-alive connection the server closed meanwhile fails at once, before
-                # any byte of an answer: send again, on a fresh one. Anything else is the
-                # caller's (retry.py).
-                if reused and conn.received == 0 and method in _IDEMPOTENT and not isinstance(exc, TimeoutError):
+                response._parser = None  # noqa: SLF001
+                # A kept-alive connection the server closed while we took it fails at once,
+                # before any byte of an answer: the request goes again, once, on a new
+                # connection (RFC 9110 §9.2.2: idempotent requests may be retried). Anything
+                # else is the caller's (retry.py).
+                if (reused and not resent and conn.received == 0 and method in _IDEMPOTENT
+                        and isinstance(exc, OSError) and not isinstance(exc, TimeoutError)):
+                    resent = True
+                    self.close()  # the other idle connections likely went the same way
                     continue
                 raise
             if method == "HEAD":
                 response._complete = True  # noqa: SLF001 - no body, whatever Content-Length says
             return response
 
-    def _get(self) -> _Connection:
+    @staticmethod
+    def _exchange(conn: _Connection, response: Response, head: bytes, body: bytes | bytearray | None) -> None:
         try:
-            return self._idle.pop()
-        except IndexError:
-            return self._connect()
+            conn.send(head, body)
+        except (BrokenPipeError, ConnectionResetError, ConnectionLost) as send_error:
+            # The server may have answered before reading the whole body (a 403, a 503
+            # SlowDown) and closed: that answer, if it arrived, says more than the broken
+            # pipe does, as urllib3 found too.
+            try:
+                response._feed(conn, body=False)  # noqa: SLF001
+            except OSError:
+                raise send_error from None
+            response._keep_alive = False  # noqa: SLF001
+            return
+        response._feed(conn, body=False)  # noqa: SLF001
+
+    def _get(self) -> _Connection:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return self._connect()
+            if not conn.dropped():
+                return conn
+            conn.close()
 
     def _put_back(self, conn: _Connection) -> None:
         with self._lock:
@@ -257,7 +365,12 @@ class HttpClient:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+                try:
+                    sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+                    # The server hung up mid-handshake (overloaded, restarting): not a
+                    # certificate or protocol problem, so not fatal.
+                    raise ConnectionLost(f"TLS handshake cut off ({type(exc).__name__})") from None
             sock.settimeout(self.read_timeout)
         except BaseException:
             sock.close()

@@ -12,7 +12,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
-from ..errors import FatalError, NotFound, StoreError, TransientError, classify, parse_retry_after
+from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
 from . import listing, parallel_listing
 from .http_client import HttpClient
@@ -191,6 +191,11 @@ class MinioSource:
         # next part fails with 412 (SourceChanged) instead of mixing two versions.
         response = self._get(key, {"Range": f"bytes={offset}-{offset + length - 1}", "If-Match": f'"{etag}"'})
         try:
+            if response.status != 206:
+                # A 200 is the whole object: something between us and MinIO dropped the
+                # Range header. Reading it for every part would cost the object's size each.
+                raise PermanentError(self.side, "get", key, f"asked for bytes {offset}-{offset + length - 1}, "
+                                     f"got HTTP {response.status} without a range: a proxy in the way?")
             data = _Body(response, self.side, key, self.endpoint).read()
         finally:
             response.release()

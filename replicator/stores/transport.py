@@ -24,11 +24,13 @@ from minio.signer import sign_v4_s3
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from .. import __version__
 from ..config import Settings
 from ..errors import FatalError, StoreError, TransientError, classify, parse_retry_after
 from .http_client import ConnectFailed, HttpClient, Response
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_USER_AGENT = f"replicator/{__version__}"
 
 
 def pool_manager(settings: Settings, *, verify: bool, ca_bundle: str | None, read_timeout: float,
@@ -106,8 +108,10 @@ def signed_request(client: HttpClient, method: str, path: str, *, region: str, c
         sha256 = "UNSIGNED-PAYLOAD"
     else:
         sha256 = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
+    # Accept-Encoding: identity, or a server may compress the object on the way and the
+    # copy would store other bytes than the source's.
     headers = {**(headers or {}), "Host": origin.split("://", 1)[1], "x-amz-content-sha256": sha256,
-               "x-amz-date": minio_time.to_amz_date(now)}
+               "x-amz-date": minio_time.to_amz_date(now), "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
     if body is not None:
         headers["Content-Length"] = str(len(body))
     sign_v4_s3(method=method, url=urlsplit(origin + path), region=region, headers=headers,
