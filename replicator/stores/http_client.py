@@ -69,8 +69,11 @@ class Response:
     ``release()`` hands the connection back for reuse when the body was read to its
     end, and closes it otherwise; it is safe to call more than once."""
 
+    # __weakref__: for tests/unit/test_http_client.py, which checks that a response is
+    # freed by reference counting alone (no parser<->response cycle left after release).
     __slots__ = ("status", "headers", "_conn", "_client", "_parser", "_chunks", "_buffer", "_filled",
-                 "_headers_done", "_complete", "_keep_alive", "_delimited", "_interim", "_over", "_failed")
+                 "_headers_done", "_complete", "_keep_alive", "_delimited", "_interim", "_over", "_failed",
+                 "__weakref__")
 
     def __init__(self, conn: _Connection, client: HttpClient):
         self._conn: _Connection | None = conn
