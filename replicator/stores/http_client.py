@@ -222,6 +222,12 @@ class Response:
             except httptools.HttpParserCallbackError:
                 raise  # a bug of ours, not the server's answer
             except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                if self._complete and isinstance(exc, httptools.HttpParserError):
+                    # Our answer is whole; what llhttp refused came after it in the same
+                    # read (garbage, or anything after a Connection: close answer). Not
+                    # ours, as in on_message_begin: ignored, and the connection not reused.
+                    self._over, self._keep_alive = True, False
+                    return
                 raise MalformedResponse(f"malformed HTTP response ({type(exc).__name__})") from None
 
 

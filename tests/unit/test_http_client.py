@@ -404,6 +404,24 @@ def test_a_second_message_in_the_same_read_is_ignored_and_the_connection_dropped
     assert len(peer.conns) == 2 and len(peer.conns[0].requests) == 1
 
 
+@pytest.mark.parametrize("answer", [
+    ok(b"first") + b"garbage\r\n\r\n",
+    ok(b"first", "Connection: close") + TIMED_OUT,  # llhttp refuses any message after a close
+], ids=["garbage", "after-connection-close"])
+def test_bytes_the_parser_refuses_after_a_whole_answer_do_not_fail_it(serve, answer):
+    # In the same read as the end of the answer, but not part of it: the answer stands
+    # (a PUT that succeeded is not reported failed, to be sent again), and the
+    # connection is not reused.
+    peer, client = serve([answer], [ok(b"second")])
+    response = get(client)
+    assert response.status == 200
+    assert response.read() == b"first"
+    assert len(client._idle) == 0
+    assert get(client).read() == b"second"
+    peer.stop()
+    assert len(peer.conns) == 2 and len(peer.conns[0].requests) == 1
+
+
 def test_a_body_ended_by_the_close_is_read_whole_and_the_connection_dropped(serve):
     # No Content-Length, no chunking: the body is whatever comes until the server closes.
     unframed = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ", b"second part")
