@@ -157,8 +157,9 @@ class Response:
         return bytes(self.read())
 
     def read(self) -> bytes | bytearray:
-        """The whole body: a bytearray when its length was announced, filled in place,
-        so a body costs its size once. Errors leave the connection closed."""
+        """The whole body (bytes, or a bytearray filled in place when the body was still
+        arriving and its length announced: a body costs its size once). Errors leave the
+        connection closed."""
         if self._failed:
             raise ConnectionLost("the response's body could not be read to its end")
         if not self._complete:
