@@ -613,8 +613,10 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def targets(summary: dict, n: int, m: int) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for replicator."""
+def targets(summary: dict, n: int, m: int) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for replicator. Issue 2's no-op target is the n-object
+    pass; the m-object no-op is shown for context (met None): at that size a pass is
+    mostly interpreter start-up."""
     def phase(prefix: str, count: int) -> dict | None:
         return summary.get(phase_name(prefix, count))
 
@@ -631,15 +633,16 @@ def targets(summary: dict, n: int, m: int) -> list[tuple[str, str, bool]]:
                         f"{r['maxrss'] / MB:.1f} vs {base / MB:.1f} MB: {growth:+.1%}", growth <= 0.15))
         out.append(("no request beyond listing for in-sync pairs",
                     f"{r['per_object']:,.0f} per-object requests over {n:,} in-sync pairs", r["per_object"] == 0))
-    for label, ph in ((f"no-op wall time ({n:,})", noop_n), (f"no-op wall time ({m:,})", noop_m),
-                      (f"initial copy wall time ({m:,} small)", copy_m), ("initial copy wall time (1 large)", large)):
+    for label, ph, target in ((f"no-op wall time ({n:,})", noop_n, True), (f"no-op wall time ({m:,})", noop_m, False),
+                              (f"initial copy wall time ({m:,} small)", copy_m, True),
+                              ("initial copy wall time (1 large)", large, True)):
         if ph and "replicator" in ph:
             r = ph["replicator"]
             peers = {p: ph[p]["wall"] for p in PEERS if p in ph}
             best = min(peers, key=peers.get)
-            out.append((f"{label} no worse than the fastest peer",
+            out.append((f"{label} no worse than the fastest peer" if target else f"(context) {label}",
                         f"{fmt_s(r['wall'])} s vs {best} {fmt_s(peers[best])} s (ratio {r['vs_fastest_peer']:.2f})",
-                        r["wall"] <= peers[best]))
+                        r["wall"] <= peers[best] if target else None))
     return out
 
 

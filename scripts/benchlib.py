@@ -58,7 +58,9 @@ def update_doc(doc: Path, fragment: str, begin: str, end: str) -> bool:
 
 
 def targets_markdown(rows, header: tuple[str, str, str]) -> str:
-    """A Markdown table of (target, measured, met) rows; a missed target in bold."""
+    """A Markdown table of (target, measured, met) rows; a missed target in bold, a
+    figure shown for context (met is None) marked as such."""
     lines = [f"| {' | '.join(header)} |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in rows]
+    lines += [f"| {name} | {value} | {'not a target' if ok is None else 'yes' if ok else '**no**'} |"
+              for name, value, ok in rows]
     return "\n".join(lines) + "\n"
