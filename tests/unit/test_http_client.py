@@ -389,17 +389,19 @@ def test_chunked_trailers_are_not_taken_for_headers(serve):
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"first" + TIMED_OUT),
 ], ids=["with-the-headers", "with-the-body"])
 def test_a_second_message_in_the_same_read_is_ignored_and_the_connection_dropped(serve, answer):
-    # One sendall: the 408 reaches the client in the same recv() as the end of the
-    # answer. Not ours: neither its headers nor its body belong to the answer, and a
-    # connection that had it can't be trusted for the next request.
+    # One sendall: the 408 reaches the client right behind the end of the answer. Not
+    # ours: neither its headers nor its body belong to the answer, and a connection
+    # that had it can't carry the next request. (Read with the headers, the parser sees
+    # it and the connection is closed at once; behind a body of known length, which is
+    # received without the parser, it stays in the socket until the idle check drops
+    # the connection before its next use.)
     peer, client = serve([answer], [ok(b"second")])
     response = get(client)
     assert response.status == 200
     assert response.read() == b"first"
     assert dict(response.headers) == {"content-length": "5"}  # not "5, 0"
-    assert len(client._idle) == 0
-    assert peer.conns[0].eof.wait(2)  # closed by the client
     assert get(client).read() == b"second"
+    assert peer.conns[0].eof.wait(2)  # closed by the client
     peer.stop()
     assert len(peer.conns) == 2 and len(peer.conns[0].requests) == 1
 
