@@ -72,7 +72,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import urllib3  # noqa: E402
 from minio import Minio  # noqa: E402
 from minio.credentials import Credentials  # noqa: E402
 
@@ -344,11 +343,7 @@ class Bench:
         replicator_dirs = self.replicator_dirs()
         self.src = MinioServer("bench-events-src", SRC_USER, SRC_PASS, workdir=str(self.workdir / "src")).start()
         self.dst = MinioServer("bench-events-dst", DST_USER, DST_PASS, workdir=str(self.workdir / "dst")).start()
-        # A pool as wide as the upload threads: minio-py's default (10) would open and drop
-        # connections at the highest rate, and that churn would count as upload time.
-        http = urllib3.PoolManager(maxsize=UPLOAD_THREADS, retries=False,
-                                   timeout=urllib3.Timeout(connect=10, read=60))
-        self.sc = Minio(self.src.host, SRC_USER, SRC_PASS, secure=False, http_client=http)
+        self.sc = Minio(self.src.host, SRC_USER, SRC_PASS, secure=False)  # buckets, and one listing per phase
         # The uploads go through replicator's own raw PUT (a fifth of minio-py's CPU per
         # PUT): at 200 objects/s the uploader shares the 2 cores with both servers and
         # the tool measured, and every millisecond it burns is taken from all of them.

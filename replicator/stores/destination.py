@@ -152,9 +152,9 @@ class S3Destination:
         )
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
+        # The listings' pool (boto3 keeps its own): one connection per prefix listed at once.
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
-                                  read_timeout=settings.read_timeout,
-                                  maxsize=settings.workers + settings.multipart_concurrency + settings.list_concurrency + 4)
+                                  read_timeout=settings.read_timeout, maxsize=settings.list_concurrency + 2)
         # The data path (PutObject, UploadPart) is sent as raw signed requests
         # (transport.signed_request, http_client): botocore's per-call machinery (endpoint rules
         # resolved per key, event hooks, serialisers) cost 2.5-3.4 ms of CPU per small

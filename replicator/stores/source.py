@@ -1,4 +1,5 @@
-"""The MinIO source, through minio-py. Maps every minio/urllib3 exception into errors.*."""
+"""The MinIO source: minio-py for bucket checks, listings, HEADs and tags; raw signed
+GETs (transport, http_client) for the copies' bytes. Maps every exception into errors.*."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class _Body:
         self._response = response
         self._side, self._key, self._endpoint = side, key, endpoint
 
-    def read(self) -> bytes:
+    def read(self) -> bytes | bytearray:
         try:
             return self._response.read()
         except OSError as exc:
@@ -105,7 +106,9 @@ class MinioSource:
         http = pool_manager(
             settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
             read_timeout=read_timeout or settings.read_timeout,
-            maxsize=pool_size or settings.workers + settings.multipart_concurrency + settings.list_concurrency + 4,
+            # minio-py's pool: listings, and the event workers' HEADs and tag reads (the
+            # copies' GETs have their own client, below).
+            maxsize=pool_size or settings.workers + settings.list_concurrency + 4,
         )
         self.client = Minio(
             settings.source_endpoint.host,

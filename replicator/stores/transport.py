@@ -1,7 +1,7 @@
-"""HTTP plumbing shared by the adapters that speak raw HTTP: the urllib3 pool the SDKs
-and listings use (no retries: retry.py owns them), the signed object request both
-adapters send on their data path (through http_client), and the mapping of
-connection-level failures and error responses into errors.*.
+"""HTTP plumbing shared by the adapters that speak raw HTTP: the urllib3 pool that
+minio-py and the destination's listings use (no retries: retry.py owns them), the
+signed object request both adapters send on their data path (through http_client),
+and the mapping of connection-level failures and error responses into errors.*.
 
 Why raw requests on the data path: every copy is one GET and one PUT, and the SDKs'
 per-call machinery cost more CPU than the HTTP exchange itself (botocore 2.5-3.4 ms
@@ -11,7 +11,6 @@ still a library's: minio-py's SigV4 signer."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
@@ -56,7 +55,7 @@ def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc:
         return tls_failure(side, op, key, endpoint, exc)
     if isinstance(exc, (NewConnectionError, ConnectFailed)):
         return TransientError(side, op, key, f"cannot connect to {endpoint}: connection refused or unreachable")
-    if isinstance(exc, (Urllib3Timeout, TimeoutError, socket.timeout)):
+    if isinstance(exc, (Urllib3Timeout, TimeoutError)):
         return TransientError(side, op, key, f"{endpoint} timed out ({type(exc).__name__})")
     if isinstance(exc, (ProtocolError, ConnectionError)):
         return TransientError(side, op, key, f"connection to {endpoint} broke: {type(exc).__name__}")
