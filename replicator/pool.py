@@ -50,6 +50,25 @@ class BoundedExecutor:
 _DONE = object()
 
 
+def _put_unless_closed(chunks: queue.Queue, chunk, closed: threading.Event) -> bool:
+    """Put ``chunk`` on the bounded queue, waiting for room; False (and nothing put)
+    once the consumer has gone (``closed``)."""
+    while not closed.is_set():
+        try:
+            chunks.put(chunk, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _close(iterator) -> None:
+    """Close a generator (or anything with close()): a listing stops its threads."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", batch: int = 500) -> Iterator[T]:
     """Yield source's items, produced by a background thread at most ``depth`` ahead.
     Items cross between the threads in lists of up to ``batch``: one queue hand-off per
@@ -62,13 +81,7 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
     closed = threading.Event()
 
     def put(chunk) -> bool:
-        while not closed.is_set():
-            try:
-                chunks.put(chunk, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return _put_unless_closed(chunks, chunk, closed)
 
     def produce() -> None:
         pending: list = []
@@ -85,9 +98,7 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
             put(pending)
             put((_DONE, exc))
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            _close(source)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
@@ -114,13 +125,7 @@ class _Ahead:
         self.future: Future | None = None
 
     def _put(self, entry) -> bool:
-        while not self._closed.is_set():
-            try:
-                self._lists.put(entry, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return _put_unless_closed(self._lists, entry, self._closed)
 
     def run(self) -> None:
         lists = None
@@ -133,9 +138,7 @@ class _Ahead:
         except BaseException as exc:  # forwarded to the consumer, at this part's turn
             self._put((_DONE, exc))
         finally:
-            close = getattr(lists, "close", None)
-            if close is not None:
-                close()
+            _close(lists)
 
     def lists(self) -> Iterator[list]:
         while True:
@@ -198,6 +201,4 @@ def ordered_chain(parts: Iterable[Part], workers: int, *, buffer: int = 2, name:
     finally:
         closed.set()
         executor.shutdown(wait=True, cancel_futures=True)
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        _close(source)

@@ -404,16 +404,17 @@ class S3Destination:
 
     # -- writes ----------------------------------------------------------------------
 
-    def _without_tags_if_unsupported(self, op: str, key: str, fn, params: dict):
-        """Call fn; if the provider rejects tagging, warn once and go on without tags."""
+    def _without_tags_if_unsupported(self, send: Callable[[dict[str, str] | None], T],
+                                     tags: dict[str, str] | None) -> T:
+        """``send(tags)``; if the provider rejects tagging, warn once and ``send(None)``."""
+        tagged = bool(tags) and self._tagging
         try:
-            return self._call(op, key, fn, **params)
+            return send(tags)
         except PermanentError as error:
-            if "Tagging" not in params or error.code not in _UNSUPPORTED:
+            if not tagged or error.code not in _UNSUPPORTED:
                 raise
             self._tags_unsupported(error)
-            params = {k: v for k, v in params.items() if k != "Tagging"}
-            return self._call(op, key, fn, **params)
+            return send(None)
 
     def _object_headers(self, src: SourceObject, tags: dict[str, str] | None) -> dict[str, str]:
         """_object_params as raw PutObject headers."""
@@ -457,23 +458,17 @@ class S3Destination:
 
     def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
         def send(lock: ObjectLock) -> None:
-            headers = {**self._object_headers(src, tags), **lock_headers(lock)}
-            try:
-                self._send("put", key, "", headers, data)
-            except PermanentError as error:
-                if "x-amz-tagging" not in headers or error.code not in _UNSUPPORTED:
-                    raise
-                self._tags_unsupported(error)
-                del headers["x-amz-tagging"]
-                self._send("put", key, "", headers, data)
+            self._without_tags_if_unsupported(
+                lambda tagging: self._send("put", key, "", {**self._object_headers(src, tagging),
+                                                            **lock_headers(lock)}, data), tags)
 
         self._without_lock_if_refused(key, src, send)
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
         def send(lock: ObjectLock) -> str:
-            params = self._object_params(key, src, tags, lock)
             return self._without_tags_if_unsupported(
-                "start multipart", key, self.client.create_multipart_upload, params)["UploadId"]
+                lambda tagging: self._call("start multipart", key, self.client.create_multipart_upload,
+                                           **self._object_params(key, src, tagging, lock))["UploadId"], tags)
 
         return self._without_lock_if_refused(key, src, send)
 
