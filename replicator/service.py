@@ -18,6 +18,7 @@ A second signal exits at once.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import threading
@@ -145,6 +146,11 @@ class Service:
         metrics.queue_depth.set_function(self.queue.depth)
         metrics.in_flight.set_function(self.queue.in_flight)
 
+        # What exists now (modules, botocore's service models, the clients) lives as long
+        # as the process: take it out of the cyclic collector's reach. A full collection
+        # then walks only what was allocated since, instead of ~85,000 objects for 40-50 ms
+        # with every thread stopped, a pause each event copy in flight would wait out.
+        gc.freeze()
         self._spawn("listener", self.listener.run)
         self.workers.start()
         # The initial reconcile starts once the subscription is live (or after a bounded
