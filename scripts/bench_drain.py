@@ -54,8 +54,9 @@ def main() -> int:
     parser.add_argument("--workdir", help="server data and tool logs (default: a new temp dir, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
-    # What bench_events' Bench reads besides the options above: its warm-up phase.
-    args.drain, args.replicator_log_level = 60.0, "warning"
+    # What bench_events' Bench reads besides the options above: its warm-up phase (2 s
+    # at 10/s: a drain round is long enough not to need bench_events' longer one).
+    args.drain, args.replicator_log_level, args.rates, args.warmup = 60.0, "warning", [10], 2.0
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-drain-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,9 @@ What one run does, all on 127.0.0.1:
                  -> destination bucket dst-replicator; defaults except the settings below)
      mc          mc mirror --watch src/src-mc dst/dst-mc
    Each tool watches a source bucket of its own, so a phase loads only the tool it
-   measures; the other sits idle, subscribed. Both are warmed up (a few objects each,
-   not measured) once they answer: /readyz for replicator, a probe object for mc.
+   measures; the other sits idle, subscribed. Both are warmed up (``--warmup`` seconds
+   each at 50/s, not measured) once they answer: /readyz for replicator, a probe
+   object for mc.
 3. For each rate (objects/s) and round, and for each tool in turn (the order alternates
    between rounds), a paced uploader (48 threads, replicator's own raw signed PUT,
    the cheapest in CPU at hand) writes ``rate x seconds`` new objects to that
@@ -358,9 +359,14 @@ class Bench:
         self.tools.start()
         log("replicator /readyz: 200; waiting for mc to watch")
         self.wait_mc_watching()
-        log("warming up both tools")
+        # Unmeasured, at a measured rate, long enough for the connection pools, the
+        # servers' caches and background start-up work to settle: a 2 s warm-up left
+        # stalls of 100-175 ms in whichever tool came first (its server-clock p99 88 ms,
+        # the same build's 18 ms two phases later).
+        rate = min(50, max(self.args.rates))
+        log(f"warming up every tool: {self.args.warmup:g} s at {rate}/s each, not measured")
         for tool in self.tools.names:
-            self.phase(tool, rate=10, seconds=2, round_=0, label="warmup", record=False)
+            self.phase(tool, rate=rate, seconds=self.args.warmup, round_=0, label="warmup", record=False)
 
     def wait_mc_watching(self, timeout: float = 120.0) -> None:
         """mc gives no readiness signal: upload probes until one arrives. Probes live
@@ -717,6 +723,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="upload time per phase (default 25)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every rate and tool (default 2)")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for stragglers (default 60)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="unmeasured seconds per tool before the first phase (default 10; 2 with --quick)")
     parser.add_argument("--settle", type=float, default=2.0, help="pause between phases (default 2 s)")
     parser.add_argument("--quick", action="store_true", help="10 and 50 objects/s, 8 s, 1 round: validate the script")
     parser.add_argument("--replicator-rev", default="HEAD", help="git revision to measure (default HEAD) or 'worktree'")
@@ -737,6 +745,7 @@ def main() -> int:
     args.rates = args.rates or ([10, 50] if args.quick else [10, 50, 200])
     args.seconds = args.seconds or (8.0 if args.quick else 25.0)
     args.rounds = args.rounds or (1 if args.quick else 2)
+    args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 10.0)
     default_dir = Path("/tmp") if args.quick else REPO / "docs"
     args.results = args.results or ("/tmp/bench-events-quick.json" if args.quick else "/tmp/benchmarks-events.json")
     args.plot = args.plot or str(default_dir / ("bench-events-quick.png" if args.quick else "benchmarks-events.png"))
