@@ -59,7 +59,14 @@ class KeyedQueue:
         # waiting key out in O(1) and a release can't queue a key twice.
         self._ready: OrderedDict[str, None] = OrderedDict()
         self._busy: dict[str, int] = {}  # held keys: 1 by a worker, -1 by a reconcile claim
-        self._cond = threading.Condition()
+        # One lock, one condition per kind of waiter, so each change wakes only a thread
+        # that can use it: a key made ready wakes one worker, a freed slot one producer.
+        # One shared condition woke every idle worker three times per event (put, get,
+        # done), each wake-up a context switch and a turn at the GIL.
+        self._lock = threading.Lock()
+        self._ready_cond = threading.Condition(self._lock)  # workers in get()
+        self._room_cond = threading.Condition(self._lock)  # producers in put()
+        self._free_cond = threading.Condition(self._lock)  # reconcile claims waiting for keys
         self._closed = False
         self.coalesced = 0
 
@@ -69,7 +76,7 @@ class KeyedQueue:
         """Queue item, folding it into a pending item for the same key. Returns False
         if the queue stayed full for ``timeout`` seconds or is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     return False
@@ -83,11 +90,11 @@ class KeyedQueue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._room_cond.wait(remaining)
             self._items[item.key] = item
             if item.key not in self._busy:
                 self._ready[item.key] = None
-                self._cond.notify_all()
+                self._ready_cond.notify()
             return True
 
     # -- consumers -----------------------------------------------------------------
@@ -96,7 +103,7 @@ class KeyedQueue:
         """The next item whose key nobody holds; the caller holds it until ``done``.
         None on timeout; raises Closed once the queue is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     raise Closed()  # pending items are the next reconcile's, not this shutdown's
@@ -105,57 +112,59 @@ class KeyedQueue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                self._cond.wait(remaining)
+                self._ready_cond.wait(remaining)
             key, _ = self._ready.popitem(last=False)
             item = self._items.pop(key)
             self._busy[key] = 1
-            self._cond.notify_all()  # a slot freed for a blocked producer
+            self._room_cond.notify()  # a slot freed for a blocked producer
             return item
 
     def done(self, key: str) -> None:
-        with self._cond:
+        with self._lock:
             self._release(key)
 
     @contextmanager
     def claim(self, keys: list[str]) -> Iterator[None]:
         """Hold ``keys`` (waiting for any worker on them to finish), so no worker starts
         on them until the block ends. Used by the reconcile around copies and deletes."""
-        with self._cond:
+        with self._lock:
             while any(k in self._busy for k in keys):
-                self._cond.wait()
+                self._free_cond.wait()
             for k in keys:
                 self._busy[k] = -1  # held by the reconcile
                 self._ready.pop(k, None)  # a waiting item stays pending, handed out after release
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 for k in keys:
                     self._release(k)
 
     def _release(self, key: str) -> None:
         if self._busy.pop(key, None) is not None and key in self._items:
             self._ready[key] = None
-        self._cond.notify_all()
+            self._ready_cond.notify()
+        self._free_cond.notify_all()
 
     # -- lifecycle and introspection ------------------------------------------------------
 
     def close(self) -> int:
         """Stop handing out work. Returns the number of items left pending (the next
         reconcile covers them)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            for cond in (self._ready_cond, self._room_cond, self._free_cond):
+                cond.notify_all()
             return len(self._items)
 
     def depth(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._items)
 
     def in_flight(self) -> int:
-        with self._cond:
+        with self._lock:
             return sum(1 for v in self._busy.values() if v > 0)
 
     def oldest_event(self) -> float | None:
-        with self._cond:
+        with self._lock:
             return min((i.event_time for i in self._items.values()), default=None)
