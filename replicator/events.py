@@ -70,12 +70,15 @@ class Listener:
     """Runs in its own thread; ``stop()`` from any thread ends it promptly."""
 
     def __init__(self, notifications: NotificationSource, queue: KeyedQueue, stop: threading.Event,
-                 on_gap: Callable[[str], None], *, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 on_gap: Callable[[str], None], *, on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None,
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
                  rng: random.Random | None = None):
         self.notifications = notifications
         self.queue = queue
         self._stop = stop
         self.on_gap = on_gap
+        # Gets each dropped item: the reconcile repairs content, not tag or lock changes.
+        self.on_dropped = on_dropped
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._rng = rng or random.Random()
@@ -174,4 +177,5 @@ class Listener:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.warning("{}: work queue full for {:.0f}s; event dropped ({} so far), reconcile requested",
                                item.key, ENQUEUE_TIMEOUT, self.dropped)
+            self.on_dropped(item, "work queue full")
             self.on_gap("work queue overflowed")

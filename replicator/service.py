@@ -134,15 +134,17 @@ class Service:
         self.scheduler = Scheduler(
             lambda: app.reconciler.run(), interval=self.settings.interval, max_retries=self.settings.max_retries,
             retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self.settings.reconcile_cooldown,
-            on_result=self.health.record_reconcile,
+            on_result=self._reconciled,
         )
-        self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self.scheduler.request)
         self.workers = Workers(app, self.queue, on_failure=self.scheduler.request)
+        self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self.scheduler.request,
+                                 on_dropped=self.workers.keep)
         self.health.listener_connected = self.listener.connected.is_set
         self.health.listener_reconnects = lambda: self.listener.reconnects if self.listener else 0
         self.health.queue_depth = self.queue.depth
         self.health.in_flight = self.queue.in_flight
         self.health.oldest_event = self.queue.oldest_event
+        self.health.metadata_waiting = self.workers.waiting
         metrics.queue_depth.set_function(self.queue.depth)
         metrics.in_flight.set_function(self.queue.in_flight)
 
@@ -163,6 +165,11 @@ class Service:
                     self.settings.interval)
         self._spawn("scheduler", self.scheduler.run)
 
+    def _reconciled(self, stats, error: BaseException | None) -> None:
+        self.health.record_reconcile(stats, error)
+        if error is None and stats is not None and self.workers is not None:
+            self.workers.retry_waiting()  # it completed, so the destination answers again
+
     # -- stop ------------------------------------------------------------------------------
 
     def shutdown(self) -> int:
@@ -177,6 +184,10 @@ class Service:
         if left:
             logger.info("{} queued events left for the next start's reconcile", left)
         finished = self._join(deadline)
+        waiting = self.workers.waiting() if self.workers else 0
+        if waiting:
+            logger.error("{} tag, retention or legal-hold changes still waiting for the destination are lost: "
+                         "a reconcile can't see them", waiting)
         if not finished and self.app is not None:
             logger.warning("Deadline passed: aborting copies in flight (multipart uploads are aborted)")
             self.app.abort.set()

@@ -5,9 +5,11 @@ Acting on the source's current state rather than on the event makes the order of
 events irrelevant: a delete event for a key that was re-uploaded since copies it,
 and a create event for a key deleted since deletes it (when S3_SYNC_DELETE allows).
 A failure after the copier's retries is logged, counted and left for the next
-reconcile; it is never dropped silently. Retention and legal holds are the exception:
-a reconcile can't see them, so a failure to mirror them is logged and counted as
-final (see ``_lock_failed``).
+reconcile; it is never dropped silently. Metadata-only changes (tags, retention,
+legal hold) are the exception, because a reconcile can't see them: one that failed
+for a reason that can pass (the destination down, a timeout) is kept (``keep``) and
+goes back on the queue after the next reconcile that completes; one the destination
+refused for good is logged and counted as final (see ``_metadata_refused``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from loguru import logger
 
 from .app import App
-from .errors import NotFound, ReplicatorError, StoreError
+from .errors import NotFound, PermanentError, ReplicatorError
 from .observability import metrics
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
@@ -32,7 +34,12 @@ class Workers:
         # Asks for an early reconcile: "left for the next reconcile" shouldn't mean an interval.
         self.on_failure = on_failure
         self.failed = 0
+        self.lost = 0  # metadata changes beyond the bound of those kept for the next reconcile
         self._threads: list[threading.Thread] = []
+        # Metadata refreshes waiting for a reconcile to show the destination answers
+        # again; per key, like the queue, and bounded by the queue's size.
+        self._waiting: dict[str, WorkItem] = {}
+        self._waiting_lock = threading.Lock()
 
     def start(self) -> None:
         for n in range(self.app.settings.workers):
@@ -60,21 +67,82 @@ class Workers:
             if item is None:
                 continue
             try:
-                self.process(item)
-            except Stopped:
-                logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
-            except ReplicatorError as error:
-                self.failed += 1
-                metrics.failures.labels(metrics.failure_reason(error)).inc()
-                logger.error("{}: {}; left for the next reconcile", item.key, error)
-                self.on_failure("event copies failed")
-            except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
-                self.failed += 1
-                metrics.failures.labels(type(error).__name__).inc()
-                logger.exception("{}: unexpected error; left for the next reconcile", item.key)
-                self.on_failure("event copies failed")
+                self.handle(item)
             finally:
                 self.queue.done(item.key)
+
+    def handle(self, item: WorkItem) -> None:
+        """``process``, with a failure logged, counted and sent where it can be repaired:
+        the next reconcile for an object's bytes, ``keep`` for a metadata change."""
+        try:
+            self.process(item)
+        except Stopped:
+            if item.content:
+                logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
+            else:
+                logger.warning("{}: interrupted by shutdown; its tag, retention or legal-hold change is lost "
+                               "(a reconcile can't see it)", item.key)
+        except ReplicatorError as error:
+            self.failed += 1
+            metrics.failures.labels(metrics.failure_reason(error)).inc()
+            if not _metadata(item):
+                logger.error("{}: {}; left for the next reconcile", item.key, error)
+            elif not isinstance(error, PermanentError):
+                self.keep(item, error)  # and the reconcile asked for below brings it back
+            else:
+                logger.error("{}: {}; refused for good, and a reconcile can't see tag, retention or "
+                             "legal-hold changes", item.key, error)
+                if not item.content:
+                    return  # nothing a reconcile could repair
+            self.on_failure("event copies failed")
+        except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
+            self.failed += 1
+            metrics.failures.labels(type(error).__name__).inc()
+            logger.exception("{}: unexpected error; left for the next reconcile", item.key)
+            self.on_failure("event copies failed")
+
+    def keep(self, item: WorkItem, why: object) -> None:
+        """Hold the item's tag, retention or legal-hold change until the next reconcile
+        completes (``retry_waiting``): a worker failed on it, or the listener couldn't
+        queue it. Its content, if that changed too, needs nothing: the reconcile
+        repairs it. Held per key and bounded by the queue's size; past that bound the
+        change is lost, and said to be."""
+        if not _metadata(item):
+            return
+        with self._waiting_lock:
+            earlier = self._waiting.get(item.key)
+            if earlier is None and len(self._waiting) >= self.queue.maxsize:
+                self.lost += 1
+                lost, held = self.lost, len(self._waiting)
+            else:
+                self._waiting[item.key] = earlier.merge(item) if earlier else item
+                lost = 0
+        if not lost:
+            logger.error("{}: {}; its tag, retention or legal-hold change is retried after the next reconcile",
+                         item.key, why)
+        elif lost == 1 or lost % 1000 == 0:
+            logger.error("{}: {}; its tag, retention or legal-hold change is lost ({} so far): {} others already "
+                         "wait for the next reconcile, which can't see such changes", item.key, why, lost, held)
+
+    def retry_waiting(self) -> None:
+        """Queue the waiting metadata refreshes again: a reconcile just completed, so
+        the destination answers. What the queue can't take now waits for the next one."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        queued = 0
+        for item in waiting.values():
+            if not self.queue.put(item, timeout=0):
+                with self._waiting_lock:
+                    newer = self._waiting.get(item.key)
+                    self._waiting[item.key] = item.merge(newer) if newer else item
+                continue
+            queued += 1
+        if queued:
+            logger.info("{} tag, retention or legal-hold refreshes queued again after the reconcile", queued)
+
+    def waiting(self) -> int:
+        with self._waiting_lock:
+            return len(self._waiting)
 
     def process(self, item: WorkItem) -> None:
         app = self.app
@@ -115,18 +183,19 @@ class Workers:
             except NotFound:  # not at the destination (or only its delete marker): the whole object
                 self._copy(item)
                 return
-            except StoreError as error:
-                self._lock_failed(item, error)
+            except PermanentError as error:  # anything that may pass is kept, through handle
+                self._metadata_refused(item, error)
                 return
             both = item.retention and item.legal_hold
             self._done(item, "retention and legal hold refreshed" if both
                        else "retention refreshed" if item.retention else "legal hold refreshed")
 
-    def _lock_failed(self, item: WorkItem, error: StoreError) -> None:
-        """Unlike a failed copy, this isn't left for the next reconcile, which can't see
-        retention or legal holds (nor is one requested): the destination keeps what it
-        has until the source's settings change again or the object is copied again. A
-        refusal to shorten a COMPLIANCE retention is permanent anyway."""
+    def _metadata_refused(self, item: WorkItem, error: PermanentError) -> None:
+        """The destination refused the retention or legal hold for good (shortening a
+        COMPLIANCE retention, say): retrying can't help, and neither can a reconcile,
+        which can't see these settings (so none is requested). The destination keeps
+        what it has until the source's settings change again or the object is copied
+        again."""
         self.failed += 1
         metrics.failures.labels(metrics.failure_reason(error)).inc()
         logger.error("{}: {}; retention and legal hold not mirrored (a reconcile can't see them)", item.key, error)
@@ -155,3 +224,7 @@ class Workers:
         lag = max(0.0, time.time() - item.event_time)
         metrics.replication_lag.observe(lag)
         logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag)
+
+
+def _metadata(item: WorkItem) -> bool:
+    return item.tags or item.retention or item.legal_hold

@@ -26,6 +26,7 @@ class Health:
         self.queue_depth: Callable[[], int] = lambda: 0
         self.in_flight: Callable[[], int] = lambda: 0
         self.oldest_event: Callable[[], float | None] = lambda: None
+        self.metadata_waiting: Callable[[], int] = lambda: 0
         self.listener_reconnects: Callable[[], int] = lambda: 0
 
     def set_state(self, state: str, detail: str = "") -> None:
@@ -73,6 +74,8 @@ class Health:
                     "in_flight": self.in_flight(),
                     # Lag: how long the oldest waiting event has waited.
                     "lag_seconds": round(max(0.0, now - oldest), 3) if oldest else 0.0,
+                    # Tag, retention and legal-hold refreshes that failed, waiting for a reconcile.
+                    "metadata_waiting": self.metadata_waiting(),
                 },
                 "last_reconcile": self.last_reconcile,
                 "last_success": self.last_success,

@@ -88,6 +88,11 @@ class MemoryStore:
         """Raise ``error`` from ``op`` (on ``key``, or any key when None)."""
         self._faults.append(_Fault(op, key, error, times))
 
+    def heal(self) -> None:
+        """Forget every fault: the store answers again."""
+        with self._lock:
+            self._faults.clear()
+
     def contents(self) -> dict[str, bytes]:
         return {key: obj.data for key, obj in sorted(self.objects.items())}
 

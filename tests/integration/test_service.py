@@ -234,6 +234,40 @@ def test_destination_outage_backlog_drains_without_loss(pair, sidecars):
 
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_a_tag_change_during_a_destination_outage_arrives_after_it(pair, sidecars):
+    # A reconcile can't see tag changes: a refresh that failed must not be "left" to it.
+    from minio.commonconfig import Tags
+
+    put(pair, "tagged.txt", b"x")
+    dest_server: MinioServer = pair.servers["dest"]
+    proxy = TcpProxy(dest_server.port)
+    try:
+        env = {**pair.env, "S3_SYNC_ENDPOINT": proxy.endpoint}
+        sidecar = sidecars(env, S3_SYNC_RETRY_DELAY=0.2, S3_SYNC_MAX_RETRIES=2, S3_SYNC_CONNECT_TIMEOUT=1,
+                           S3_SYNC_READ_TIMEOUT=1, S3_SYNC_RECONCILE_COOLDOWN=1)
+        wait_for(sidecar.ready, what="readiness")
+        wait_for(lambda: dest_has(pair, "tagged.txt"), what="the initial copy")
+        proxy.hold()
+        proxy.cut()
+        tags = Tags.new_object_tags()
+        tags["colour"] = "blue"
+        pair.source.set_object_tags(pair.source_bucket, "tagged.txt", tags)
+        wait_for(lambda: sidecar.status()["queue"]["metadata_waiting"] == 1, timeout=60,
+                 what="the failed refresh to wait for the destination")
+        assert "retried after the next reconcile" in sidecar.log()
+        proxy.release()
+
+        def dest_tags():
+            tag_set = pair.dest.get_object_tagging(Bucket=pair.dest_bucket, Key="tagged.txt")["TagSet"]
+            return {t["Key"]: t["Value"] for t in tag_set}
+
+        wait_for(lambda: dest_tags() == {"colour": "blue"}, timeout=60, what="tags after the outage")
+        assert sidecar.status()["queue"]["metadata_waiting"] == 0
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
 def test_sigterm_during_multipart_copies_leaves_no_partial_objects(pair, sidecars):
     blobs = {f"large/{i}": os.urandom(48 * MiB) for i in range(2)}
     sidecar = sidecars(pair.env, S3_SYNC_SHUTDOWN_TIMEOUT=0.2, S3_SYNC_MULTIPART_THRESHOLD="5MiB",

@@ -1,15 +1,19 @@
-"""events.to_item: one notification record -> one work item (or None), by tables.
+"""events.to_item: one notification record -> one work item (or None), by tables; and
+what the listener does with an item its queue can't take.
 
 Records are shaped like MinIO's ListenBucketNotification output."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
 
 import pytest
 
-from replicator.events import to_item
+from replicator import events
+from replicator.events import Listener, to_item
+from replicator.workqueue import KeyedQueue, WorkItem
 
 
 def record(name: str, key: str | None = "photos/a.jpg", *, when: str | None = "2024-05-01T12:34:56.789Z",
@@ -122,3 +126,17 @@ def test_a_missing_or_malformed_event_time_is_the_receipt_time(when):
     item = to_item(record("s3:ObjectCreated:Put", when=when))
     after = time.time()
     assert before <= item.event_time <= after
+
+
+def test_an_event_a_full_queue_cannot_take_is_handed_on_and_a_reconcile_asked_for(monkeypatch):
+    monkeypatch.setattr(events, "ENQUEUE_TIMEOUT", 0.0)
+    queue = KeyedQueue(1)
+    gaps: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    listener = Listener(None, queue, threading.Event(), on_gap=gaps.append,  # type: ignore[arg-type]
+                        on_dropped=lambda item, why: dropped.append((item.key, why)))
+    listener._enqueue(WorkItem("a", content=True, tags=False, event_time=0.0))  # noqa: SLF001
+    listener._enqueue(WorkItem("b", content=False, tags=True, event_time=0.0))  # noqa: SLF001 - full
+    assert queue.depth() == 1 and listener.dropped == 1
+    assert dropped == [("b", "work queue full")]  # the workers keep a tag change for after the reconcile
+    assert gaps == ["work queue overflowed"]

@@ -141,7 +141,7 @@ def test_status_shape(health, clock):
     assert status["ready"] is True and status["ready_reason"] == "ok"
     assert status["uptime_seconds"] == 10
     assert status["listener"] == {"connected": True, "reconnects": 3}
-    assert status["queue"] == {"depth": 7, "in_flight": 2, "lag_seconds": 1.5}
+    assert status["queue"] == {"depth": 7, "in_flight": 2, "lag_seconds": 1.5, "metadata_waiting": 0}
     assert status["last_success"] == T0 + 10
     last = status["last_reconcile"]
     assert last["ok"] is True and last["error"] is None
@@ -153,7 +153,7 @@ def test_status_before_anything_happened(health):
     status = health.status()
     assert status["state"] == "starting"
     assert status["ready"] is False
-    assert status["queue"] == {"depth": 0, "in_flight": 0, "lag_seconds": 0.0}
+    assert status["queue"] == {"depth": 0, "in_flight": 0, "lag_seconds": 0.0, "metadata_waiting": 0}
     assert status["last_reconcile"] is None and status["last_success"] is None
     json.dumps(status)
 

@@ -1,5 +1,6 @@
-"""Event workers over the in-memory fake: what a retention or legal-hold event does at
-the destination. No thread is started; ``process`` is called directly."""
+"""Event workers over the in-memory fake: what a retention, legal-hold or tag event does
+at the destination, and where a failed one goes. No thread is started; ``process`` and
+``handle`` are called directly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from replicator import config
 from replicator.app import App
 from replicator.copier import Copier
-from replicator.errors import PermanentError
+from replicator.errors import PermanentError, TransientError
 from replicator.model import NO_LOCK, ObjectLock
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
@@ -33,10 +34,27 @@ class Harness:
         self.copier = Copier(self.source, self.dest, settings, policy)
         app = App(settings, self.source, self.dest, policy, self.copier, None, stop, threading.Event())
         self.reconciles: list[str] = []
-        self.workers = Workers(app, KeyedQueue(10), on_failure=self.reconciles.append)
+        self.queue = KeyedQueue(10)
+        self.workers = Workers(app, self.queue, on_failure=self.reconciles.append)
 
     def event(self, key: str, **flags) -> None:
-        self.workers.process(WorkItem(key, **{"content": False, "tags": False, **flags}, event_time=0.0))
+        self.workers.process(item(key, **flags))
+
+    def handle(self, key: str, **flags) -> None:
+        self.workers.handle(item(key, **flags))
+
+    def drain(self) -> None:
+        while (queued := self.queue.get(timeout=0)) is not None:
+            self.workers.handle(queued)
+            self.queue.done(queued.key)
+
+
+def item(key: str, **flags) -> WorkItem:
+    return WorkItem(key, **{"content": False, "tags": False, **flags}, event_time=0.0)
+
+
+def down(side: str, op: str, key: str) -> TransientError:
+    return TransientError(side, op, key, "connection refused")
 
 
 @pytest.fixture
@@ -110,3 +128,85 @@ def test_tags_and_lock_settings_of_one_item_are_both_refreshed(h):
     h.event("k", tags=True, legal_hold=True)
     assert h.dest.objects["k"].tags == {"t": "1"}
     assert h.dest.objects["k"].lock == ObjectLock(None, None, True)
+
+
+def test_a_tag_refresh_the_destination_missed_waits_for_the_next_reconcile(h):
+    # A reconcile can't see tags, so "left for the next reconcile" would lose the change.
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.add("k", b"data")
+    h.dest.fail("put tags", "k", down("destination", "put tags", "k"), times=2)  # both attempts
+    h.handle("k", tags=True)
+    assert h.dest.objects["k"].tags == {} and h.workers.waiting() == 1
+    assert h.reconciles == ["event copies failed"]  # the reconcile that brings it back
+    h.workers.retry_waiting()  # that reconcile completed
+    assert h.workers.waiting() == 0
+    h.drain()
+    assert h.dest.objects["k"].tags == {"t": "1"}
+
+
+def test_a_retention_the_destination_missed_waits_too_and_a_refusal_does_not(h):
+    h.source.add("k", b"data", lock=ObjectLock("GOVERNANCE", LATE, False))
+    h.source.add("refused", b"data", lock=ObjectLock("COMPLIANCE", EARLY, False))
+    h.dest.add("k", b"data")
+    h.dest.add("refused", b"data", lock=ObjectLock("COMPLIANCE", LATE, False))
+    h.dest.fail("put retention", "k", down("destination", "put retention", "k"), times=2)
+    h.dest.fail("put retention", "refused", PermanentError("destination", "put retention", "refused",
+                                                           "InvalidRequest", code="InvalidRequest"))
+    h.handle("k", retention=True)
+    h.handle("refused", retention=True)
+    assert h.workers.waiting() == 1 and h.workers.failed == 2
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.objects["k"].lock == ObjectLock("GOVERNANCE", LATE, False)
+    assert h.dest.objects["refused"].lock == ObjectLock("COMPLIANCE", LATE, False)  # untouched, not retried
+    assert h.dest.ops("put retention").count("refused") == 1
+
+
+def test_waiting_refreshes_fold_per_key_and_stay_bounded(h):
+    for n in range(12):
+        h.source.add(f"k{n}", b"data", tags={"n": str(n)})
+        h.dest.add(f"k{n}", b"data")
+    h.dest.fail("put tags", None, down("destination", "put tags", None))  # the destination is down
+    h.handle("k0", tags=True)
+    h.handle("k0", legal_hold=True)  # the same key again: one waiting item, both changes
+    for n in range(1, 12):
+        h.handle(f"k{n}", tags=True)
+    assert h.workers.waiting() == 10  # S3_SYNC_QUEUE_SIZE (10 here); the two beyond it are reported lost
+    h.dest.heal()  # the destination is back
+    h.workers.retry_waiting()
+    h.drain()
+    assert {n for n in range(12) if h.dest.objects[f"k{n}"].tags} == set(range(10))
+    assert h.dest.ops("put legal hold") == ["k0"]
+
+
+def test_what_the_queue_cannot_take_waits_for_the_next_reconcile(h):
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.add("k", b"data")
+    h.dest.fail("put tags", "k", down("destination", "put tags", "k"), times=2)
+    h.handle("k", tags=True)
+    for n in range(10):  # the queue is full of new events
+        assert h.queue.put(item(f"other{n}", content=True))
+    h.workers.retry_waiting()
+    assert h.workers.waiting() == 1  # not dropped: still waiting
+    h.drain()
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.objects["k"].tags == {"t": "1"}
+
+
+def test_a_failed_copy_is_left_to_the_reconcile_not_kept_waiting(h):
+    h.source.add("k", b"data")
+    h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
+    h.handle("k", content=True)
+    assert h.workers.waiting() == 0 and h.reconciles == ["event copies failed"]
+
+
+def test_an_event_the_listener_dropped_is_kept_only_for_its_metadata(h):
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.add("k", b"data")
+    h.workers.keep(item("new", content=True), "work queue full")  # the reconcile copies it
+    h.workers.keep(item("k", tags=True), "work queue full")
+    assert h.workers.waiting() == 1
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.objects["k"].tags == {"t": "1"}
