@@ -101,7 +101,7 @@ class Settings:
     delete_max_percent: float = 50.0
     delete_guard_floor: int = 10
     allow_empty_source: bool = False
-    workers: int = 8
+    workers: int = 16
     multipart_threshold: int = 16 * MiB
     multipart_chunk_size: int = 8 * MiB
     multipart_concurrency: int = 4
@@ -322,7 +322,7 @@ def load(env: Mapping[str, str]) -> Settings:
         delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0, minimum=0, maximum=100),
         delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, minimum=0, integer=True)),
         allow_empty_source=r.flag("S3_SYNC_ALLOW_EMPTY_SOURCE", False),
-        workers=int(r.number("S3_SYNC_WORKERS", 8, minimum=1, integer=True, maximum=256)),
+        workers=int(r.number("S3_SYNC_WORKERS", 16, minimum=1, integer=True, maximum=256)),
         multipart_threshold=threshold,
         multipart_chunk_size=chunk,
         multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, minimum=1, integer=True, maximum=64)),

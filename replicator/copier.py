@@ -5,8 +5,9 @@ Planning follows s3transfer: one GET tells the object's size; up to
 ``S3_SYNC_MULTIPART_THRESHOLD`` the bytes already streaming in become one PUT,
 above it the GET is dropped and the object goes up in parts, each part a ranged GET
 pinned to the ETag (``If-Match``) plus an UploadPart. Memory is bounded by
-``workers × threshold`` for small objects and ``multipart_concurrency × 2 × part
-size`` for parts, whatever the object sizes.
+``min(workers, MEMORY_SLOTS) × threshold`` for small objects (a byte budget: a copy
+holds its object's size from before reading it until its PUT is done) and
+``multipart_concurrency × 2 × part size`` for parts, whatever the object sizes.
 
 Retry units (retry.py): a small object's GET+PUT; one part's GET+UploadPart; the
 multipart start/complete calls. A whole multipart copy is only restarted when the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from loguru import logger
@@ -25,11 +27,15 @@ from .config import MiB, Settings
 from .errors import NotFound, SourceChanged, TransientError
 from .model import SourceObject
 from .observability import metrics
-from .pool import BoundedExecutor
+from .pool import BoundedExecutor, ByteBudget
 from .retry import RetryPolicy, Stopped
 from .stores.base import DestinationStore, SourceStore
 
 MAX_PARTS = 10_000  # S3's limit
+# Small copies in flight hold at most this many multipart thresholds' worth of bytes
+# (128 MiB by default), however many threads copy: more threads than this buy
+# concurrency for small objects, where copies wait on round trips, not memory.
+MEMORY_SLOTS = 8
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class Copier:
         self.chunk = settings.multipart_chunk_size
         # Set to abandon in-flight multipart uploads (shutdown past its deadline).
         self.abort = abort or policy.stop
+        self._memory = ByteBudget(min(settings.workers, MEMORY_SLOTS) * self.threshold)
         self._parts = BoundedExecutor(settings.multipart_concurrency, limit=settings.multipart_concurrency * 2,
                                       name="part")
 
@@ -101,14 +108,17 @@ class Copier:
         return self.policy.call(lambda: self.source.get_tags(src.key))
 
     def _copy_small(self, key: str) -> CopyResult:
-        with self.source.open(key) as (src, body):
-            if src.size > self.threshold:
-                raise _Large(src)
-            data = body.read()
-        if len(data) != src.size:
-            raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")
-        self.dest.put(key, data, src, self._tags(src))
-        metrics.bytes_copied.inc(len(data))
+        with ExitStack() as held:
+            with self.source.open(key) as (src, body):
+                if src.size > self.threshold:
+                    raise _Large(src)
+                held.enter_context(self._memory.hold(src.size, self.abort))  # before the body is read
+                data = body.read()
+            if len(data) != src.size:
+                raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")
+            self.dest.put(key, data, src, self._tags(src))
+            del data  # the budget is released next
+        metrics.bytes_copied.inc(src.size)
         return CopyResult(key, src.size, src.etag, multipart=False)
 
     def _copy_multipart(self, src: SourceObject) -> CopyResult:

@@ -8,6 +8,8 @@
 - ``ordered_chain``: concatenates iterators in order while running the next few of
   them ahead in threads, so a listing split by prefix pays its servers' page latency
   a few prefixes at a time and still comes out in key order.
+- ``ByteBudget``: bytes held at once between threads, so the memory of copies in
+  flight is bounded by their sizes, not by how many threads copy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar, Union
+
+from .retry import Stopped
 
 T = TypeVar("T")
 
@@ -202,3 +207,44 @@ def ordered_chain(parts: Iterable[Part], workers: int, *, buffer: int = 2, name:
         closed.set()
         executor.shutdown(wait=True, cancel_futures=True)
         _close(source)
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once between all holders, granted in arrival
+    order, so a large request isn't starved by a stream of small ones."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._held = 0
+        self._waiting: deque[object] = deque()  # a token per waiting holder, oldest first
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int, abort: threading.Event) -> Iterator[None]:
+        """Hold ``size`` bytes (at most the whole budget) for the block. Raises
+        ``Stopped`` if ``abort`` is set while waiting."""
+        size = min(size, self.limit)
+        with self._cond:
+            if self._waiting or self._held + size > self.limit:
+                token = object()
+                self._waiting.append(token)
+                try:
+                    while self._waiting[0] is not token or self._held + size > self.limit:
+                        if abort.is_set():
+                            raise Stopped()
+                        self._cond.wait(0.5)
+                finally:
+                    self._waiting.remove(token)
+                    self._cond.notify_all()  # the next in line may fit too
+            self._held += size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= size
+                if self._waiting:
+                    self._cond.notify_all()
+
+    def held(self) -> int:
+        with self._cond:
+            return self._held

@@ -227,7 +227,7 @@ class Tools:
         return {
             "replicator": ("python -m replicator run  (S3_SYNC_ENABLED=true, S3_SYNC_INTERVAL=3600, "
                            "S3_SYNC_LOG_LEVEL=warning, S3_SYNC_HTTP_HOST=127.0.0.1, other settings default: "
-                           "8 workers)"),
+                           "16 workers)"),
             "mc": "mc mirror --watch src/src-mc dst/dst-mc  (defaults; aliases from MC_HOST_*, temp MC_CONFIG_DIR)",
         }
 

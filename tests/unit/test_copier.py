@@ -1,11 +1,19 @@
-"""copier.py pieces that need no store: the part-size rule."""
+"""copier.py pieces that need no server: the part-size rule, and the memory bound of
+small copies over the in-memory store."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
+from replicator import config
 from replicator.config import MiB
-from replicator.copier import MAX_PARTS, part_size
+from replicator.copier import MAX_PARTS, Copier, part_size
+from replicator.retry import RetryPolicy
+from replicator.stores.memory import MemoryStore
 
 GiB = 1024 * MiB
 
@@ -24,3 +32,43 @@ def test_part_size(size, configured, expected):
     chosen = part_size(size, configured)
     assert chosen == expected
     assert -(-size // chosen) <= MAX_PARTS
+
+
+class _SlowDestination(MemoryStore):
+    """Counts PUTs in flight and holds each a moment, so copies overlap."""
+
+    def __init__(self):
+        super().__init__("destination")
+        self.in_flight = self.most = 0
+        self._count = threading.Lock()
+
+    def put(self, key, data, src, tags):
+        with self._count:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        time.sleep(0.05)
+        with self._count:
+            self.in_flight -= 1
+        super().put(key, data, src, tags)
+
+
+@pytest.mark.parametrize(("size", "capped"), [(5 * MiB, True), (1024, False)])
+def test_small_copies_hold_at_most_eight_thresholds_of_memory_whatever_the_threads(size, capped):
+    # 16 threads copy at once; objects at the threshold (5 MiB) fit eight at a time in
+    # the budget, while 1 KiB objects all copy at once.
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}),
+                              workers=16, multipart_threshold=5 * MiB, retry_delay=0.0)
+    source, dest = MemoryStore("source"), _SlowDestination()
+    for n in range(16):
+        source.add(f"k{n}", bytes([n]) * size)
+    copier = Copier(source, dest, settings, RetryPolicy(1, 0.0, stop=threading.Event()))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(copier.copy, [f"k{n}" for n in range(16)]))
+    finally:
+        copier.close()
+    assert all(r is not None and not r.multipart for r in results)
+    assert dest.contents() == source.contents()
+    # Without the budget, sixteen 5 MiB objects would be in memory at once.
+    assert (dest.most <= 8) if capped else (dest.most > 8)

@@ -1,14 +1,17 @@
 """pool.py: prefetch and ordered_chain keep order and forward a producer's error in place; the
-bounded executor applies backpressure."""
+bounded executor applies backpressure; the byte budget bounds bytes held, first come first
+served."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from replicator.errors import TransientError
-from replicator.pool import BoundedExecutor, ordered_chain, prefetch
+from replicator.pool import BoundedExecutor, ByteBudget, ordered_chain, prefetch
+from replicator.retry import Stopped
 
 
 def test_prefetch_yields_everything_in_order():
@@ -157,3 +160,71 @@ def test_closing_prefetch_closes_its_source():
     assert next(items) == 0
     items.close()
     assert closed.wait(10)  # the producer thread noticed, and closed the listing it was reading
+
+
+def _until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_byte_budget_makes_a_holder_wait_until_others_release():
+    budget = ByteBudget(100)
+    never = threading.Event()
+    entered = threading.Event()
+    with budget.hold(60, never):
+        with budget.hold(40, never):
+            assert budget.held() == 100
+
+            def third():
+                with budget.hold(10, never):
+                    entered.set()
+
+            thread = threading.Thread(target=third)
+            thread.start()
+            assert not entered.wait(0.2)  # over the limit: waits
+        assert entered.wait(5)  # 40 released: it fits
+        thread.join()
+    assert budget.held() == 0
+
+
+def test_byte_budget_serves_waiters_in_arrival_order():
+    # A large request must not be starved by smaller ones arriving after it.
+    budget = ByteBudget(100)
+    never = threading.Event()
+    order: list[str] = []
+    release_first = threading.Event()
+
+    def holder(name: str, size: int, hold_until: threading.Event | None = None) -> None:
+        with budget.hold(size, never):
+            order.append(name)
+            if hold_until:
+                hold_until.wait(5)
+
+    first = threading.Thread(target=holder, args=("first", 50, release_first))
+    first.start()
+    _until(lambda: budget.held() == 50)
+    large = threading.Thread(target=holder, args=("large", 100))
+    large.start()
+    _until(lambda: budget._waiting)  # noqa: SLF001 - until it queues
+    small = threading.Thread(target=holder, args=("small", 10))  # would fit now, but came later
+    small.start()
+    small.join(0.2)
+    assert order == ["first"]
+    release_first.set()
+    for t in (first, large, small):
+        t.join(5)
+    assert order == ["first", "large", "small"]
+
+
+def test_byte_budget_gives_up_waiting_on_abort_and_clamps_a_request_to_the_whole_budget():
+    budget = ByteBudget(100)
+    abort = threading.Event()
+    with budget.hold(1000, abort):  # more than the budget: takes all of it, doesn't deadlock
+        assert budget.held() == 100
+        abort.set()
+        with pytest.raises(Stopped):
+            with budget.hold(1, abort):
+                pass
+    assert budget.held() == 0 and not budget._waiting  # noqa: SLF001
