@@ -736,7 +736,9 @@ def main() -> int:
                              "side by side: for trying a change to the event path")
     parser.add_argument("--variant-env", nargs=2, action="append", default=[], metavar=("NAME", "VAR=VALUE"),
                         help="a setting for one replicator build only, e.g. fastpath S3_SYNC_WORKERS=16")
-    parser.add_argument("--workdir", help="server data and tool logs (default: a new temp dir, removed at the end)")
+    parser.add_argument("--workdir", help="server data and tool logs (default: a new temp dir, removed at the end); "
+                        "under /dev/shm the servers keep their data in RAM, which takes disk stalls out of the "
+                        "comparison (about 4 GB per round on each side)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--results", help="JSON results, every latency (default /tmp/benchmarks-events.json)")
     parser.add_argument("--plot", help="PNG plot (default docs/benchmarks-events.png; /tmp/... with --quick)")
