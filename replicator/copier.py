@@ -103,9 +103,11 @@ class Copier:
                             key, restarts + 1, self.policy.attempts)
 
     def _tags(self, src: SourceObject) -> dict[str, str] | None:
+        """One attempt: the caller's retry unit covers it (a retry of its own inside one
+        would multiply the attempts, and hold a small copy's memory through backoffs)."""
         if not src.tag_count:
             return None  # x-amz-tagging-count says there are none: no request needed
-        return self.policy.call(lambda: self.source.get_tags(src.key))
+        return self.source.get_tags(src.key)
 
     def _copy_small(self, key: str) -> CopyResult:
         with ExitStack() as held:
@@ -123,7 +125,7 @@ class Copier:
 
     def _copy_multipart(self, src: SourceObject) -> CopyResult:
         key = src.key
-        tags = self._tags(src)
+        tags = self.policy.call(lambda: self._tags(src))
         chunk = part_size(src.size, self.chunk)
         upload_id = self.policy.call(lambda: self.dest.start_multipart(key, src, tags))
         futures: list[Future] = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from loguru import logger
 
@@ -34,7 +35,8 @@ class Workers:
         # Asks for an early reconcile: "left for the next reconcile" shouldn't mean an interval.
         self.on_failure = on_failure
         self.failed = 0
-        self.lost = 0  # metadata changes beyond the bound of those kept for the next reconcile
+        self.lost = 0  # metadata changes given up: past the bound of those kept, or cut by shutdown
+        self._counts_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         # Metadata refreshes waiting for a reconcile to show the destination answers
         # again; per key, like the queue, and bounded by the queue's size.
@@ -77,50 +79,68 @@ class Workers:
         try:
             self.process(item)
         except Stopped:
-            if item.content:
+            if not _metadata(item):
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
             else:
+                self._count_lost()
                 logger.warning("{}: interrupted by shutdown; its tag, retention or legal-hold change is lost "
-                               "(a reconcile can't see it)", item.key)
+                               "(a reconcile can't see it){}", item.key,
+                               "; its content is left for the next reconcile" if item.content else "")
         except ReplicatorError as error:
-            self.failed += 1
-            metrics.failures.labels(metrics.failure_reason(error)).inc()
+            self._count_failure(metrics.failure_reason(error))
             if not _metadata(item):
                 logger.error("{}: {}; left for the next reconcile", item.key, error)
             elif not isinstance(error, PermanentError):
-                self.keep(item, error)  # and the reconcile asked for below brings it back
+                self.keep(item, error)
+                if item.kept:
+                    # It failed again after a reconcile: wait for the scheduled ones,
+                    # rather than ask for a full reconcile every cooldown for its sake.
+                    return
+            elif item.content:
+                logger.error("{}: {}; the object is left for the next reconcile, but a tag, retention or "
+                             "legal-hold change in it is not retried", item.key, error)
             else:
                 logger.error("{}: {}; refused for good, and a reconcile can't see tag, retention or "
                              "legal-hold changes", item.key, error)
-                if not item.content:
-                    return  # nothing a reconcile could repair
+                return  # nothing a reconcile could repair
             self.on_failure("event copies failed")
         except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
-            self.failed += 1
-            metrics.failures.labels(type(error).__name__).inc()
+            self._count_failure(type(error).__name__)
             logger.exception("{}: unexpected error; left for the next reconcile", item.key)
             self.on_failure("event copies failed")
+
+    def _count_failure(self, reason: str) -> None:
+        with self._counts_lock:
+            self.failed += 1
+        metrics.failures.labels(reason).inc()
+
+    def _count_lost(self) -> int:
+        with self._counts_lock:
+            self.lost += 1
+            return self.lost
 
     def keep(self, item: WorkItem, why: object) -> None:
         """Hold the item's tag, retention or legal-hold change until the next reconcile
         completes (``retry_waiting``): a worker failed on it, or the listener couldn't
-        queue it. Its content, if that changed too, needs nothing: the reconcile
-        repairs it. Held per key and bounded by the queue's size; past that bound the
-        change is lost, and said to be."""
+        queue it. Its content, if that changed too, needs nothing from here: the
+        reconcile repairs it, so what is kept is the metadata change only. Held per key
+        and bounded by the queue's size; past that bound the change is lost, and said
+        to be."""
         if not _metadata(item):
             return
+        item = replace(item, content=False, removed=False, kept=True)
         with self._waiting_lock:
             earlier = self._waiting.get(item.key)
-            if earlier is None and len(self._waiting) >= self.queue.maxsize:
-                self.lost += 1
-                lost, held = self.lost, len(self._waiting)
-            else:
+            full = earlier is None and len(self._waiting) >= self.queue.maxsize
+            if not full:
                 self._waiting[item.key] = earlier.merge(item) if earlier else item
-                lost = 0
-        if not lost:
+            held = len(self._waiting)
+        if not full:
             logger.error("{}: {}; its tag, retention or legal-hold change is retried after the next reconcile",
                          item.key, why)
-        elif lost == 1 or lost % 1000 == 0:
+            return
+        lost = self._count_lost()
+        if lost == 1 or lost % 1000 == 0:
             logger.error("{}: {}; its tag, retention or legal-hold change is lost ({} so far): {} others already "
                          "wait for the next reconcile, which can't see such changes", item.key, why, lost, held)
 
@@ -196,8 +216,7 @@ class Workers:
         which can't see these settings (so none is requested). The destination keeps
         what it has until the source's settings change again or the object is copied
         again."""
-        self.failed += 1
-        metrics.failures.labels(metrics.failure_reason(error)).inc()
+        self._count_failure(metrics.failure_reason(error))
         logger.error("{}: {}; retention and legal hold not mirrored (a reconcile can't see them)", item.key, error)
 
     def _copy(self, item: WorkItem) -> bool:

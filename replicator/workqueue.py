@@ -35,6 +35,7 @@ class WorkItem:
     removed: bool = False  # the newest event was a removal (a hint only; workers re-read)
     retention: bool = False  # its object lock retention may have changed (metadata-only)
     legal_hold: bool = False  # its legal hold may have changed (metadata-only)
+    kept: bool = False  # a metadata change that failed before and waited for a reconcile
 
     def merge(self, newer: WorkItem) -> WorkItem:
         return replace(
@@ -43,6 +44,7 @@ class WorkItem:
             tags=self.tags or newer.tags,
             retention=self.retention or newer.retention,
             legal_hold=self.legal_hold or newer.legal_hold,
+            kept=self.kept or newer.kept,
             event_time=min(self.event_time, newer.event_time),
         )
 
@@ -156,6 +158,11 @@ class KeyedQueue:
             for cond in (self._ready_cond, self._room_cond, self._free_cond):
                 cond.notify_all()
             return len(self._items)
+
+    def pending(self) -> list[WorkItem]:
+        """The items waiting now (a snapshot)."""
+        with self._lock:
+            return list(self._items.values())
 
     def depth(self) -> int:
         with self._lock:

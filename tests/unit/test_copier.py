@@ -12,6 +12,7 @@ import pytest
 from replicator import config
 from replicator.config import MiB
 from replicator.copier import MAX_PARTS, Copier, part_size
+from replicator.errors import TransientError
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
 
@@ -72,3 +73,21 @@ def test_small_copies_hold_at_most_eight_thresholds_of_memory_whatever_the_threa
     assert dest.contents() == source.contents()
     # Without the budget, sixteen 5 MiB objects would be in memory at once.
     assert (dest.most <= 8) if capped else (dest.most > 8)
+
+
+def test_a_small_copys_tag_read_is_one_attempt_of_the_copys_own_retries():
+    # A retry loop of its own inside the copy's would multiply the attempts, and keep the
+    # object's memory held through its backoffs.
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}), retry_delay=0.0)
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    source.add("k", b"data", tags={"t": "1"})
+    source.fail("get tags", "k", TransientError("source", "get tags", "k", "SlowDown"))  # every time
+    copier = Copier(source, dest, settings, RetryPolicy(3, 0.0, stop=threading.Event()))
+    try:
+        with pytest.raises(TransientError):
+            copier.copy("k")
+    finally:
+        copier.close()
+    assert source.ops("get tags") == ["k", "k", "k"]  # 3 attempts in all, not 3 x 3
+    assert copier._memory.held() == 0  # noqa: SLF001 - released after every attempt

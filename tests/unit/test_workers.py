@@ -14,7 +14,7 @@ from replicator.app import App
 from replicator.copier import Copier
 from replicator.errors import PermanentError, TransientError
 from replicator.model import NO_LOCK, ObjectLock
-from replicator.retry import RetryPolicy
+from replicator.retry import RetryPolicy, Stopped
 from replicator.stores.memory import MemoryStore
 from replicator.workers import Workers
 from replicator.workqueue import KeyedQueue, WorkItem
@@ -210,3 +210,42 @@ def test_an_event_the_listener_dropped_is_kept_only_for_its_metadata(h):
     h.workers.retry_waiting()
     h.drain()
     assert h.dest.objects["k"].tags == {"t": "1"}
+
+
+def test_a_change_that_fails_again_after_a_reconcile_waits_for_the_scheduled_ones(h):
+    # Asking for an early reconcile each time would run a full one every cooldown, forever.
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.add("k", b"data")
+    h.dest.fail("put tags", "k", down("destination", "put tags", "k"))  # lasts
+    h.handle("k", tags=True)
+    for _ in range(5):  # five reconciles complete
+        h.workers.retry_waiting()
+        h.drain()
+    assert h.reconciles == ["event copies failed"]  # the first failure's only
+    assert h.workers.waiting() == 1  # still kept, never dropped
+    h.dest.heal()
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.objects["k"].tags == {"t": "1"} and h.workers.waiting() == 0
+
+
+def test_only_the_metadata_change_of_a_failed_copy_is_kept(h):
+    # The reconcile repairs the bytes (its copy carries the tags); what comes back after
+    # it is a tag refresh, not a second copy.
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
+    h.handle("k", content=True, tags=True)
+    assert h.workers.waiting() == 1
+    assert h.copier.copy("k") is not None  # the reconcile's copy
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.ops("put") == ["k", "k", "k"]  # two failed attempts, the reconcile's copy: no fourth
+    assert h.dest.objects["k"].tags == {"t": "1"}
+
+
+def test_a_metadata_change_cut_by_shutdown_is_counted_as_lost(h):
+    h.source.add("k", b"data", tags={"t": "1"})
+    h.dest.add("k", b"data")
+    h.dest.fail("put tags", "k", Stopped())
+    h.handle("k", tags=True)
+    assert h.workers.lost == 1 and h.workers.waiting() == 0
