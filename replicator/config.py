@@ -118,6 +118,14 @@ class Settings:
     listen_timeout: float = 30.0
     reconcile_cooldown: float = 30.0
 
+    @property
+    def copy_connections(self) -> int:
+        """Idle keep-alive connections worth keeping per side for object copies: the
+        event workers and the reconcile's copy pool (both ``workers``, and they can
+        overlap) plus the parts in flight, and a few spare. Fewer, and copies beyond
+        them would open a connection each (a TLS handshake each) and close it after."""
+        return 2 * self.workers + self.multipart_concurrency + 4
+
     def secrets(self) -> tuple[str, ...]:
         """Every credential value, for the log redaction filter."""
         return tuple(

@@ -168,7 +168,7 @@ class S3Destination:
         self._objects = HttpClient(self._origin, connect_timeout=settings.connect_timeout,
                                    read_timeout=settings.read_timeout, verify=settings.dest_verify_tls,
                                    ca_bundle=settings.dest_ca_bundle,
-                                   maxsize=settings.workers + settings.multipart_concurrency + 4)
+                                   maxsize=settings.copy_connections)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
         self.list_concurrency = settings.list_concurrency
         self._tagging = True  # cleared once the provider says it doesn't do tags

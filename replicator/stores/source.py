@@ -123,7 +123,7 @@ class MinioSource:
         self._objects = HttpClient(
             settings.source_endpoint.url, connect_timeout=settings.connect_timeout,
             read_timeout=read_timeout or settings.read_timeout, verify=settings.source_verify_tls,
-            ca_bundle=settings.source_ca_bundle, maxsize=settings.workers + settings.multipart_concurrency + 4)
+            ca_bundle=settings.source_ca_bundle, maxsize=settings.copy_connections)
         self._credentials = Credentials(settings.source_access_key.reveal(), settings.source_secret_key.reveal())
 
     # -- error mapping ---------------------------------------------------------

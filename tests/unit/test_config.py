@@ -292,3 +292,9 @@ def test_secrets_never_show_in_repr_or_str():
 def test_invalid_configuration_message_carries_no_secret():
     message = problem(S3_SYNC_INTERVAL="abc", MINIO_SECRET_KEY="src-secret-7d6c")
     assert "dest-Secret-1234" not in message and "src-secret-7d6c" not in message
+
+
+def test_copy_connections_cover_event_workers_and_reconcile_copies_at_once():
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}), workers=16, multipart_concurrency=4)
+    assert settings.copy_connections == 16 + 16 + 4 + 4
