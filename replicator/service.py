@@ -182,7 +182,7 @@ class Service:
         if self.listener:
             self.listener.stop()
         left = self.queue.close()
-        metadata_left = sum(1 for item in self.queue.pending() if item.tags or item.retention or item.legal_hold)
+        metadata_left = sum(1 for item in self.queue.pending() if item.metadata)
         if left:
             logger.info("{} queued events left for the next start's reconcile", left)
         finished = self._join(deadline)

@@ -79,7 +79,7 @@ class Workers:
         try:
             self.process(item)
         except Stopped:
-            if not _metadata(item):
+            if not item.metadata:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
             else:
                 self._count_lost()
@@ -88,7 +88,7 @@ class Workers:
                                "; its content is left for the next reconcile" if item.content else "")
         except ReplicatorError as error:
             self._count_failure(metrics.failure_reason(error))
-            if not _metadata(item):
+            if not item.metadata:
                 logger.error("{}: {}; left for the next reconcile", item.key, error)
             elif not isinstance(error, PermanentError):
                 self.keep(item, error)
@@ -126,14 +126,13 @@ class Workers:
         reconcile repairs it, so what is kept is the metadata change only. Held per key
         and bounded by the queue's size; past that bound the change is lost, and said
         to be."""
-        if not _metadata(item):
+        if not item.metadata:
             return
         item = replace(item, content=False, removed=False, kept=True)
         with self._waiting_lock:
-            earlier = self._waiting.get(item.key)
-            full = earlier is None and len(self._waiting) >= self.queue.maxsize
+            full = item.key not in self._waiting and len(self._waiting) >= self.queue.maxsize
             if not full:
-                self._waiting[item.key] = earlier.merge(item) if earlier else item
+                self._hold(item)
             held = len(self._waiting)
         if not full:
             logger.error("{}: {}; its tag, retention or legal-hold change is retried after the next reconcile",
@@ -153,12 +152,16 @@ class Workers:
         for item in waiting.values():
             if not self.queue.put(item, timeout=0):
                 with self._waiting_lock:
-                    newer = self._waiting.get(item.key)
-                    self._waiting[item.key] = item.merge(newer) if newer else item
+                    self._hold(item)
                 continue
             queued += 1
         if queued:
             logger.info("{} tag, retention or legal-hold refreshes queued again after the reconcile", queued)
+
+    def _hold(self, item: WorkItem) -> None:
+        """Fold ``item`` into the one waiting for its key (the caller holds the lock)."""
+        other = self._waiting.get(item.key)
+        self._waiting[item.key] = other.merge(item) if other else item
 
     def waiting(self) -> int:
         with self._waiting_lock:
@@ -244,6 +247,3 @@ class Workers:
         metrics.replication_lag.observe(lag)
         logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag)
 
-
-def _metadata(item: WorkItem) -> bool:
-    return item.tags or item.retention or item.legal_hold

@@ -37,6 +37,11 @@ class WorkItem:
     legal_hold: bool = False  # its legal hold may have changed (metadata-only)
     kept: bool = False  # a metadata change that failed before and waited for a reconcile
 
+    @property
+    def metadata(self) -> bool:
+        """It carries a tag, retention or legal-hold change: one a reconcile can't see."""
+        return self.tags or self.retention or self.legal_hold
+
     def merge(self, newer: WorkItem) -> WorkItem:
         return replace(
             newer,
