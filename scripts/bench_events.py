@@ -22,15 +22,22 @@ What one run does, all on 127.0.0.1:
    tool's source bucket, sizes log-uniform in [1 KiB, 1 MiB] from a seed shared by both
    tools, so both copy the very same byte counts in the same order.
 4. Latency per object = the time the object is first seen at the destination minus the
-   time the source PUT returned to the uploader. A poller *process* (no GIL shared with
-   the uploader) lists the destination bucket continuously (ListObjectsV2 from the
-   oldest object not yet seen, a few ms apart), and takes the time each listing page
-   came back: an upper bound, late by at most one poll period (reported). Both times
-   are CLOCK_MONOTONIC, which is one clock across processes. HEAD's Last-Modified has
-   one-second granularity: useless here. Listings carry it to the millisecond, though,
-   so a second figure is taken on the servers' clock: destination Last-Modified minus
-   source Last-Modified, immune to this process being descheduled (which, on a loaded
-   machine, makes a few latencies of the first figure come out negative: "early").
+   time the source PUT returned to the uploader. A watcher *process* (no GIL shared with
+   the uploader) takes the time it first sees each object, in two ways:
+   - the destination's bucket notification (s3:ObjectCreated), which MinIO sends once
+     the object is written: sharp, a fraction of a millisecond late;
+   - listings of the destination bucket (ListObjectsV2 from the oldest object not yet
+     seen, a few ms apart), the fallback should a notification not come: an upper bound,
+     late by up to one poll period.
+   Both times are CLOCK_MONOTONIC, which is one clock across processes. (Until
+   2026-11-27 only listings were used, and their ~10 ms resolution made differences
+   between the tools below it invisible.) HEAD's Last-Modified has one-second
+   granularity: useless here. Listings carry it to the millisecond, though, so a second
+   figure is taken on the servers' clock: destination Last-Modified minus source
+   Last-Modified, immune to this process being descheduled (which, on a loaded machine,
+   makes a few latencies of the first figure come out negative: "early"). MinIO stamps
+   Last-Modified when a PUT *starts*, so this figure favours a tool that opens its PUT
+   before it has the body (mc streams; replicator reads a small object whole first).
 5. After the uploads, the poller waits up to ``--drain`` seconds for stragglers; an
    object never seen is reported as missing (replicator's reconcile interval is an
    hour, so a missed event is not repaired within the run).
@@ -51,6 +58,7 @@ the fragment between the markers of the given file and leaves the rest alone.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import multiprocessing as mp
@@ -63,12 +71,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -120,14 +130,41 @@ def percentile(values: list[float], p: float) -> float:
 
 def poller_main(host: str, user: str, password: str, bucket: str, prefix: str, total: int,
                 started, finish, drain_deadline, ready, out) -> None:
-    """List ``bucket`` under ``prefix`` from the oldest unseen index until every object
-    up to ``total`` has been seen, or ``finish`` is set and the drain deadline passed.
-    ``started`` (shared int) is how many uploads have begun: nothing at or beyond it
-    can exist yet. Sends {index: (monotonic time first seen, destination Last-Modified)},
-    polls, mean period. Listings carry Last-Modified to the millisecond (HEAD only to
-    the second)."""
+    """Watch ``bucket`` under ``prefix`` until every object up to ``total`` has been seen,
+    or ``finish`` is set and the drain deadline passed. Two watchers, each taking the time
+    an object first shows:
+    - a notification listener on the destination bucket: MinIO announces an object once it
+      is written, so this is the sharp figure (well under a millisecond late);
+    - listings from the oldest unseen index, a few ms apart: the fallback should an event
+      go missing, and the source of each object's Last-Modified (to the millisecond; HEAD
+      gives only the second).
+    ``started`` (shared int) is how many uploads have begun: nothing at or beyond it can
+    exist yet. Sends {index: (monotonic time listed, destination Last-Modified)},
+    {index: monotonic time announced}, polls, mean period."""
     client = Minio(host, user, password, secure=False)
     seen: dict[int, tuple[float, float]] = {}
+    announced: dict[int, float] = {}
+    probe = f"{prefix}probe"
+    subscribed = threading.Event()
+
+    def listen() -> None:
+        with client.listen_bucket_notification(bucket, prefix=prefix, events=("s3:ObjectCreated:*",)) as events:
+            for event in events:
+                now = time.monotonic()
+                for record in event.get("Records", ()):
+                    name = unquote_plus(record["s3"]["object"]["key"])
+                    if name == probe:
+                        subscribed.set()
+                    elif name[len(prefix):].isdigit():
+                        announced.setdefault(int(name[len(prefix):]), now)
+
+    threading.Thread(target=listen, daemon=True).start()
+    # Subscribed once an object of our own is announced: before that, uploads could pass
+    # unannounced (the listings would still catch them, less sharply).
+    while not subscribed.is_set():
+        client.put_object(bucket, probe, io.BytesIO(b""), 0)
+        subscribed.wait(0.2)
+    client.remove_object(bucket, probe)
     low = 0  # every index below has been seen
     polls = 0
     first_poll = time.monotonic()
@@ -144,6 +181,8 @@ def poller_main(host: str, user: str, password: str, bucket: str, prefix: str, t
         try:
             for obj in client.list_objects(bucket, prefix=prefix, start_after=start_after, recursive=True):
                 now = time.monotonic()
+                if not obj.object_name[len(prefix):].isdigit():
+                    continue  # the probe, not yet removed
                 index = int(obj.object_name[len(prefix):])
                 if index >= limit:
                     break
@@ -155,7 +194,7 @@ def poller_main(host: str, user: str, password: str, bucket: str, prefix: str, t
             low += 1
         time.sleep(POLL_PAUSE)
     period = (time.monotonic() - first_poll) / polls if polls else 0.0
-    out.put({"seen": seen, "polls": polls, "period": period})
+    out.put({"seen": seen, "announced": dict(announced), "polls": polls, "period": period})
 
 
 class Poller:
@@ -434,7 +473,12 @@ class Bench:
         result = poller.result(self.args.drain)
         cpu_after = {t: self.tools.cpu_seconds(t) for t in self.tools.names}
         metrics_after = self.tools.metrics(tool)
-        seen = {i: t for i, (t, _) in result["seen"].items()}
+        # First seen: announced by the destination, else listed (an event gone missing).
+        announced = result["announced"]
+        seen = {i: min(t, announced.get(i, t)) for i, (t, _) in result["seen"].items()}
+        for i, t in announced.items():
+            seen.setdefault(i, t)
+        listing_lead = [t - announced[i] for i, (t, _) in result["seen"].items() if i in announced]
         if not record:
             log(f"{tool:<10} warm-up: {len(seen)}/{total} objects arrived")
             if len(seen) < total:
@@ -455,6 +499,8 @@ class Bench:
             "achieved_rate": total / upload_span if upload_span else 0.0,
             "upload_late_p99": percentile(lateness, 99), "upload_errors": errors[:10],
             "missing": total - len(latencies), "polls": result["polls"], "poll_period": result["period"],
+            "announced": sum(1 for i in seen if i in announced),
+            "listed_after_announced_p50": statistics.median(listing_lead) if listing_lead else float("nan"),
             "latencies": latencies, "server_latencies": server,
             "early": sum(1 for x in latencies if x < 0),
             "cpu": {t: cpu_after[t] - cpu_before[t] for t in self.tools.names},
@@ -467,6 +513,7 @@ class Bench:
         log(f"{tool:<10} {rate:>3}/s round {round_}: n={len(latencies)}/{total} "
             + " ".join(f"p{p}={stats[f'p{p}'] * 1000:.0f}ms" for p in PERCENTILES)
             + f" max={max(latencies, default=float('nan')) * 1000:.0f}ms, achieved {phase['achieved_rate']:.1f}/s, "
+            f"announced {phase['announced']}/{total} (listed {phase['listed_after_announced_p50'] * 1000:.1f}ms later), "
             f"poll every {result['period'] * 1000:.1f}ms, cpu {phase['cpu'][tool]:.1f}s; "
             f"server clock p50={phase['server_p50'] * 1000:.0f}ms p99={phase['server_p99'] * 1000:.0f}ms")
         return phase
@@ -500,7 +547,7 @@ def summarize(results: list[dict]) -> dict:
         cell = out.setdefault(r["rate"], {}).setdefault(r["tool"], {
             "latencies": [], "server_latencies": [], "round_p99": [], "missing": 0, "objects": 0, "cpu": 0.0,
             "bytes": 0, "early": 0,
-            "achieved": [], "poll_period": [], "metrics": {}})
+            "achieved": [], "poll_period": [], "announced": 0, "listed_after": [], "metrics": {}})
         cell["latencies"] += r["latencies"]
         cell["server_latencies"] += r["server_latencies"]
         cell["early"] += r["early"]
@@ -511,6 +558,8 @@ def summarize(results: list[dict]) -> dict:
         cell["cpu"] += r["cpu"][r["tool"]]
         cell["achieved"].append(r["achieved_rate"])
         cell["poll_period"].append(r["poll_period"])
+        cell["announced"] += r.get("announced", 0)
+        cell["listed_after"].append(r.get("listed_after_announced_p50", float("nan")))
         for k, v in r["metrics"].items():
             cell["metrics"][k] = cell["metrics"].get(k, 0) + v
     for rate in out.values():
@@ -545,8 +594,9 @@ def lag_from_metrics(metrics: dict) -> str:
 
 def markdown(summary: dict, meta: dict) -> str:
     lines = [
-        "Latency from the source PUT's return to the object's first appearance in a destination listing, "
-        "in milliseconds; every round pooled. \"rounds p99\" lists each round's own p99 (the spread is the "
+        "Latency from the source PUT's return to the object's first appearance at the destination (its "
+        "notification that the object was written; a listing, should that not come), in milliseconds; "
+        "every round pooled. \"rounds p99\" lists each round's own p99 (the spread is the "
         "noise). CPU = the tool's user+system time over its phases, per object copied. \"achieved\" is "
         "the upload rate the uploader really held.\n",
         "| rate (obj/s) | tool | objects | p50 | p95 | p99 | max | rounds p99 | missing | CPU ms/object | "
@@ -605,7 +655,14 @@ def markdown(summary: dict, meta: dict) -> str:
                          f"{failures:.0f} |")
     lines.append("")
     period = [p for rate in summary.values() for c in rate.values() for p in c["poll_period"]]
-    lines.append(f"Poll period (the measurement's resolution): median {statistics.median(period) * 1000:.1f} ms, "
+    announced = sum(c["announced"] for rate in summary.values() for c in rate.values())
+    seen = sum(len(c["latencies"]) for rate in summary.values() for c in rate.values())
+    later = [x for rate in summary.values() for c in rate.values() for x in c["listed_after"] if x == x]
+    lines.append(f"Objects first seen through the destination's notification: {announced} of {seen}. A listing "
+                 f"showed them a median {statistics.median(later) * 1000:.1f} ms later (rounds' medians; "
+                 f"listings every {statistics.median(period) * 1000:.1f} ms, median): the resolution that "
+                 "notifications add.\n" if later else
+                 f"Poll period (the measurement's resolution): median {statistics.median(period) * 1000:.1f} ms, "
                  f"max {max(period) * 1000:.1f} ms.\n")
     return "\n".join(lines)
 
