@@ -13,9 +13,9 @@ Guarantees every implementation gives:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..model import ObjectInfo, ObjectLock, SourceObject
 
@@ -43,8 +43,8 @@ class SourceStore(Protocol):
 
 
 class Reader(Protocol):
-    def read(self) -> bytes | bytearray:
-        """The whole body."""
+    def read(self, hashes: Sequence[Any] = ()) -> bytes | bytearray:
+        """The whole body, fed to each of ``hashes`` (hashlib objects) on the way."""
 
 
 class DestinationStore(Protocol):
@@ -59,8 +59,13 @@ class DestinationStore(Protocol):
     def head_source_etag(self, key: str) -> str | None:
         """The source ETag recorded on the destination object, None if absent or no object."""
 
-    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
-        ...
+    def digests_for(self, key: str, src: SourceObject) -> dict[str, Any]:
+        """Fresh hashlib objects, by name, for the digests put() will send of ``src``'s
+        body: for the caller to feed the body while it reads it."""
+
+    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None,
+            digests: dict[str, Any] | None = None) -> None:
+        """Write ``key``; ``digests`` are digests_for()'s, fed exactly ``data``."""
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
         ...

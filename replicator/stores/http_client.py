@@ -30,9 +30,14 @@ import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httptools
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash  # typeshed's name for a hashlib object
 
 _RECV = 256 * 1024
 # Bodies up to this size leave in the same write as the headers (one send, one wake-up
@@ -162,12 +167,15 @@ class Response:
         """The body as bytes, read in full (the error document, for transport.raw_error)."""
         return bytes(self.read())
 
-    def read(self) -> bytes | bytearray:
+    def read(self, hashes: Sequence[Hash] = ()) -> bytes | bytearray:
         """The whole body (bytes, or a bytearray filled in place when the body was still
-        arriving and its length announced: a body costs its size once). Errors leave the
+        arriving and its length announced: a body costs its size once). Each of
+        ``hashes`` (hashlib objects) is fed the body, as it arrives where it can be: the
+        hashing then overlaps the transfer instead of following it. Errors leave the
         connection closed."""
         if self._failed:
             raise ConnectionLost("the response's body could not be read to its end")
+        hashed = False
         if not self._complete:
             conn = self._conn
             if conn is None:
@@ -175,7 +183,8 @@ class Response:
             self._allocate()
             try:
                 if self._buffer is not None:
-                    self._fill(conn)
+                    self._fill(conn, hashes)
+                    hashed = True
                 else:
                     self._feed(conn, body=True)
             except BaseException:
@@ -186,10 +195,15 @@ class Response:
                 raise
         self.release()
         if self._buffer is not None:
-            return self._buffer
-        if len(self._chunks) != 1:
-            self._chunks = [b"".join(self._chunks)]
-        return self._chunks[0]
+            data: bytes | bytearray = self._buffer
+        else:
+            if len(self._chunks) != 1:
+                self._chunks = [b"".join(self._chunks)]
+            data = self._chunks[0]
+        if not hashed:
+            for h in hashes:
+                h.update(data)
+        return data
 
     def _allocate(self) -> None:
         # Only here, when the caller asked for the body: at the headers, an object too
@@ -201,15 +215,18 @@ class Response:
                 self.on_body(chunk)
             self._chunks = []
 
-    def _fill(self, conn: _Connection) -> None:
-        """The rest of a body of announced length, received straight into its buffer.
-        llhttp has nothing left to say about it (its end is the length), and passing it
-        through the parser would copy every byte twice more: a sixth of a large copy's
-        CPU. The parser is not used again: one per response."""
+    def _fill(self, conn: _Connection, hashes: Sequence[Hash]) -> None:
+        """The rest of a body of announced length, received straight into its buffer,
+        each piece hashed as it lands (hashlib releases the GIL, and the kernel goes on
+        receiving meanwhile). llhttp has nothing left to say about the body (its end is
+        the length), and passing it through the parser would copy every byte twice more:
+        a sixth of a large copy's CPU. The parser is not used again: one per response."""
         buffer = self._buffer
         assert buffer is not None
         view = memoryview(buffer)
         size, filled = len(buffer), self._filled
+        for h in hashes:
+            h.update(view[:filled])  # what came with the headers
         while filled < size:
             try:
                 n = conn.sock.recv_into(view[filled:], min(size - filled, _RECV_DIRECT))
@@ -217,6 +234,8 @@ class Response:
                 raise ConnectionLost(f"TLS stream broken ({type(exc).__name__})") from None
             if n == 0:
                 raise ConnectionLost("the server closed the connection before the response was complete")
+            for h in hashes:
+                h.update(view[filled:filled + n])
             filled += n
         self._filled = filled
         self._complete = True

@@ -15,7 +15,6 @@ that an in-sync pair cost no request beyond the listing.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import threading
 from collections.abc import Iterator
@@ -44,6 +43,18 @@ class StoredObject:
     metadata: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     lock: ObjectLock = NO_LOCK
+
+
+class _Body:
+    """A source body (stores.base.Reader)."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self, hashes=()) -> bytes:
+        for h in hashes:
+            h.update(self._data)
+        return self._data
 
 
 @dataclass
@@ -151,7 +162,7 @@ class MemoryStore:
     def open(self, key: str):
         self._enter("get", key)
         obj = self._get("get", key)
-        yield self._describe(key, obj), io.BytesIO(obj.data)
+        yield self._describe(key, obj), _Body(obj.data)
 
     def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
         self._enter("get range", key)
@@ -182,8 +193,14 @@ class MemoryStore:
         return StoredObject(data, etag, src.content_type, dict(src.headers),
                             {**src.metadata, SOURCE_ETAG_META: src.etag}, dict(tags or {}), src.lock)
 
-    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
+    def digests_for(self, key: str, src: SourceObject) -> dict:
+        return {"md5": hashlib.md5(usedforsecurity=False)}
+
+    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None,
+            digests: dict | None = None) -> None:
         self._enter("put", key)
+        if digests and digests["md5"].hexdigest() != md5_etag(data):
+            raise AssertionError(f"{key}: the digests given are not of the data")  # a bug in the caller
         self.objects[key] = self._written(bytes(data), md5_etag(data), src, tags)
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:

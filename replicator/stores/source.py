@@ -3,9 +3,10 @@ GETs (transport, http_client) for the copies' bytes. Maps every exception into e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from minio import Minio
 from minio.credentials import Credentials
@@ -18,6 +19,9 @@ from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
 from . import listing, parallel_listing
 from .http_client import HttpClient
 from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 # Headers a copy carries over besides Content-Type and user metadata.
 COPIED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
@@ -89,9 +93,9 @@ class _Body:
         self._response = response
         self._side, self._key, self._endpoint = side, key, endpoint
 
-    def read(self) -> bytes | bytearray:
+    def read(self, hashes: Sequence[Hash] = ()) -> bytes | bytearray:
         try:
-            return self._response.read()
+            return self._response.read(hashes)
         except OSError as exc:
             raise map_transport_error(self._side, "get", self._key, self._endpoint, exc) from exc
 

@@ -94,18 +94,19 @@ def object_path(bucket_path: str, key: str, query: str = "") -> str:
 
 
 def signed_request(client: HttpClient, method: str, path: str, *, region: str, credentials: Credentials,
-                   headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+                   headers: dict[str, str] | None = None, body: bytes | None = None,
+                   sha256: str | None = None) -> Response:
     """Send one SigV4-signed request on ``client`` (http_client.HttpClient, one origin)
     and return the response, whatever its status, its body unread: the caller reads or
     releases it. Payload as both SDKs sign it: UNSIGNED-PAYLOAD over HTTPS, its SHA-256
-    over plain HTTP. ``path`` goes out exactly as given (object_path), never
-    normalised. Transport failures propagate as OSError/ConnectionError, for the
-    caller to map with its endpoint's name."""
+    over plain HTTP (``sha256``, hex, if the caller has it already). ``path`` goes out
+    exactly as given (object_path), never normalised. Transport failures propagate as
+    OSError/ConnectionError, for the caller to map with its endpoint's name."""
     now = minio_time.utcnow()
     origin = client.origin
     if origin.startswith("https:"):
         sha256 = "UNSIGNED-PAYLOAD"
-    else:
+    elif sha256 is None:
         sha256 = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
     # Accept-Encoding: identity, or a server may compress the object on the way and the
     # copy would store other bytes than the source's.

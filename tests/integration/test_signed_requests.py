@@ -6,6 +6,7 @@ SHA-256 of the payload is the integrity check. These tests hold the server to th
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from minio import Minio
@@ -55,5 +56,19 @@ def test_a_body_that_is_not_the_signed_one_is_refused(minio_dest):
     assert response.status == 400
     error = transport.raw_error("destination", "put", "k", response)
     assert error.code == "XAmzContentSHA256Mismatch"
+    names = [o.object_name for o in Minio(minio_dest.host, DEST_USER, DEST_PASSWORD, secure=False).list_objects(bucket)]
+    assert names == []
+
+
+def test_a_sha256_taken_of_other_bytes_is_refused(minio_dest):
+    # The copy hands signed_request the SHA-256 it took while the body arrived. Were it
+    # not the body's, the server must refuse the PUT rather than store the bytes.
+    bucket = _bucket(minio_dest)
+    response = transport.signed_request(
+        _client(minio_dest), "PUT", transport.object_path(f"/{bucket}", "k"), region="us-east-1",
+        credentials=Credentials(DEST_USER, DEST_PASSWORD), body=b"abcdefgh",
+        sha256=hashlib.sha256(b"hgfedcba").hexdigest())
+    assert response.status == 400
+    assert transport.raw_error("destination", "put", "k", response).code == "XAmzContentSHA256Mismatch"
     names = [o.object_name for o in Minio(minio_dest.host, DEST_USER, DEST_PASSWORD, secure=False).list_objects(bucket)]
     assert names == []

@@ -43,7 +43,7 @@ class _SlowDestination(MemoryStore):
         self.in_flight = self.most = 0
         self._count = threading.Lock()
 
-    def put(self, key, data, src, tags):
+    def put(self, key, data, src, tags, digests=None):
         with self._count:
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)

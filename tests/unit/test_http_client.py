@@ -23,6 +23,7 @@ each test can also say what the client did *not* do (resend, reconnect).
 from __future__ import annotations
 
 import gc
+import hashlib
 import http.client
 import io
 import os
@@ -366,6 +367,23 @@ def test_a_content_length_body_in_several_reads_is_read_exactly(serve, split):
     assert get(client).read() == b"next"
     peer.stop()
     assert len(peer.conns) == 1
+
+
+@pytest.mark.parametrize("answer", [
+    ok(b"small, with its headers"),
+    (f"HTTP/1.1 200 OK\r\nContent-Length: {600 * 1024}\r\n\r\n".encode() + bytes(range(256)) * 1000,
+     bytes(range(256)) * 1400),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", b"lo\r\n0\r\n\r\n"),
+], ids=["arrived-with-headers", "announced-length-in-pieces", "chunked"])
+def test_read_feeds_each_hash_the_body_exactly_once(serve, answer):
+    # The copy's digests are taken as the body arrives: whichever way it arrives, each
+    # hash must see the body, all of it, once (a digest of anything else would make the
+    # destination refuse the PUT, or worse, sign bytes that are not the body).
+    peer, client = serve([answer])
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    data = get(client).read((sha256, md5))
+    assert sha256.digest() == hashlib.sha256(data).digest()
+    assert md5.digest() == hashlib.md5(data).digest()
 
 
 def test_chunked_trailers_are_not_taken_for_headers(serve):
