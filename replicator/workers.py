@@ -246,4 +246,3 @@ class Workers:
         lag = max(0.0, time.time() - item.event_time)
         metrics.replication_lag.observe(lag)
         logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag)
-
