@@ -106,6 +106,7 @@ class Settings:
     multipart_chunk_size: int = 8 * MiB
     multipart_concurrency: int = 4
     list_concurrency: int = 8
+    list_page_size: int = 1000
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     log_level: str = "INFO"
@@ -335,6 +336,7 @@ def load(env: Mapping[str, str]) -> Settings:
         multipart_chunk_size=chunk,
         multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, minimum=1, integer=True, maximum=64)),
         list_concurrency=int(r.number("S3_SYNC_LIST_CONCURRENCY", 8, minimum=1, integer=True, maximum=64)),
+        list_page_size=int(r.number("S3_SYNC_LIST_PAGE_SIZE", 1000, minimum=1, integer=True, maximum=1000)),
         connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0, minimum=0, above=True),
         read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0, minimum=0, above=True),
         log_level=r.choice("S3_SYNC_LOG_LEVEL", "info", ("trace", "debug", "info", "success", "warning", "error")).upper(),

@@ -229,14 +229,19 @@ class _Run:
 
     def _deletions(self, spool: TextIO, deletes: int) -> None:
         o = self.o
-        if not deletes:
-            return
         if not o.settings.delete:
-            logger.info("{} objects exist only at the destination; kept (S3_SYNC_DELETE=false)", deletes)
+            if deletes:
+                logger.info("{} objects exist only at the destination; kept (S3_SYNC_DELETE=false)", deletes)
             return
         if self.errors or self.fatal is not None:
-            logger.warning("{} deletions skipped: this run had errors, and deleting after an incomplete "
-                           "run could remove objects the source still has", deletes)
+            # Said on every dirty run, however far it got: a listing that failed on its
+            # first page has found no deletions yet, and the operator still needs to know
+            # that none would have been made.
+            logger.warning("deletions skipped: this run had errors, and deleting after an incomplete run could "
+                           "remove objects the source still has ({} found so far; the next clean run makes them)",
+                           deletes)
+            return
+        if not deletes:
             return
         reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
         if reason:

@@ -173,6 +173,7 @@ class S3Destination:
                                    maxsize=settings.copy_connections)
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
         self.list_concurrency = settings.list_concurrency
+        self.list_page_size = settings.list_page_size
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         # Whether the bucket takes object lock settings: None until check() asks it, or
@@ -269,13 +270,14 @@ class S3Destination:
             self._object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return parallel_listing.walk(self.side, self._list_page, start_after, self.list_concurrency)
+        return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
+                                     self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # botocore signs the page request (presigned, so every auth and addressing rule
         # stays botocore's); we fetch and parse it raw: botocore's generic parser is
         # most of a no-op reconcile's CPU (see listing.py).
-        params = {"Bucket": self.bucket, "MaxKeys": 1000, "EncodingType": "url"}
+        params = {"Bucket": self.bucket, "MaxKeys": self.list_page_size, "EncodingType": "url"}
         for name, value in (("StartAfter", request.start_after), ("Prefix", request.prefix),
                             ("Delimiter", request.delimiter), ("ContinuationToken", request.token)):
             if value:

@@ -37,8 +37,11 @@ is listed first, from K, and a server that does return it again is not listed tw
 
 Safety: a prefix's listing that fails raises the same TransientError a sequential
 listing raises, at that prefix's turn, after every key before it, so the resumption
-misses nothing; a short listing would plan deletes. A page whose keys or prefixes lie
-outside what was asked is refused (ListingOrderError), as a listing out of order is.
+misses nothing; a short listing would plan deletes. Every page is proven as a
+sequential listing's is (listing.py): its keys and its prefixes each in order, inside
+the prefix asked for, after the previous page; a continuation page after the last
+name of the page before. Merging a page's keys with its prefixes sorts them, so the
+order is checked before the merge, never after it: a sort would hide two swapped keys.
 A prefix that lists no keys is not an error: MinIO names the prefixes of empty
 directories and of keys that only have delete markers (versioned buckets). Common
 prefixes are decoded as keys are (``EncodingType=url``), as botocore and minio-py do.
@@ -51,10 +54,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import closing
 
-from ..errors import FatalError, ListingOrderError
 from ..model import ObjectInfo
 from ..pool import Part, ordered_chain
-from .listing import Fetch, PageRequest, fetch_page, paginate, pages
+from .listing import Lister, PageRequest
 
 DELIMITER = "/"
 # How many levels below the top the walk may descend while each level has a single
@@ -89,26 +91,26 @@ class _GoSequential(Exception):
     """Raised by the planner when listing prefix by prefix stopped paying."""
 
 
-def walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
+def walk(lister: Lister, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
     """Every object after ``start_after`` (all when None), in key order, listing up to
     ``concurrency`` prefixes at a time."""
     if concurrency <= 1:
-        return paginate(side, fetch, start_after)
-    return _walk(side, fetch, start_after, concurrency)
+        return lister.paginate(start_after)
+    return _walk(lister, start_after, concurrency)
 
 
-def _walk(side: str, fetch: Fetch, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
+def _walk(lister: Lister, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
     tally = Tally()
     last = start_after
-    with closing(ordered_chain(_until_small(plan(side, fetch, start_after, tally=tally), tally),
-                               concurrency, name=f"list-{side}-prefix")) as chain:
+    with closing(ordered_chain(_until_small(plan(lister, start_after, tally=tally), tally),
+                               concurrency, name=f"list-{lister.side}-prefix")) as chain:
         for obj in chain:
             last = obj.key
             yield obj
     if tally.small:
         # Everything after the last key yielded, whichever prefixes the planner had
         # reached: the same rule a resumed listing follows.
-        yield from paginate(side, fetch, last)
+        yield from lister.paginate(last)
 
 
 def _until_small(parts: Iterator[Part[ObjectInfo]], tally: Tally) -> Iterator[Part[ObjectInfo]]:
@@ -120,15 +122,15 @@ def _until_small(parts: Iterator[Part[ObjectInfo]], tally: Tally) -> Iterator[Pa
         tally.small = True
 
 
-def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "", depth: int = 0,
+def plan(lister: Lister, start_after: str | None, prefix: str = "", depth: int = 0,
          tally: Tally | None = None) -> Iterator[Part[ObjectInfo]]:
     """The listing of ``prefix`` after ``start_after`` as ``ordered_chain`` parts, in key
     order: lists of the objects at this level, and for each sub-prefix a callable that
     lists it recursively. Pages of this level are fetched as the parts are pulled.
     With a ``tally``, raises _GoSequential instead of a prefix part once prefixes are small."""
     inside = prefix_of(start_after, prefix)
-    page = fetch_page(side, fetch, PageRequest(start_after, prefix, DELIMITER))
-    entries = level_entries(side, prefix, page.items, page.prefixes)
+    page = lister.page(PageRequest(start_after, prefix, DELIMITER))
+    entries = level_entries(prefix, page.items, page.prefixes)
     prefixes = {key for key, obj in entries if obj is None} | ({inside} if inside else set())
     descend = depth < MAX_DEPTH and not page.truncated and len(prefixes) == 1
 
@@ -137,11 +139,11 @@ def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "", dep
         # folder marker) starts after it; every later one from its beginning.
         after = start_after if start_after is not None and start_after >= sub_prefix else None
         if descend:
-            yield from plan(side, fetch, after, sub_prefix, depth + 1, tally)
+            yield from plan(lister, after, sub_prefix, depth + 1, tally)
         elif tally is not None and tally.prefixes_are_small():
             raise _GoSequential()
         else:
-            yield subtree(side, fetch, sub_prefix, after, tally)
+            yield subtree(lister, sub_prefix, after, tally)
 
     last = None
     if inside:
@@ -162,29 +164,22 @@ def plan(side: str, fetch: Fetch, start_after: str | None, prefix: str = "", dep
             yield batch
         if not page.truncated:
             return
-        if not page.token:
-            # start-after a common prefix is not portable (listing.py), so there is no
-            # safe way on without the token.
-            raise FatalError(side, "list", prefix or None,
-                             "truncated listing by prefix without a continuation token; "
-                             "set S3_SYNC_LIST_CONCURRENCY=1 for this provider")
-        page = fetch_page(side, fetch, PageRequest(None, prefix, DELIMITER, page.token))
-        entries = level_entries(side, prefix, page.items, page.prefixes)
+        # A truncated page has a token (listing.parse insists): start-after a common
+        # prefix is not portable, so the token is the only safe way on.
+        page = lister.page(PageRequest(None, prefix, DELIMITER, page.token), after=page.last)
+        entries = level_entries(prefix, page.items, page.prefixes)
 
 
-def subtree(side: str, fetch: Fetch, prefix: str, start_after: str | None,
+def subtree(lister: Lister, prefix: str, start_after: str | None,
             tally: Tally | None = None) -> Callable[[], Iterator[list[ObjectInfo]]]:
     """A part that lists everything under ``prefix`` after ``start_after``, page by page."""
 
     def run() -> Iterator[list[ObjectInfo]]:
         empty = True
-        for items in pages(side, fetch, start_after, prefix):
+        for items in lister.pages(start_after, prefix):
             empty = False
             if tally is not None:
                 tally.add(len(items))
-            for obj in items:
-                if not obj.key.startswith(prefix):
-                    raise _outside(side, prefix, obj.key)
             yield items
         if empty and tally is not None:
             tally.add(0)
@@ -200,21 +195,17 @@ def prefix_of(key: str | None, prefix: str) -> str | None:
     return key[:end + 1] if end >= 0 else None
 
 
-def level_entries(side: str, prefix: str, items: list[ObjectInfo], prefixes: list[str]) -> list[Entry]:
-    """One delimited page of ``prefix``: its objects and sub-prefixes merged in key order
-    (a response lists them apart). An object whose key goes deeper than this level (a
-    server listing a folder marker ``a/`` as an object *and* a prefix) is counted as its
-    prefix, whose own listing includes it; a prefix named twice counts once."""
+def level_entries(prefix: str, items: list[ObjectInfo], prefixes: list[str]) -> list[Entry]:
+    """One delimited page of ``prefix`` (proven by listing.parse): its objects and
+    sub-prefixes merged in key order (a response lists them apart). An object whose key
+    goes deeper than this level (a server listing a folder marker ``a/`` as an object
+    *and* a prefix) is counted as its prefix, whose own listing includes it; a prefix
+    named twice counts once."""
     entries: list[Entry] = []
     for obj in items:
-        if not obj.key.startswith(prefix):
-            raise _outside(side, prefix, obj.key)
         deeper = prefix_of(obj.key, prefix)
         entries.append((deeper, None) if deeper else (obj.key, obj))
-    for sub_prefix in prefixes:
-        if len(sub_prefix) <= len(prefix) or not sub_prefix.startswith(prefix):
-            raise _outside(side, prefix, sub_prefix)
-        entries.append((sub_prefix, None))
+    entries.extend((sub_prefix, None) for sub_prefix in prefixes)
     entries.sort(key=lambda entry: entry[0])
     merged: list[Entry] = []
     for entry in entries:
@@ -223,7 +214,3 @@ def level_entries(side: str, prefix: str, items: list[ObjectInfo], prefixes: lis
         merged.append(entry)
     return merged
 
-
-def _outside(side: str, prefix: str, key: str) -> ListingOrderError:
-    return ListingOrderError(side, "list", prefix or None,
-                             f"listing of prefix {prefix!r} returned {key!r}, outside it; refusing to diff")

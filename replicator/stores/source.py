@@ -107,6 +107,7 @@ class MinioSource:
         self.bucket = settings.source_bucket
         self.endpoint = settings.source_endpoint.url
         self.list_concurrency = settings.list_concurrency
+        self.list_page_size = settings.list_page_size
         http = pool_manager(
             settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
             read_timeout=read_timeout or settings.read_timeout,
@@ -158,13 +159,15 @@ class MinioSource:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return parallel_listing.walk(self.side, self._list_page, start_after, self.list_concurrency)
+        return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
+                                     self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # A raw page through minio-py's signed-request primitive: minio-py's own
         # list_objects costs 3x the CPU (see listing.py).
         try:
-            return self.client._execute("GET", self.bucket, query_params=request.query()).data  # noqa: SLF001
+            return self.client._execute("GET", self.bucket,  # noqa: SLF001
+                                        query_params=request.query(self.list_page_size)).data
         except Exception as exc:
             raise self._map(exc, "list", request.subject, bucket_op=True) from exc
 

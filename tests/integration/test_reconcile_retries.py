@@ -49,10 +49,12 @@ def test_source_listing_is_tried_max_retries_times(pair, stub):
     assert "source: list" in result.stderr and "InternalError (HTTP 500)" in result.stderr
 
 
-EMPTY_LISTING = (200, {}, b'<?xml version="1.0" encoding="UTF-8"?>'
-                          b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                          b'<Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys>'
-                          b'<IsTruncated>false</IsTruncated></ListBucketResult>')
+def empty_listing(path: str):
+    bucket = path.strip("/").split("/")[0]
+    return (200, {}, b'<?xml version="1.0" encoding="UTF-8"?>'
+                     b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                     b"<Name>" + bucket.encode() + b"</Name><Prefix></Prefix><KeyCount>0</KeyCount>"
+                     b"<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>")
 
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
@@ -67,7 +69,7 @@ def test_a_destination_busy_at_start_up_is_retried(pair):
             if len(heads) == 1:
                 return s3_error("ServiceUnavailable", 503, {"Retry-After": "0"})
             return 200, {}, b""
-        return EMPTY_LISTING
+        return empty_listing(path)
 
     stub = StubS3(busy_then_fine)
     try:

@@ -50,6 +50,7 @@ EXPECTED_DEFAULTS = {
     "multipart_chunk_size": 8 * MiB,
     "multipart_concurrency": 4,
     "list_concurrency": 8,
+    "list_page_size": 1000,
     "connect_timeout": 10.0,
     "read_timeout": 60.0,
     "log_level": "INFO",
