@@ -30,7 +30,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
-from . import listing, parallel_listing
+from . import answers, listing, parallel_listing
 from .http_client import HttpClient
 from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request, tls_failure
 
@@ -114,6 +114,23 @@ def _server_message(error: StoreError) -> str:
     return f": {message}" if message else ""
 
 
+class UnprovenAnswer(BotoCoreError):
+    """A 2xx answer to a boto3 call that is not what the call answers (answers.py)."""
+
+    fmt = "{detail}"
+
+
+def _prove_answer(operation_model, response_dict, **kwargs) -> None:
+    """botocore's before-parse hook: an answer botocore would parse into an empty result
+    (an HTML page at 200, an error document at 200) is refused before it can be."""
+    body = response_dict.get("body")
+    if 200 <= response_dict.get("status_code", 0) < 300 and isinstance(body, bytes):
+        try:
+            answers.prove(operation_model.name, response_dict.get("headers") or {}, body)
+        except answers.MalformedAnswer as exc:
+            raise UnprovenAnswer(detail=str(exc)) from exc
+
+
 def client_config(settings: Settings) -> Config:
     aws = settings.dest_endpoint.is_aws
     return Config(
@@ -154,6 +171,7 @@ class S3Destination:
         )
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
+        self.client.meta.events.register("before-parse.s3.*", _prove_answer)
         # The listings' pool (boto3 keeps its own): one connection per prefix listed at once.
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
                                   read_timeout=settings.read_timeout, maxsize=settings.list_concurrency + 2)
@@ -197,6 +215,8 @@ class S3Destination:
                 code = {"404": "NotFound", "403": "AccessDenied", "412": "PreconditionFailed"}.get(code, None)
             return classify(self.side, op, key, code, status, bucket_op=bucket_op,
                             retry_after=parse_retry_after(headers.get("retry-after")))
+        if isinstance(exc, UnprovenAnswer):
+            return TransientError(self.side, op, key, f"{self.endpoint}: {exc}")
         if isinstance(exc, SSLError):
             return tls_failure(self.side, op, key, self.endpoint, exc)
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
@@ -460,6 +480,10 @@ class S3Destination:
             raise map_transport_error(self.side, op, key, self.endpoint, exc) from exc
         if response.status != 200:
             raise raw_error(self.side, op, key, response)
+        if not response.headers.get("ETag"):
+            # S3 answers every upload with the ETag it stored; a 200 without one (a captive
+            # portal's page, say) stored nothing.
+            raise TransientError(self.side, op, key, f"{self.endpoint} answered 200 without an ETag: not an S3 answer")
         return response
 
     def _tags_unsupported(self, error: StoreError) -> None:
@@ -500,11 +524,7 @@ class S3Destination:
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
-        response = self._send("put part", key, query, {}, data)
-        etag = response.headers.get("ETag")
-        if not etag:
-            raise TransientError(self.side, "put part", key, f"part {number}: response has no ETag")
-        return etag
+        return self._send("put part", key, query, {}, data).headers["ETag"]
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
         self._call("complete multipart", key, self.client.complete_multipart_upload, Key=key, UploadId=upload_id,

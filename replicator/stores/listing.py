@@ -36,12 +36,13 @@ from xml.etree import ElementTree
 
 from ..errors import TransientError
 from ..model import ObjectInfo
+from .answers import MalformedAnswer, document
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_KEYS = 1000  # S3's largest page, and its default
 
 
-class MalformedPage(ValueError):
+class MalformedPage(MalformedAnswer):
     """The answer is not the listing page that was asked for."""
 
 
@@ -95,7 +96,7 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
     """The page ``body`` answers to ``request`` on ``bucket``, proven (module docstring),
     or MalformedPage saying why not. ``after``: the last name of the previous page, for
     a page that follows a continuation token (a ``start_after`` request implies it)."""
-    root = _root(body)
+    root = document(body, "ListBucketResult")
     ns = root.tag[:-len("ListBucketResult")]  # "" where a provider omits the namespace
     text = root.findtext
     name = text(ns + "Name")
@@ -150,22 +151,6 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
     return Page(items, truncated, prefixes, token)
 
 
-def _root(body: bytes) -> ElementTree.Element:
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise MalformedPage(f"the answer is not XML ({len(body)} bytes)") from exc
-    local = root.tag.rsplit("}", 1)[-1]
-    if local == "Error":
-        ns = root.tag[:-len(local)]
-        code = root.findtext(ns + "Code") or root.findtext("Code") or "no code"
-        message = (root.findtext(ns + "Message") or root.findtext("Message") or "")[:200]
-        raise MalformedPage(f"the answer is an S3 error document: {code}" + (f": {message}" if message else ""))
-    if local != "ListBucketResult":
-        raise MalformedPage(f"the answer is not a ListBucketResult (root element <{local}>)")
-    return root
-
-
 def _flag(value: str | None) -> bool:
     value = (value or "").strip().lower()
     if value not in ("true", "false"):
@@ -210,7 +195,7 @@ class Lister:
         body = self.fetch(request)
         try:
             return parse(body, self.bucket, request, after)
-        except MalformedPage as exc:
+        except MalformedAnswer as exc:
             raise TransientError(self.side, "list", request.subject, str(exc)) from exc
 
     def pages(self, start_after: str | None, prefix: str = "") -> Iterator[list[ObjectInfo]]:

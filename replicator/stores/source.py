@@ -16,7 +16,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
-from . import listing, parallel_listing
+from . import answers, listing, parallel_listing
 from .http_client import HttpClient
 from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request
 
@@ -186,6 +186,12 @@ class MinioSource:
             raise map_transport_error(self.side, "get", key, self.endpoint, exc) from exc
         if response.status not in (200, 206):
             raise raw_error(self.side, "get", key, response)
+        if not response.headers.get("ETag"):
+            # MinIO sends every object's ETag; a 200 without one is somebody else's page,
+            # and copying it would store that page as the object.
+            response.release()
+            raise TransientError(self.side, "get", key, f"{self.endpoint} answered {response.status} without an "
+                                 "ETag: not an S3 answer")
         return response
 
     @contextmanager
@@ -226,14 +232,26 @@ class MinioSource:
             raise self._map(exc, "stat", key) from exc
         except Exception as exc:
             raise self._map(exc, "stat", key) from exc
+        if not obj.metadata.get("ETag"):
+            raise TransientError(self.side, "stat", key, f"{self.endpoint} answered a HEAD without an ETag: "
+                                 "not an S3 answer")
         return describe(key, obj.metadata)  # minio-py puts the raw response headers there
 
     def get_tags(self, key: str) -> dict[str, str]:
+        # Raw, and proven (answers.py): minio-py's get_object_tags reads an HTML page at
+        # 200 as "no tags", and the copy would then remove the destination's.
         try:
-            tags = self.client.get_object_tags(self.bucket, key)
-        except Exception as exc:
+            response = self.client._execute("GET", self.bucket, key, query_params={"tagging": ""})  # noqa: SLF001
+        except S3Error as exc:
+            if exc.code == "NoSuchTagSet":
+                return {}
             error = self._map(exc, "get tags", key)
             if isinstance(error, NotFound):
                 return {}
             raise error from exc
-        return dict(tags or {})
+        except Exception as exc:
+            raise self._map(exc, "get tags", key) from exc
+        try:
+            return answers.tag_set(response.data)
+        except answers.MalformedAnswer as exc:
+            raise TransientError(self.side, "get tags", key, f"{self.endpoint}: {exc}") from exc

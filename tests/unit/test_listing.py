@@ -5,7 +5,8 @@ import pytest
 
 from replicator.errors import TransientError
 from replicator.model import ObjectInfo
-from replicator.stores.listing import Lister, MalformedPage, Page, PageRequest, parse
+from replicator.stores.answers import MalformedAnswer
+from replicator.stores.listing import Lister, Page, PageRequest, parse
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
 TOP = PageRequest()
@@ -95,8 +96,8 @@ ERROR_DOC = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError<
 @pytest.mark.parametrize(("body", "request_", "after", "why"), [
     (b"", TOP, None, "not XML"),
     (b"not xml", TOP, None, "not XML"),
-    (HTML, TOP, None, "not a ListBucketResult (root element <html>)"),
-    (XHTML, TOP, None, "not a ListBucketResult (root element <html>)"),
+    (HTML, TOP, None, "not a <ListBucketResult> document (root element <html>)"),
+    (XHTML, TOP, None, "not a <ListBucketResult> document (root element <html>)"),
     (ERROR_DOC, TOP, None, "an S3 error document: InternalError: We encountered an internal error."),
     (ERROR_DOC.replace(b"<Error>", f"<Error {NS}>".encode()), TOP, None, "error document: InternalError"),
     (b'<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>', TOP, None,
@@ -128,7 +129,7 @@ ERROR_DOC = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError<
     (page("<CommonPrefixes></CommonPrefixes>"), PageRequest(delimiter="/"), None, "without its Prefix"),
 ])
 def test_an_answer_that_is_not_the_page_asked_for_is_refused(body, request_, after, why):
-    with pytest.raises(MalformedPage) as caught:
+    with pytest.raises(MalformedAnswer) as caught:
         parse(body, "b", request_, after)
     assert why in str(caught.value)
 
