@@ -1,0 +1,74 @@
+"""Output that a key can't forge (issue 10): ``printable``, and every channel that prints
+keys through it (plan lines, both log formats, tracebacks, ``/status``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from replicator.printable import printable
+
+# Every character printable escapes: C0, DEL, C1, U+2028/9, bidi controls, surrogates.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+FORGED = "evil\ndelete   important-file"
+
+
+def unescape(printed: str) -> str:
+    """printable undone, with Python's standard codecs."""
+    return printed.encode("ascii", "backslashreplace").decode("unicode_escape")
+
+
+# --- the function ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "printed"), [
+    ("photos/2024/img-001.jpg", "photos/2024/img-001.jpg"),
+    ("", ""),
+    ("a b  c ", "a b  c "),  # spaces are printable; the plan line's shape tells where a key ends
+    (FORGED, r"evil\x0adelete   important-file"),
+    ("\x00", r"\x00"),
+    ("tab\there", r"tab\x09here"),
+    ("cr\rlf\n", r"cr\x0dlf\x0a"),
+    ("\x1b[2J\x1b[31mred", r"\x1b[2J\x1b[31mred"),  # a terminal can't be told to clear or recolor
+    ("\x7f", r"\x7f"),
+    ("c1\x85\x9b", r"c1\x85\x9b"),  # NEL (a line break to some readers) and CSI
+    ("back\\slash", r"back\\slash"),
+    (r"a\x0ab", r"a\\x0ab"),  # a key that *looks* escaped stays apart from the one with a newline
+    ("line\u2028para\u2029", r"line\u2028para\u2029"),
+    ("abc\u202edcba", r"abc\u202edcba"),  # RIGHT-TO-LEFT OVERRIDE ("Trojan Source")
+    ("\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069", r"\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069"),
+    ("lone\ud800", r"lone\ud800"),  # would not even encode as UTF-8
+    ("docs/café menü.txt", "docs/café menü.txt"),
+    ("写真/猫.jpg", "写真/猫.jpg"),
+    ("emoji 😀🏳️‍🌈", "emoji 😀🏳️‍🌈"),  # ZWJ sequences are text
+    ("nbsp\xa0é\u200f", "nbsp\xa0é\u200f"),  # above the C1 range; RLM only marks, it overrides nothing
+])
+def test_printable(text, printed):
+    assert printable(text) == printed
+    assert unescape(printed) == text
+
+
+# Code points from every class: plain ASCII, what is escaped, Latin-1, other planes.
+any_char = st.one_of(
+    st.sampled_from("\\\x00\n\r\t\x1b\x7f\x85\x9f\xa0\u2028\u2029\u202a\u202e\u2066\u2069\ud800\udfffé日😀"),
+    st.characters(min_codepoint=0, max_codepoint=0xFF),
+    st.integers(min_value=0, max_value=0x10FFFF).map(chr),  # surrogates included
+)
+
+
+@given(st.text(any_char))
+@example("\\x0a\n")
+@example("\\\\\\")
+def test_printable_is_one_safe_line_and_comes_back_whole(text):
+    printed = printable(text)
+    assert unescape(printed) == text
+    assert len(printed.splitlines()) <= 1  # str.splitlines knows every line break Unicode has
+    assert not UNSAFE.search(printed)
+    printed.encode("utf-8")  # any stream can carry it
+
+
+@given(st.text(st.characters(exclude_characters="\\", exclude_categories=["Cc", "Cs", "Zl", "Zp", "Cf"])))
+def test_text_without_anything_to_escape_is_left_alone(text):
+    assert printable(text) == text
