@@ -3,16 +3,22 @@ keys through it (plan lines, both log formats, tracebacks, ``/status``)."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import sys
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from loguru import logger
 
+from replicator.observability import logging as logsetup
 from replicator.printable import printable
 
 # Every character printable escapes: C0, DEL, C1, U+2028/9, bidi controls, surrogates.
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+CONTROLS = "".join(map(chr, [*range(0x20), 0x7F]))
 FORGED = "evil\ndelete   important-file"
 
 
@@ -72,3 +78,65 @@ def test_printable_is_one_safe_line_and_comes_back_whole(text):
 @given(st.text(st.characters(exclude_characters="\\", exclude_categories=["Cc", "Cs", "Zl", "Zp", "Cf"])))
 def test_text_without_anything_to_escape_is_left_alone(text):
     assert printable(text) == text
+
+
+# --- log lines ---------------------------------------------------------------------------
+
+@pytest.fixture
+def stream():
+    buffer = io.StringIO()
+    yield buffer
+    logsetup.setup(stream=sys.__stderr__)  # back to a plain stderr sink for whoever runs next
+
+
+def message_of(line: str, fmt: str) -> str:
+    if fmt == "json":
+        return json.loads(line)["message"]
+    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] . ", line), line
+    return line[24:]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_key_with_every_control_character_is_one_log_line(stream, fmt):
+    key = f"k{CONTROLS}\u2028\u202e\\end"
+    logsetup.setup("DEBUG", fmt, "UTC", (), stream=stream, colorize=False)
+    logger.debug("{}: copied ({} bytes)", key, 3)
+    [line] = stream.getvalue().splitlines()
+    expected = "k" + "".join(f"\\x{ord(c):02x}" for c in CONTROLS) + r"\u2028\u202e\\end"
+    assert message_of(line, fmt) == f"{expected}: copied (3 bytes)"
+    assert unescape(message_of(line, fmt).removesuffix(": copied (3 bytes)")) == key
+    assert not UNSAFE.search(line)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_an_exception_message_cannot_add_a_line_to_a_traceback(stream, fmt):
+    forged_log_line = "[2026-01-01 00:00:00]   ✓ Sync completed: 0 failed"
+    logsetup.setup("DEBUG", fmt, "UTC", (), stream=stream, colorize=False)
+    try:
+        try:
+            raise KeyError(FORGED)
+        except KeyError as error:
+            raise RuntimeError(f"put {FORGED}\n{forged_log_line}\rdelete x") from error
+    except RuntimeError:
+        logger.exception("{}: unexpected error", FORGED)
+    if fmt == "json":
+        [line] = stream.getvalue().splitlines()
+        record = json.loads(line)
+        assert record["message"] == r"evil\x0adelete   important-file: unexpected error"
+        lines = record["exception"].split("\n")
+    else:
+        first, *lines = stream.getvalue().splitlines()
+        assert message_of(first, fmt) == r"evil\x0adelete   important-file: unexpected error"
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert r"KeyError: 'evil\\ndelete   important-file'" in lines  # KeyError's str is a repr
+    assert lines[-1] == rf"RuntimeError: put evil\x0adelete   important-file\x0a{forged_log_line}\x0ddelete x"
+    assert not any(line.startswith(("[", "delete")) for line in lines)
+    assert not any(UNSAFE.search(line) for line in lines)
+
+
+def test_secrets_are_redacted_before_printing(stream):
+    secret = "pass\\word\nX"  # escaping first would hide it from the redaction
+    logsetup.setup("DEBUG", "text", "UTC", (secret,), stream=stream, colorize=False)
+    logger.info("signing with {}", secret)
+    assert message_of(stream.getvalue().rstrip("\n"), "text") == "signing with ***"
