@@ -15,6 +15,7 @@ from loguru import logger
 
 from replicator.observability import logging as logsetup
 from replicator.printable import printable
+from tests.unit.test_reconciler import Harness
 
 # Every character printable escapes: C0, DEL, C1, U+2028/9, bidi controls, surrogates.
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -140,3 +141,21 @@ def test_secrets_are_redacted_before_printing(stream):
     logsetup.setup("DEBUG", "text", "UTC", (secret,), stream=stream, colorize=False)
     logger.info("signing with {}", secret)
     assert message_of(stream.getvalue().rstrip("\n"), "text") == "signing with ***"
+
+
+# --- plan lines --------------------------------------------------------------------------
+
+def test_a_dry_run_plan_line_is_one_line_per_key():
+    h = Harness()
+    h.source.add(FORGED, b"12345")
+    h.source.add("important-file", b"keep me")
+    h.dest.add("important-file", b"keep me")
+    h.dest.add("gone\r\x1b[2K", b"xy")
+    try:
+        h.run(dry_run=True)
+    finally:
+        h.close()
+    assert sorted(h.out.getvalue().splitlines()) == [
+        r"copy    evil\x0adelete   important-file  (5 bytes)",
+        r"delete  gone\x0d\x1b[2K  (2 bytes)",
+    ]
