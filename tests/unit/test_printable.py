@@ -13,7 +13,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from loguru import logger
 
+from replicator.errors import FatalError, PermanentError
+from replicator.model import RunStats
 from replicator.observability import logging as logsetup
+from replicator.observability.health import Health
 from replicator.printable import printable
 from tests.unit.test_reconciler import Harness
 
@@ -159,3 +162,29 @@ def test_a_dry_run_plan_line_is_one_line_per_key():
         r"copy    evil\x0adelete   important-file  (5 bytes)",
         r"delete  gone\x0d\x1b[2K  (2 bytes)",
     ]
+
+
+# --- /status -----------------------------------------------------------------------------
+
+def test_status_prints_every_string_as_the_log_does():
+    health = Health(600.0, clock=lambda: 1_700_000_000.0)
+    detail = f"destination: put {FORGED}: AccessDenied"
+    health.set_state("waiting-for-endpoints", detail)
+    error = FatalError("source", "list", "a\x1b[31m\u202e", "listing out of order")
+    health.record_reconcile(RunStats(failed=1, guard="refused\nok"), error)
+    status = health.status()
+    assert status["detail"] == r"destination: put evil\x0adelete   important-file: AccessDenied"
+    assert status["last_reconcile"]["error"] == r"source: list a\x1b[31m\u202e: listing out of order"
+    assert status["last_reconcile"]["guard"] == r"refused\x0aok"
+    assert unescape(status["detail"]) == detail
+    assert (status["state"], status["ready"], status["last_reconcile"]["failed"]) == ("waiting-for-endpoints",
+                                                                                       False, 1)
+    body = json.dumps(status)  # as observability/http.py sends it
+    assert "\n" not in body and not UNSAFE.search(json.loads(body)["detail"])
+    assert health.last_reconcile["error"] == str(error)  # only what is shown is escaped
+
+
+def test_status_of_an_error_without_a_key_is_unchanged():
+    health = Health(600.0, clock=lambda: 0.0)
+    health.record_reconcile(None, PermanentError("destination", "check", None, "AccessDenied (HTTP 403)"))
+    assert health.status()["last_reconcile"]["error"] == "destination: check: AccessDenied (HTTP 403)"
