@@ -7,6 +7,7 @@ import io
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -20,6 +21,7 @@ from replicator.observability.health import Health
 from replicator.printable import printable
 from tests.unit.test_reconciler import Harness
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 # Every character printable escapes: C0, DEL, C1, U+2028/9, bidi controls, surrogates.
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 CONTROLS = "".join(map(chr, [*range(0x20), 0x7F]))
@@ -27,8 +29,12 @@ FORGED = "evil\ndelete   important-file"
 
 
 def unescape(printed: str) -> str:
-    """printable undone, with Python's standard codecs."""
+    """The README's one-liner (test_the_readme_documents_the_way_back holds them equal)."""
     return printed.encode("ascii", "backslashreplace").decode("unicode_escape")
+
+
+def test_the_readme_documents_the_way_back():
+    assert 'printed.encode("ascii", "backslashreplace").decode("unicode_escape")' in README.read_text()
 
 
 # --- the function ------------------------------------------------------------------------
