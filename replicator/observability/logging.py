@@ -99,20 +99,23 @@ def _isatty(stream: TextIO) -> bool:
 def _format_exception(exc_info, clean: Callable[[str], str]) -> str:
     """The traceback's lines, each passed through ``clean``.
 
-    Python prints an exception's message (and its notes) as they are, newlines and
-    all, so a key in a message could add a line to the traceback. Those parts are
-    cleaned whole, and stay on the line of the exception's type; the rest (frames,
-    source lines, "The above exception was the direct cause...") line by line."""
+    Python prints an exception's message as it is, newlines and all, so a key in a
+    message could add a line to the traceback. That part is cleaned whole, and stays
+    on the line of the exception's type; the rest (frames, source lines, "The above
+    exception was the direct cause...") line by line. Two cases stay multi-line, as
+    Python means them to: notes (``add_note``, which neither replicator nor its SDKs
+    use), which Python splits into lines itself, and the members of an exception
+    group, printed behind "| " margins that a line they add still carries."""
     top = traceback.TracebackException(exc_info.type, exc_info.value, exc_info.traceback)
     messages: set[str] = set()
     pending, seen = [top], set()
-    while pending:  # every exception in the chain: causes, contexts, a group's members
+    while pending:  # every exception in the chain: causes and contexts
         exc = pending.pop()
         if id(exc) in seen:
             continue
         seen.add(id(exc))
         messages.update(exc.format_exception_only())
-        pending.extend(e for e in (exc.__cause__, exc.__context__, *(exc.exceptions or ())) if e is not None)
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
     lines: list[str] = []
     for chunk in top.format():
         if chunk in messages:
