@@ -35,6 +35,7 @@ from .errors import FatalError, GuardRefused, ReplicatorError, StoreError
 from .model import Action, Change, ObjectInfo, RunStats
 from .observability import metrics
 from .pool import BoundedExecutor, prefetch
+from .printable import printable
 from .retry import RetryPolicy, Stopped
 from .stores.base import DestinationStore, SourceStore
 
@@ -126,7 +127,7 @@ class _Run:
 
     def _print(self, action: str, key: str, size: int) -> None:
         with self.lock:
-            print(f"{action:<7} {key}  ({size} bytes)", file=self.o.out)
+            print(f"{action:<7} {printable(key)}  ({size} bytes)", file=self.o.out)
 
     def _listing(self, list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str) -> Iterator[ObjectInfo]:
         resumable = self.o.policy.resumable(list_from, lambda item: item.key)

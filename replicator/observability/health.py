@@ -1,5 +1,9 @@
 """What the service reports about itself: one thread-safe snapshot source behind
-``/healthz``, ``/readyz`` and ``/status``."""
+``/healthz``, ``/readyz`` and ``/status``.
+
+Every string in ``/status`` is passed through ``printable``, as log lines are: an error
+naming a key shows it as the log does, and no key can put a raw newline or control
+character into what a dashboard or ``jq -r`` prints."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ..model import RunStats
+from ..printable import printable
 
 
 class Health:
@@ -62,7 +67,7 @@ class Health:
         oldest = self.oldest_event()
         now = self.clock()
         with self._lock:
-            return {
+            return _printable({
                 "state": self.state,
                 "detail": self.detail,
                 "ready": ready,
@@ -79,4 +84,15 @@ class Health:
                 },
                 "last_reconcile": self.last_reconcile,
                 "last_success": self.last_success,
-            }
+            })
+
+
+def _printable(value):
+    """A copy of ``value`` with every string in it printable (the keys of dicts are ours)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {name: _printable(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value

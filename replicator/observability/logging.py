@@ -5,6 +5,8 @@
 - JSON lines (``S3_SYNC_LOG_FORMAT=json``), for log aggregation.
 - Every line passes a redaction filter that replaces any configured credential with
   ``***``: a last line of defence should an SDK ever put one in a message.
+- Then through ``printable``: a key with a newline or another control character can't
+  start a line of its own (issue 10), in either format, in a message or a traceback.
 - ``diagnose=False``: loguru's diagnose mode prints local variables in tracebacks,
   which is exactly how secrets leak.
 """
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
+from collections.abc import Callable
 from datetime import datetime
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from loguru import logger
+
+from ..printable import printable
 
 _TEXT = "[{extra[ts]}] <level>{level.icon}</level> {message}"
 _ICONS = {"TRACE": " ", "DEBUG": "·", "INFO": " ", "SUCCESS": " ", "WARNING": "!", "ERROR": "✗", "CRITICAL": "✗"}
@@ -44,11 +50,16 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
     for name, icon in _ICONS.items():
         logger.level(name, icon=icon)
 
+    def clean(text: str) -> str:
+        # Redact first: a secret is found in the text as it is, not as it is printed.
+        return printable(redact(text))
+
     def patch(record) -> None:
+        # Here, and not in a sink: both formats then show a key the same way.
         record["extra"]["ts"] = record["time"].astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-        record["message"] = redact(record["message"])
+        record["message"] = clean(record["message"])
         if record["exception"] is not None:
-            record["extra"]["exc_text"] = redact(_format_exception(record["exception"]))
+            record["extra"]["exc_text"] = _format_exception(record["exception"], clean)
 
     if fmt == "json":
         def sink(message) -> None:
@@ -85,10 +96,33 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _format_exception(exc_info) -> str:
-    import traceback
+def _format_exception(exc_info, clean: Callable[[str], str]) -> str:
+    """The traceback's lines, each passed through ``clean``.
 
-    return "".join(traceback.format_exception(exc_info.type, exc_info.value, exc_info.traceback)).rstrip()
+    Python prints an exception's message as it is, newlines and all, so a key in a
+    message could add a line to the traceback. That part is cleaned whole, and stays
+    on the line of the exception's type; the rest (frames, source lines, "The above
+    exception was the direct cause...") line by line. Two cases stay multi-line, as
+    Python means them to: notes (``add_note``, which neither replicator nor its SDKs
+    use), which Python splits into lines itself, and the members of an exception
+    group, printed behind "| " margins that a line they add still carries."""
+    top = traceback.TracebackException(exc_info.type, exc_info.value, exc_info.traceback)
+    messages: set[str] = set()
+    pending, seen = [top], set()
+    while pending:  # every exception in the chain: causes and contexts
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        messages.update(exc.format_exception_only())
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+    lines: list[str] = []
+    for chunk in top.format():
+        if chunk in messages:
+            lines.append(clean(chunk.removesuffix("\n")))
+        else:
+            lines.extend(clean(line) for line in chunk.removesuffix("\n").split("\n"))
+    return "\n".join(lines)
 
 
 def now_in(timezone: str) -> str:
