@@ -92,7 +92,13 @@ class Copier:
                     return self.policy.call(lambda: self._copy_small(key))
                 except _Large as large:
                     return self._copy_multipart(large.src)
-            except NotFound:
+            except NotFound as error:
+                if error.side != "source":
+                    # A 404 from the destination (NoSuchUpload after a lifecycle rule
+                    # aborted the upload, a key the provider can't store) is a failed
+                    # copy. Taken for "gone from the source", it was counted as skipped
+                    # and the run reported success without the object.
+                    raise
                 logger.debug("{}: gone from the source before it could be copied", key)
                 return None
             except SourceChanged:

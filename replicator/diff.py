@@ -48,7 +48,7 @@ def ordered(listing: Iterable[ObjectInfo], side: str) -> Iterator[ObjectInfo]:
         if previous is not None and not previous < item.key:
             raise ListingOrderError(
                 side, "list", item.key,
-                f"listing out of order: {item.key!r} came after {previous!r}; refusing to diff",
+                f"listing out of order: '{item.key}' came after '{previous}'; refusing to diff",
             )
         previous = item.key
         yield item

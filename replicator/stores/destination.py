@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,9 @@ _HEADER_PARAMS = {
     "Expires": "Expires",
 }
 _UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "NotSupported", "XNotImplemented"})
+
+# What XML 1.0 can't carry: every C0 control but tab, newline and carriage return.
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 # A retention ending sooner than this is not sent with a copy. S3 refuses a retain-until
 # date in the past with InvalidRequest, the very code it gives a bucket without object
@@ -553,19 +557,25 @@ class S3Destination:
     def delete_many(self, keys: list[str]) -> dict[str, str]:
         if not keys:
             return {}
-        if self._batch_delete:
+        # DeleteObjects carries its keys in XML 1.0, which can't hold most C0 controls:
+        # MinIO answers MalformedXML and moto a 500, for the whole batch. Such keys are
+        # deleted one by one (their names travel in the URL).
+        batch = [key for key in keys if not _XML_UNSAFE.search(key)]
+        singles = [key for key in keys if _XML_UNSAFE.search(key)]
+        failed: dict[str, str] = {}
+        if self._batch_delete and batch:
             try:
-                result = self._call("delete", f"{len(keys)} objects", self.client.delete_objects,
-                                    Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+                result = self._call("delete", f"{len(batch)} objects", self.client.delete_objects,
+                                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
             except PermanentError as error:
                 if error.code not in _UNSUPPORTED:
                     raise
                 logger.warning("destination has no batch delete ({}); deleting one at a time", error.code)
                 self._batch_delete = False
             else:
-                return {e["Key"]: e.get("Code", "error") for e in result.get("Errors", ())}
-        failed = {}
-        for key in keys:
+                failed = {e["Key"]: e.get("Code", "error") for e in result.get("Errors", ())}
+                batch = []
+        for key in batch + singles:
             try:
                 self._call("delete", key, self.client.delete_object, Key=key)
             except (PermanentError, NotFound) as error:

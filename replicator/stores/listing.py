@@ -101,7 +101,7 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
     text = root.findtext
     name = text(ns + "Name")
     if name != bucket:
-        raise MalformedPage(f"the page is for bucket {name!r}, not {bucket!r}" if name is not None
+        raise MalformedPage(f"the page is for bucket '{name}', not '{bucket}'" if name is not None
                             else "the page names no bucket")
     encoded = (text(ns + "EncodingType") or "").strip().lower() == "url"
     for element, asked in (("Prefix", request.prefix), ("Delimiter", request.delimiter or "")):
@@ -109,7 +109,7 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
         # Echoes are checked only where present, and in either form: moto, for one,
         # encodes some echoed elements and not others.
         if echoed is not None and asked not in (echoed, unquote_plus(echoed)):
-            raise MalformedPage(f"the page answers {element} {echoed!r}, not {asked!r}")
+            raise MalformedPage(f"the page answers {element} '{echoed}', not '{asked}'")
     truncated = _flag(text(ns + "IsTruncated"))
     token = text(ns + "NextContinuationToken") or None
     if truncated and token is None:
@@ -135,7 +135,7 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
         except ValueError:
             length = -1
         if length < 0:
-            raise MalformedPage(f"a listing entry with Size {size!r}")
+            raise MalformedPage(f"a listing entry with Size '{size}'")
         append(ObjectInfo(unquote_plus(key) if encoded else key, length, etag.strip('"').lower()))
     prefixes = []
     for entry in root.iterfind(ns + "CommonPrefixes"):
@@ -146,7 +146,7 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
 
     count = text(ns + "KeyCount")
     if count is not None and count.strip() != str(len(items) + len(prefixes)):
-        raise MalformedPage(f"KeyCount {count!r} but {len(items) + len(prefixes)} entries")
+        raise MalformedPage(f"KeyCount '{count}' but {len(items) + len(prefixes)} entries")
     _check_names(request, after or request.start_after, [item.key for item in items], prefixes)
     return Page(items, truncated, prefixes, token)
 
@@ -168,12 +168,12 @@ def _check_names(request: PageRequest, after: str | None, keys: list[str], prefi
         previous = None
         for name in names:
             if not name.startswith(prefix) or (kind == "prefix" and len(name) <= len(prefix)):
-                raise MalformedPage(f"{kind} {name!r} lies outside the prefix {prefix!r} that was asked for")
+                raise MalformedPage(f"{kind} '{name}' lies outside the prefix '{prefix}' that was asked for")
             if previous is not None and not previous < name:
-                raise MalformedPage(f"{kind} {name!r} came after {previous!r}: the page is out of order")
+                raise MalformedPage(f"{kind} '{name}' came after '{previous}': the page is out of order")
             # A server may name again the prefix the page starts inside (parallel_listing).
             if after is not None and not name > after and not (kind == "prefix" and after.startswith(name)):
-                raise MalformedPage(f"{kind} {name!r} does not come after {after!r}, where the page starts")
+                raise MalformedPage(f"{kind} '{name}' does not come after '{after}', where the page starts")
             previous = name
 
 

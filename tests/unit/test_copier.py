@@ -12,7 +12,7 @@ import pytest
 from replicator import config
 from replicator.config import MiB
 from replicator.copier import MAX_PARTS, Copier, part_size
-from replicator.errors import TransientError
+from replicator.errors import NotFound, TransientError
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
 
@@ -91,3 +91,25 @@ def test_a_small_copys_tag_read_is_one_attempt_of_the_copys_own_retries():
         copier.close()
     assert source.ops("get tags") == ["k", "k", "k"]  # 3 attempts in all, not 3 x 3
     assert copier._memory.held() == 0  # noqa: SLF001 - released after every attempt
+
+
+@pytest.mark.parametrize(("side", "fails"), [("source", False), ("destination", True)])
+def test_only_the_sources_404_means_gone_a_destinations_is_a_failed_copy(side, fails):
+    # A destination that answers 404 to a PUT (a key it can't store, an upload its
+    # lifecycle rule aborted) once made the copy count as "gone from the source":
+    # skipped, and the run reported success without the object (issue 10).
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}), retry_delay=0.0)
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    source.add("k", b"data")
+    store, op = (source, "get") if side == "source" else (dest, "put")
+    store.fail(op, "k", NotFound(side, op, "k", "NoSuchKey (HTTP 404)", code="NoSuchKey"))
+    copier = Copier(source, dest, settings, RetryPolicy(3, 0.0, stop=threading.Event()))
+    try:
+        if fails:
+            with pytest.raises(NotFound):
+                copier.copy("k")
+        else:
+            assert copier.copy("k") is None
+    finally:
+        copier.close()
