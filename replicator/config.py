@@ -8,6 +8,8 @@ once, not once per variable. Nothing else in replicator reads ``os.environ``.
 Secrets are held in :class:`Secret`, whose ``repr``/``str`` never show the value, so
 a settings object can be logged, put in an exception or shown by a debugger frame
 without leaking a credential.
+
+Every numeric setting has a range (:data:`RANGES`, the same as in the README's tables).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .errors import ConfigError
 REQUIRED = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "S3_SYNC_BUCKET")
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
 class Secret:
@@ -154,6 +158,96 @@ class Settings:
 
 # --- parsing ---------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts, both ends included. ``unit`` is how its
+    values read: "s" (seconds), "bytes" (sizes, shown in MiB/GiB), "%" or "" (a count)."""
+
+    low: float
+    high: float
+    unit: str = ""
+
+
+# The range of every numeric setting: the README's tables give the same ones (held to
+# these by tests/unit/test_packaging.py). Each value must be one a production sidecar
+# can live with, and one the code downstream can take: a socket's or a thread's timeout
+# overflows its C type somewhere above 1e9 seconds (S3_SYNC_CONNECT_TIMEOUT=1e10 raised
+# OverflowError at the first connection, S3_SYNC_SHUTDOWN_TIMEOUT=1e12 at SIGTERM).
+RANGES: dict[str, Range] = {
+    # Counted from the end of one reconcile to the start of the next. Below a minute the
+    # full listings run all but back to back, and /readyz (which wants a success within
+    # two intervals) turns unready whenever one reconcile takes longer than that. Above a
+    # week, what the events missed (MinIO drops events silently) stays missing too long.
+    "S3_SYNC_INTERVAL": Range(MINUTE, 7 * DAY, "s"),
+    # At 0 a flapping listener could start reconciles back to back. More than the
+    # interval acts as the interval.
+    "S3_SYNC_RECONCILE_COOLDOWN": Range(1, 7 * DAY, "s"),
+    "S3_SYNC_MAX_RETRIES": Range(1, 100),
+    # 0 retries at once (a server's Retry-After still holds). Each request's backoff is
+    # capped at 600 s whatever the base; a whole run's retries are capped at the interval.
+    "S3_SYNC_RETRY_DELAY": Range(0, HOUR, "s"),
+    "S3_SYNC_DELETE_MAX_PERCENT": Range(0, 100, "%"),
+    # A floor above the bucket's size turns the percentage guard off; a million
+    # deletions unguarded is already more than a slip of the finger should cost.
+    "S3_SYNC_DELETE_GUARD_FLOOR": Range(0, 1_000_000),
+    "S3_SYNC_WORKERS": Range(1, 256),
+    # Objects up to the threshold are copied in memory, min(S3_SYNC_WORKERS, 8) at a
+    # time: 512 MiB keeps that at 4 GiB at most. (10 TiB was accepted once.)
+    "S3_SYNC_MULTIPART_THRESHOLD": Range(5 * MiB, 512 * MiB, "bytes"),
+    # S3 takes parts of 5 MiB to 5 GiB (6 GiB was accepted once); a part larger than
+    # the largest threshold would only ever be one part.
+    "S3_SYNC_MULTIPART_CHUNK_SIZE": Range(5 * MiB, 512 * MiB, "bytes"),
+    "S3_SYNC_MULTIPART_CONCURRENCY": Range(1, 64),
+    "S3_SYNC_LIST_CONCURRENCY": Range(1, 64),
+    # The connect timeout covers the TLS handshake too, a few round trips: below a
+    # second a distant endpoint could never be reached, and after 5 minutes nobody will
+    # answer. A read waits for the server's work (a listing page, a 1,000-key delete);
+    # an hour of silence on a socket is a hang.
+    "S3_SYNC_CONNECT_TIMEOUT": Range(1, 5 * MINUTE, "s"),
+    "S3_SYNC_READ_TIMEOUT": Range(1, HOUR, "s"),
+    # Keys, each a few hundred bytes: a million is a few hundred MiB. A full queue only
+    # makes the listener wait; the reconcile repairs what it then misses.
+    "S3_SYNC_QUEUE_SIZE": Range(1, 1_000_000),
+    # 0 (any free port) would leave the probes guessing.
+    "S3_SYNC_HTTP_PORT": Range(1, 65535),
+    # 0 aborts copies in flight at once. An hour is already longer than any orchestrator
+    # waits after its SIGTERM (Docker: 10 s, Kubernetes: 30 s, unless configured).
+    "S3_SYNC_SHUTDOWN_TIMEOUT": Range(0, HOUR, "s"),
+    # MinIO pings the stream every 2 s; values below 7 s act as 7 s (stores/notifications).
+    # Past 10 minutes a dead stream goes unnoticed for no gain.
+    "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
+}
+
+
+def _number_text(value: float) -> str:
+    """A number as the README writes it: no exponent; thousands separated from 100,000."""
+    if value == int(value):
+        return f"{int(value):,}" if value >= 100_000 else str(int(value))
+    return f"{value:g}"
+
+
+def _size_text(value: float) -> str:
+    for factor, unit in ((GiB, "GiB"), (MiB, "MiB")):
+        if value >= factor:
+            return f"{value / factor:g} {unit}"
+    return f"{int(value)} bytes"
+
+
+def _value_text(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return _size_text(value)
+    if unit == "s":
+        return f"{_number_text(value)} second{'' if value == 1 else 's'}"
+    return _number_text(value) + unit
+
+
+def range_text(name: str) -> str:
+    """The range of ``name`` as the README and .env.example write it: ``1–100``, ``5 MiB–512 MiB``."""
+    bounds = RANGES[name]
+    show = _size_text if bounds.unit == "bytes" else _number_text
+    return f"{show(bounds.low)}–{show(bounds.high)}"
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -193,8 +287,7 @@ class _Reader:
         self.bad(name, value, "expected true or false")
         return default
 
-    def number(self, name: str, default: float, *, minimum: float = 0, integer: bool = False,
-               above: bool = False, maximum: float | None = None) -> float:
+    def number(self, name: str, default: float, *, integer: bool = False) -> float:
         value = self.raw(name)
         if not value:
             return default
@@ -206,15 +299,9 @@ class _Reader:
         if parsed != parsed or parsed in (float("inf"), float("-inf")):
             self.bad(name, value, "expected a finite number")
             return default
-        if (parsed <= minimum) if above else (parsed < minimum):
-            self.bad(name, value, f"must be {'greater than' if above else 'at least'} {minimum:g}")
-            return default
-        if maximum is not None and parsed > maximum:
-            self.bad(name, value, f"must be at most {maximum:g}")
-            return default
-        return parsed
+        return parsed if self.within(name, value, parsed) else default
 
-    def size(self, name: str, default: int, *, minimum: int) -> int:
+    def size(self, name: str, default: int) -> int:
         value = self.raw(name)
         if not value:
             return default
@@ -223,12 +310,20 @@ class _Reader:
             self.bad(name, value, "expected a size such as 8MiB or 8388608")
             return default
         unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
-        factor = {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "t": 1024 * 1024 * MiB}[unit]
-        parsed = int(float(m.group(1)) * factor)
-        if parsed < minimum:
-            self.bad(name, value, f"must be at least {minimum // MiB} MiB")
-            return default
-        return parsed
+        factor = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}[unit]
+        # Compared before int(): a few hundred digits make an infinite float.
+        parsed = float(m.group(1)) * factor
+        return int(parsed) if self.within(name, value, parsed) else default
+
+    def within(self, name: str, value: str, parsed: float) -> bool:
+        bounds = RANGES[name]
+        if parsed < bounds.low:
+            self.bad(name, value, f"must be at least {_value_text(bounds.low, bounds.unit)}")
+        elif parsed > bounds.high:
+            self.bad(name, value, f"must be at most {_value_text(bounds.high, bounds.unit)}")
+        else:
+            return True
+        return False
 
     def endpoint(self, name: str, default: str) -> Endpoint:
         given = self.raw(name) or default
@@ -300,8 +395,8 @@ def load(env: Mapping[str, str]) -> Settings:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         r.bad("S3_SYNC_TIMEZONE", timezone, "unknown timezone (use an IANA name such as Europe/Berlin)")
         timezone = "UTC"
-    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", 8 * MiB, minimum=5 * MiB)
-    threshold = r.size("S3_SYNC_MULTIPART_THRESHOLD", 16 * MiB, minimum=5 * MiB)
+    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", 8 * MiB)
+    threshold = r.size("S3_SYNC_MULTIPART_THRESHOLD", 16 * MiB)
 
     settings = Settings(
         dest_access_key=Secret(env["S3_SYNC_ACCESS_KEY"].strip()),
@@ -322,29 +417,29 @@ def load(env: Mapping[str, str]) -> Settings:
         source_verify_tls=r.flag("MINIO_VERIFY_TLS", True),
         source_ca_bundle=r.ca_bundle("MINIO_CA_BUNDLE"),
         enabled=r.flag("S3_SYNC_ENABLED", False),
-        interval=r.number("S3_SYNC_INTERVAL", 1800.0, minimum=0, above=True),
-        max_retries=int(r.number("S3_SYNC_MAX_RETRIES", 3, minimum=1, integer=True, maximum=100)),
-        retry_delay=r.number("S3_SYNC_RETRY_DELAY", 60.0, minimum=0),
+        interval=r.number("S3_SYNC_INTERVAL", 1800.0),
+        max_retries=int(r.number("S3_SYNC_MAX_RETRIES", 3, integer=True)),
+        retry_delay=r.number("S3_SYNC_RETRY_DELAY", 60.0),
         timezone=timezone,
         delete=r.flag("S3_SYNC_DELETE", True),
-        delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0, minimum=0, maximum=100),
-        delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, minimum=0, integer=True)),
+        delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0),
+        delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, integer=True)),
         allow_empty_source=r.flag("S3_SYNC_ALLOW_EMPTY_SOURCE", False),
-        workers=int(r.number("S3_SYNC_WORKERS", 16, minimum=1, integer=True, maximum=256)),
+        workers=int(r.number("S3_SYNC_WORKERS", 16, integer=True)),
         multipart_threshold=threshold,
         multipart_chunk_size=chunk,
-        multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, minimum=1, integer=True, maximum=64)),
-        list_concurrency=int(r.number("S3_SYNC_LIST_CONCURRENCY", 8, minimum=1, integer=True, maximum=64)),
-        connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0, minimum=0, above=True),
-        read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0, minimum=0, above=True),
+        multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, integer=True)),
+        list_concurrency=int(r.number("S3_SYNC_LIST_CONCURRENCY", 8, integer=True)),
+        connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0),
+        read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0),
         log_level=r.choice("S3_SYNC_LOG_LEVEL", "info", ("trace", "debug", "info", "success", "warning", "error")).upper(),
         log_format=r.choice("S3_SYNC_LOG_FORMAT", "text", ("text", "json")),
-        http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, minimum=0, integer=True, maximum=65535)),
+        http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, integer=True)),
         http_host=r.text("S3_SYNC_HTTP_HOST", "0.0.0.0"),
-        shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0, minimum=0),
-        queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, minimum=1, integer=True)),
-        listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0, minimum=0, above=True),
-        reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0, minimum=0),
+        shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0),
+        queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
+        listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
+        reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
     )
     if r.problems:
         raise ConfigError("Invalid configuration: " + "; ".join(r.problems))

@@ -1,4 +1,4 @@
-"""config.load by tables: defaults, missing and invalid variables, endpoints, flags."""
+"""config.load by tables: defaults, missing and invalid variables, ranges, endpoints, flags."""
 
 from __future__ import annotations
 
@@ -114,8 +114,8 @@ def test_blank_required_variable_counts_as_missing():
     ("name", "value", "why"),
     [
         ("S3_SYNC_INTERVAL", "abc", "expected a number"),
-        ("S3_SYNC_INTERVAL", "-5", "greater than 0"),
-        ("S3_SYNC_INTERVAL", "0", "greater than 0"),
+        ("S3_SYNC_INTERVAL", "-5", "at least 60 seconds"),
+        ("S3_SYNC_INTERVAL", "0", "at least 60 seconds"),
         ("S3_SYNC_INTERVAL", "nan", "finite"),
         ("S3_SYNC_INTERVAL", "inf", "finite"),
         ("S3_SYNC_MAX_RETRIES", "-1", "at least 1"),
@@ -133,7 +133,7 @@ def test_blank_required_variable_counts_as_missing():
         ("S3_SYNC_MULTIPART_CONCURRENCY", "0", "at least 1"),
         ("S3_SYNC_LIST_CONCURRENCY", "0", "at least 1"),
         ("S3_SYNC_LIST_CONCURRENCY", "65", "at most 64"),
-        ("S3_SYNC_CONNECT_TIMEOUT", "0", "greater than 0"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "0", "at least 1 second"),
         ("S3_SYNC_HTTP_PORT", "70000", "at most 65535"),
         ("S3_SYNC_TIMEZONE", "Mars/Olympus_Mons", "unknown timezone"),
         ("S3_SYNC_TIMEZONE", "../../etc/passwd", "unknown timezone"),
@@ -188,6 +188,82 @@ def test_endpoint_credentials_are_not_echoed():
 def test_missing_wins_over_invalid():
     with pytest.raises(ConfigError, match="^Missing required environment variables: S3_SYNC_BUCKET$"):
         config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b", "S3_SYNC_INTERVAL": "abc"})
+
+
+# --- ranges ----------------------------------------------------------------------------
+
+# Every numeric setting: its field, the lowest and highest values accepted, and values
+# just outside. Written out, not derived from config.RANGES, so a changed bound shows here.
+BOUNDS = [
+    ("S3_SYNC_INTERVAL", "interval", ("60", 60.0), ("604800", 604800.0), "59.9", "604801"),
+    ("S3_SYNC_RECONCILE_COOLDOWN", "reconcile_cooldown", ("1", 1.0), ("604800", 604800.0), "0.5", "604800.5"),
+    ("S3_SYNC_MAX_RETRIES", "max_retries", ("1", 1), ("100", 100), "0", "101"),
+    ("S3_SYNC_RETRY_DELAY", "retry_delay", ("0", 0.0), ("3600", 3600.0), "-0.01", "3600.01"),
+    ("S3_SYNC_DELETE_MAX_PERCENT", "delete_max_percent", ("0", 0.0), ("100", 100.0), "-0.1", "100.1"),
+    ("S3_SYNC_DELETE_GUARD_FLOOR", "delete_guard_floor", ("0", 0), ("1000000", 1_000_000), "-1", "1000001"),
+    ("S3_SYNC_WORKERS", "workers", ("1", 1), ("256", 256), "0", "257"),
+    ("S3_SYNC_MULTIPART_THRESHOLD", "multipart_threshold", ("5MiB", 5 * MiB), ("512MiB", 512 * MiB),
+     str(5 * MiB - 1), str(512 * MiB + 1)),
+    ("S3_SYNC_MULTIPART_CHUNK_SIZE", "multipart_chunk_size", ("5MiB", 5 * MiB), ("512MiB", 512 * MiB),
+     str(5 * MiB - 1), "513MiB"),
+    ("S3_SYNC_MULTIPART_CONCURRENCY", "multipart_concurrency", ("1", 1), ("64", 64), "0", "65"),
+    ("S3_SYNC_LIST_CONCURRENCY", "list_concurrency", ("1", 1), ("64", 64), "0", "65"),
+    ("S3_SYNC_CONNECT_TIMEOUT", "connect_timeout", ("1", 1.0), ("300", 300.0), "0.99", "300.01"),
+    ("S3_SYNC_READ_TIMEOUT", "read_timeout", ("1", 1.0), ("3600", 3600.0), "0.99", "3600.01"),
+    ("S3_SYNC_QUEUE_SIZE", "queue_size", ("1", 1), ("1000000", 1_000_000), "0", "1000001"),
+    ("S3_SYNC_HTTP_PORT", "http_port", ("1", 1), ("65535", 65535), "0", "65536"),
+    ("S3_SYNC_SHUTDOWN_TIMEOUT", "shutdown_timeout", ("0", 0.0), ("3600", 3600.0), "-0.01", "3600.01"),
+    ("S3_SYNC_LISTEN_TIMEOUT", "listen_timeout", ("1", 1.0), ("600", 600.0), "0.99", "600.01"),
+]
+IDS = [row[0] for row in BOUNDS]
+
+
+def test_every_range_is_tested():
+    assert set(IDS) == set(config.RANGES)
+
+
+@pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
+def test_the_edges_of_a_range_are_accepted(name, field, lowest, highest, below, above):
+    for value, expected in (lowest, highest):
+        assert getattr(load(**{name: value}), field) == expected
+
+
+@pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
+def test_values_outside_a_range_are_refused(name, field, lowest, highest, below, above):
+    for value, why in ((below, "must be at least"), (above, "must be at most")):
+        message = problem(**{name: value})
+        assert message.startswith(f"Invalid configuration: {name}={value!r}: {why} ")
+        assert "; " not in message  # this problem only
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        # The values of issue 10: each passed, then crashed or misbehaved.
+        ("S3_SYNC_CONNECT_TIMEOUT", "1e10", "must be at most 300 seconds"),  # OverflowError at connect
+        ("S3_SYNC_READ_TIMEOUT", "1e300", "must be at most 3600 seconds"),
+        ("S3_SYNC_SHUTDOWN_TIMEOUT", "1e12", "must be at most 3600 seconds"),  # OverflowError at SIGTERM
+        ("S3_SYNC_MULTIPART_THRESHOLD", "10TiB", "must be at most 512 MiB"),  # held in memory
+        ("S3_SYNC_MULTIPART_CHUNK_SIZE", "6GiB", "must be at most 512 MiB"),  # S3's largest part is 5 GiB
+        ("S3_SYNC_QUEUE_SIZE", str(10**30), "must be at most 1,000,000"),
+        ("S3_SYNC_INTERVAL", "1e-9", "must be at least 60 seconds"),  # back-to-back reconciles
+        # Their relatives.
+        ("S3_SYNC_INTERVAL", "1e308", "must be at most 604,800 seconds"),
+        ("S3_SYNC_LISTEN_TIMEOUT", "1e10", "must be at most 600 seconds"),
+        ("S3_SYNC_RETRY_DELAY", "1e20", "must be at most 3600 seconds"),
+        ("S3_SYNC_RECONCILE_COOLDOWN", "1e20", "must be at most 604,800 seconds"),
+        ("S3_SYNC_DELETE_GUARD_FLOOR", str(10**30), "must be at most 1,000,000"),
+        ("S3_SYNC_HTTP_PORT", str(10**30), "must be at most 65535"),
+        ("S3_SYNC_WORKERS", str(10**30), "must be at most 256"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "1e400", "expected a finite number"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "-1e400", "expected a finite number"),
+        ("S3_SYNC_MULTIPART_THRESHOLD", "9" * 400, "must be at most 512 MiB"),  # an infinite float once
+        ("S3_SYNC_MULTIPART_THRESHOLD", "9" * 400 + "TiB", "must be at most 512 MiB"),
+        ("S3_SYNC_QUEUE_SIZE", "1e30", "expected a whole number"),
+    ],
+)
+def test_huge_and_tiny_values_are_refused(name, value, why):
+    assert problem(**{name: value}) == f"Invalid configuration: {name}={value!r}: {why}"
 
 
 # --- valid values ------------------------------------------------------------------
@@ -250,17 +326,18 @@ def test_flags(value, expected):
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("5242880", 5 * MiB), ("8MiB", 8 * MiB), ("8mib", 8 * MiB), ("8M", 8 * MiB), ("8 MB", 8 * MiB),
-     ("1GiB", 1024 * MiB), ("5.5MiB", int(5.5 * MiB)), ("6144k", 6 * MiB)],
+     ("0.5GiB", 512 * MiB), ("0.5 gib", 512 * MiB), ("5.5MiB", int(5.5 * MiB)), ("6144k", 6 * MiB)],
 )
 def test_sizes(value, expected):
-    assert load(S3_SYNC_MULTIPART_CHUNK_SIZE=value).multipart_chunk_size == expected
+    s = load(S3_SYNC_MULTIPART_CHUNK_SIZE=value, S3_SYNC_MULTIPART_THRESHOLD=value)
+    assert (s.multipart_chunk_size, s.multipart_threshold) == (expected, expected)
 
 
 @pytest.mark.parametrize(
     ("env", "field", "expected"),
     [
         ({"S3_SYNC_INTERVAL": "60"}, "interval", 60.0),
-        ({"S3_SYNC_INTERVAL": "0.5"}, "interval", 0.5),
+        ({"S3_SYNC_INTERVAL": "90.5"}, "interval", 90.5),
         ({"S3_SYNC_MAX_RETRIES": "5"}, "max_retries", 5),
         ({"S3_SYNC_RETRY_DELAY": "0"}, "retry_delay", 0.0),
         ({"S3_SYNC_RETRY_DELAY": "120"}, "retry_delay", 120.0),
