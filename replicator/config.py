@@ -9,12 +9,14 @@ Secrets are held in :class:`Secret`, whose ``repr``/``str`` never show the value
 a settings object can be logged, put in an exception or shown by a debugger frame
 without leaking a credential.
 
-Every numeric setting has a range (:data:`RANGES`, the same as in the README's tables).
+Every numeric setting has a range (:data:`RANGES`, the same as in the README's tables),
+and settings that contradict each other are refused, in the same one message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import zoneinfo
 from collections.abc import Mapping
@@ -194,8 +196,8 @@ RANGES: dict[str, Range] = {
     # Objects up to the threshold are copied in memory, min(S3_SYNC_WORKERS, 8) at a
     # time: 512 MiB keeps that at 4 GiB at most. (10 TiB was accepted once.)
     "S3_SYNC_MULTIPART_THRESHOLD": Range(5 * MiB, 512 * MiB, "bytes"),
-    # S3 takes parts of 5 MiB to 5 GiB (6 GiB was accepted once); a part larger than
-    # the largest threshold would only ever be one part.
+    # S3 takes parts of 5 MiB to 5 GiB (6 GiB was accepted once), but a part is also at
+    # most the threshold (checked in load), so at most the threshold's own maximum.
     "S3_SYNC_MULTIPART_CHUNK_SIZE": Range(5 * MiB, 512 * MiB, "bytes"),
     "S3_SYNC_MULTIPART_CONCURRENCY": Range(1, 64),
     "S3_SYNC_LIST_CONCURRENCY": Range(1, 64),
@@ -264,6 +266,7 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]):
         self.env = env
         self.problems: list[str] = []
+        self.failed: set[str] = set()  # names with a problem: cross-checks skip them
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -271,6 +274,7 @@ class _Reader:
 
     def bad(self, name: str, value: str, why: str) -> None:
         self.problems.append(f"{name}={value!r}: {why}")
+        self.failed.add(name)
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -395,8 +399,10 @@ def load(env: Mapping[str, str]) -> Settings:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         r.bad("S3_SYNC_TIMEZONE", timezone, "unknown timezone (use an IANA name such as Europe/Berlin)")
         timezone = "UTC"
-    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", 8 * MiB)
     threshold = r.size("S3_SYNC_MULTIPART_THRESHOLD", 16 * MiB)
+    # Unset, the part size follows a threshold set below it: S3_SYNC_MULTIPART_THRESHOLD=5MiB
+    # alone is a valid setting, not a contradiction with a default the user never wrote.
+    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", min(8 * MiB, threshold))
 
     settings = Settings(
         dest_access_key=Secret(env["S3_SYNC_ACCESS_KEY"].strip()),
@@ -441,9 +447,49 @@ def load(env: Mapping[str, str]) -> Settings:
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
         reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
     )
+    _contradictions(r, settings)
     if r.problems:
         raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
     return settings
+
+
+def _contradictions(r: _Reader, s: Settings) -> None:
+    """Settings each valid alone but not together. One that was itself invalid is left
+    out: its default stands in for what the user meant."""
+
+    def valid(*names: str) -> bool:
+        return not r.failed.intersection(names)
+
+    chunk, threshold = "S3_SYNC_MULTIPART_CHUNK_SIZE", "S3_SYNC_MULTIPART_THRESHOLD"
+    if s.multipart_chunk_size > s.multipart_threshold and valid(chunk, threshold):
+        given = repr(r.raw(threshold)) if r.raw(threshold) else f"{_size_text(s.multipart_threshold)} by default"
+        r.bad(chunk, r.raw(chunk) or "", f"must be at most {threshold} ({given}): only objects larger than the "
+                                         "threshold are copied in parts")
+    tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
+           ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
+    for side, verifies, verify, bundle in tls:
+        if r.raw(bundle) and not verifies:
+            r.bad(bundle, r.raw(bundle) or "", f"contradicts {verify}={r.raw(verify)!r}: with verification off, no "
+                                              f"certificate of the {side} is checked and the bundle would be ignored; "
+                                              "drop one of the two")
+    if (s.source_bucket == s.dest_bucket and _address(s.source_endpoint) == _address(s.dest_endpoint)
+            and valid("MINIO_ENDPOINT", "S3_SYNC_ENDPOINT", "MINIO_BUCKET", "S3_SYNC_BUCKET")):
+        r.bad("S3_SYNC_BUCKET", s.dest_bucket,
+              f"the destination is the source: MINIO_BUCKET on the same endpoint (MINIO_ENDPOINT "
+              f"{s.source_endpoint}, S3_SYNC_ENDPOINT {s.dest_endpoint}); a bucket can't be mirrored onto itself")
+
+
+def _address(endpoint: Endpoint) -> tuple[str, int]:
+    """Where an endpoint's server listens: host and port, with the scheme's default port
+    filled in, so http://minio and http://MINIO:80 are one place. (Names aren't resolved:
+    localhost and 127.0.0.1 stay two.)"""
+    parts = urlsplit(endpoint.url)
+    host = parts.hostname or ""
+    try:
+        host = str(ipaddress.ip_address(host))  # ::0:1 and ::1 are one address
+    except ValueError:
+        pass
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def replace(settings: Settings, **changes) -> Settings:

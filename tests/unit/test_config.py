@@ -1,4 +1,5 @@
-"""config.load by tables: defaults, missing and invalid variables, ranges, endpoints, flags."""
+"""config.load by tables: defaults, missing and invalid variables, ranges, contradictions,
+endpoints, flags."""
 
 from __future__ import annotations
 
@@ -215,6 +216,8 @@ BOUNDS = [
     ("S3_SYNC_SHUTDOWN_TIMEOUT", "shutdown_timeout", ("0", 0.0), ("3600", 3600.0), "-0.01", "3600.01"),
     ("S3_SYNC_LISTEN_TIMEOUT", "listen_timeout", ("1", 1.0), ("600", 600.0), "0.99", "600.01"),
 ]
+# A part is at most the threshold: the chunk size's upper edge needs a threshold as large.
+ALONGSIDE = {"S3_SYNC_MULTIPART_CHUNK_SIZE": {"S3_SYNC_MULTIPART_THRESHOLD": "512MiB"}}
 IDS = [row[0] for row in BOUNDS]
 
 
@@ -225,13 +228,13 @@ def test_every_range_is_tested():
 @pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
 def test_the_edges_of_a_range_are_accepted(name, field, lowest, highest, below, above):
     for value, expected in (lowest, highest):
-        assert getattr(load(**{name: value}), field) == expected
+        assert getattr(load(**{name: value}, **ALONGSIDE.get(name, {})), field) == expected
 
 
 @pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
 def test_values_outside_a_range_are_refused(name, field, lowest, highest, below, above):
     for value, why in ((below, "must be at least"), (above, "must be at most")):
-        message = problem(**{name: value})
+        message = problem(**{name: value}, **ALONGSIDE.get(name, {}))
         assert message.startswith(f"Invalid configuration: {name}={value!r}: {why} ")
         assert "; " not in message  # this problem only
 
@@ -264,6 +267,112 @@ def test_values_outside_a_range_are_refused(name, field, lowest, highest, below,
 )
 def test_huge_and_tiny_values_are_refused(name, value, why):
     assert problem(**{name: value}) == f"Invalid configuration: {name}={value!r}: {why}"
+
+
+# --- settings that contradict each other -------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("env", "chunk"),
+    [
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "8MiB", "S3_SYNC_MULTIPART_CHUNK_SIZE": "8MiB"}, 8 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "512MiB", "S3_SYNC_MULTIPART_CHUNK_SIZE": "100MiB"}, 100 * MiB),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "16MiB"}, 16 * MiB),  # the default threshold
+        # Unset, the part size follows a threshold below its 8 MiB default.
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "5MiB"}, 5 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "6MiB"}, 6 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "64MiB"}, 8 * MiB),
+    ],
+)
+def test_part_size_up_to_the_threshold(env, chunk):
+    assert load(**env).multipart_chunk_size == chunk
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "32MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='32MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD (16 MiB by default)"),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "8MiB", "S3_SYNC_MULTIPART_THRESHOLD": "5MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='8MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD ('5MiB')"),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "512MiB", "S3_SYNC_MULTIPART_THRESHOLD": "511MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='512MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD ('511MiB')"),
+    ],
+)
+def test_a_part_larger_than_the_threshold_is_refused(env, expected):
+    assert problem(**env).startswith(f"Invalid configuration: {expected}: ")
+
+
+def test_an_invalid_threshold_is_reported_alone_not_as_a_contradiction():
+    message = problem(S3_SYNC_MULTIPART_THRESHOLD="10TiB", S3_SYNC_MULTIPART_CHUNK_SIZE="100MiB")
+    assert message == "Invalid configuration: S3_SYNC_MULTIPART_THRESHOLD='10TiB': must be at most 512 MiB"
+
+
+@pytest.fixture
+def ca_file(tmp_path) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(("verify", "bundle"), [("S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
+                                                ("MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE")])
+@pytest.mark.parametrize("off", ["false", "0", "no", "off"])
+def test_verification_off_with_a_ca_bundle_is_refused(verify, bundle, off, ca_file):
+    message = problem(**{verify: off, bundle: ca_file})
+    assert message.startswith(f"Invalid configuration: {bundle}={ca_file!r}: contradicts {verify}={off!r}")
+
+
+@pytest.mark.parametrize(("verify", "bundle", "fields"), [
+    ("S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE", ("dest_verify_tls", "dest_ca_bundle")),
+    ("MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE", ("source_verify_tls", "source_ca_bundle")),
+])
+def test_verification_and_a_ca_bundle_alone_or_together(verify, bundle, fields, ca_file):
+    on, path = fields
+    assert (getattr(load(**{verify: "true", bundle: ca_file}), on), getattr(load(**{bundle: ca_file}), path)) == (
+        True, ca_file)
+    assert getattr(load(**{verify: "false"}), on) is False
+    # The other side's bundle is no contradiction.
+    other = "MINIO_CA_BUNDLE" if bundle == "S3_SYNC_CA_BUNDLE" else "S3_SYNC_CA_BUNDLE"
+    assert getattr(load(**{verify: "false", other: ca_file}), on) is False
+
+
+@pytest.mark.parametrize(
+    ("dest", "source"),
+    [
+        ("http://minio:9000", "http://minio:9000"),
+        ("HTTP://MINIO:9000", "http://minio:9000"),  # case
+        ("http://minio", "http://minio:80"),  # the scheme's default port
+        ("minio.example.com", "https://minio.example.com:443"),  # no scheme: https
+        ("https://minio.example.com/", "minio.example.com"),
+        ("http://[::1]:9000", "http://[0:0::1]:9000"),  # one IPv6 address, two spellings
+        ("http://minio:9000", "https://minio:9000"),  # one server: the scheme that is wrong fails anyway
+    ],
+)
+def test_a_bucket_mirrored_onto_itself_is_refused(dest, source):
+    message = problem(S3_SYNC_ENDPOINT=dest, MINIO_ENDPOINT=source, S3_SYNC_BUCKET="photos", MINIO_BUCKET="photos")
+    assert message.startswith("Invalid configuration: S3_SYNC_BUCKET='photos': the destination is the source")
+    assert "MINIO_BUCKET" in message and "MINIO_ENDPOINT" in message and "S3_SYNC_ENDPOINT" in message
+
+
+@pytest.mark.parametrize(
+    ("dest", "source", "dest_bucket", "source_bucket"),
+    [
+        ("http://minio:9000", "http://minio:9000", "photos-copy", "photos"),  # two buckets, one server
+        ("http://minio:9000", "http://minio:9001", "photos", "photos"),
+        ("http://minio", "https://minio", "photos", "photos"),  # ports 80 and 443
+        ("http://minio-a:9000", "http://minio-b:9000", "photos", "photos"),
+        # Names aren't resolved (config does no I/O): these may be one server, and pass.
+        ("http://localhost:9000", "http://127.0.0.1:9000", "photos", "photos"),
+    ],
+)
+def test_the_same_bucket_elsewhere_or_another_bucket_is_fine(dest, source, dest_bucket, source_bucket):
+    s = load(S3_SYNC_ENDPOINT=dest, MINIO_ENDPOINT=source, S3_SYNC_BUCKET=dest_bucket, MINIO_BUCKET=source_bucket)
+    assert (s.dest_bucket, s.source_bucket) == (dest_bucket, source_bucket)
+
+
+def test_invalid_endpoints_are_not_also_a_mirror_onto_itself():
+    message = problem(S3_SYNC_ENDPOINT="ftp://x", MINIO_ENDPOINT="gopher://x", S3_SYNC_BUCKET="b-1", MINIO_BUCKET="b-1")
+    assert "S3_SYNC_BUCKET" not in message
 
 
 # --- valid values ------------------------------------------------------------------
