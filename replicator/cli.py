@@ -3,7 +3,8 @@
 Exit codes:
   0  the destination is in sync (or, for ``run``, a clean shutdown)
   1  the run failed (an endpoint, a listing, a copy or a delete)
-  2  bad configuration or usage
+  2  bad configuration or usage; for ``run`` also an S3_SYNC_HTTP_HOST or
+     S3_SYNC_HTTP_PORT that can't be bound (not this machine's address, port in use)
   3  a delete guard refused the run's deletions (nothing was deleted)
 """
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(settings)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete)
+    except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
+        logger.error("{}", error)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return EXIT_FAILED

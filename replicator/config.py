@@ -253,6 +253,7 @@ def range_text(name: str) -> str:
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9_\-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_\-]{1,63}(?<!-))*\.?$")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?)(:\d{1,5})?$")
 # botocore's own rule: anything else makes client creation raise, after config parsing.
 _REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
@@ -328,6 +329,22 @@ class _Reader:
         else:
             return True
         return False
+
+    def bind_host(self, name: str, default: str) -> str:
+        """An address to listen on: an IP address or a hostname (whether it is one of
+        this machine's is only known when binding, in observability/http.py)."""
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        # A hostname's last label is never all digits: 256.1.1.1 is a bad address, not a name.
+        if len(value) <= 253 and _HOSTNAME.match(value) and not value.rstrip(".").rsplit(".", 1)[-1].isdigit():
+            return value
+        self.bad(name, value, "expected an IP address or a hostname to listen on, such as 0.0.0.0 "
+                              "(every interface) or 127.0.0.1 (this machine only)")
+        return default
 
     def endpoint(self, name: str, default: str) -> Endpoint:
         given = self.raw(name) or default
@@ -441,7 +458,7 @@ def load(env: Mapping[str, str]) -> Settings:
         log_level=r.choice("S3_SYNC_LOG_LEVEL", "info", ("trace", "debug", "info", "success", "warning", "error")).upper(),
         log_format=r.choice("S3_SYNC_LOG_FORMAT", "text", ("text", "json")),
         http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, integer=True)),
-        http_host=r.text("S3_SYNC_HTTP_HOST", "0.0.0.0"),
+        http_host=r.bind_host("S3_SYNC_HTTP_HOST", "0.0.0.0"),
         shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0),
         queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),

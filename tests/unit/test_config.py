@@ -3,6 +3,8 @@ endpoints, flags."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from replicator import config
@@ -373,6 +375,40 @@ def test_the_same_bucket_elsewhere_or_another_bucket_is_fine(dest, source, dest_
 def test_invalid_endpoints_are_not_also_a_mirror_onto_itself():
     message = problem(S3_SYNC_ENDPOINT="ftp://x", MINIO_ENDPOINT="gopher://x", S3_SYNC_BUCKET="b-1", MINIO_BUCKET="b-1")
     assert "S3_SYNC_BUCKET" not in message
+
+
+# --- the HTTP address ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "value",
+    ["0.0.0.0", "127.0.0.1", "10.1.2.3", "::", "::1", "fe80::1%eth0", "localhost", "sidecar.internal",
+     "s3-sync", "relic_s3-sync_1", "sidecar.example.com."],
+)
+def test_http_host_accepts_an_address_or_a_hostname(value):
+    assert load(S3_SYNC_HTTP_HOST=f" {value} ").http_host == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://0.0.0.0", "0.0.0.0:8080", "[::1]", "*", "256.1.1.1", "1.2.3", "10.0.0.1/24", "-sidecar",
+     "sidecar-", "side car", "sidecar..internal", "a" * 64 + ".internal", ("a" * 60 + ".") * 5, "sidecar@host"],
+)
+def test_http_host_refuses_what_is_no_address(value):
+    message = problem(S3_SYNC_HTTP_HOST=value)
+    assert message.startswith(f"Invalid configuration: S3_SYNC_HTTP_HOST={value!r}: expected an IP address or a "
+                              "hostname")
+
+
+# --- all at once ----------------------------------------------------------------------------
+
+def test_bounds_contradictions_and_bad_values_are_reported_at_once(ca_file):
+    message = problem(S3_SYNC_INTERVAL="1e-9", S3_SYNC_QUEUE_SIZE=str(10**30), S3_SYNC_HTTP_HOST="*",
+                      S3_SYNC_MULTIPART_CHUNK_SIZE="64MiB", MINIO_VERIFY_TLS="false", MINIO_CA_BUNDLE=ca_file,
+                      S3_SYNC_ENDPOINT="http://minio:9000", S3_SYNC_BUCKET="relics", S3_SYNC_TIMEZONE="Mars/Base")
+    names = ("S3_SYNC_INTERVAL", "S3_SYNC_QUEUE_SIZE", "S3_SYNC_HTTP_HOST", "S3_SYNC_MULTIPART_CHUNK_SIZE",
+             "MINIO_CA_BUNDLE", "S3_SYNC_BUCKET", "S3_SYNC_TIMEZONE")
+    problems = message.removeprefix("Invalid configuration: ").split("; ")
+    assert sorted(p.split("=", 1)[0] for p in problems if re.match(r"^[A-Z0-9_]+=", p)) == sorted(names)
 
 
 # --- valid values ------------------------------------------------------------------
