@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(os.environ)
     except ConfigError as error:
         logsetup.setup()
+        _warn_unknown_variables()  # first: a misspelt name is often why a setting is missing
         logger.error("{}", error)
         return EXIT_CONFIG
     logsetup.setup(settings.log_level, settings.log_format, settings.timezone, settings.secrets())
+    _warn_unknown_variables()
     try:
         if args.command == "run":
             from .service import Service
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - a bug; Python's own traceback would bypass the redaction
         logger.exception("unexpected error; this is a bug, please report it")
         return EXIT_FAILED
+
+
+def _warn_unknown_variables() -> None:
+    for message in config.unknown_variables(os.environ):
+        logger.warning("{}", message)
 
 
 @contextmanager

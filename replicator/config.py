@@ -11,11 +11,16 @@ without leaking a credential.
 
 Every numeric setting has a range (:data:`RANGES`, the same as in the README's tables),
 and settings that contradict each other are refused, in the same one message.
+:func:`unknown_variables` names the ``S3_SYNC_*`` variables in the environment that
+no setting reads (a typo silently keeps a default, such as deletions on); the CLI logs
+them, since this module logs nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import ipaddress
 import re
 import zoneinfo
@@ -507,6 +512,61 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
     except ValueError:
         pass
     return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# --- variables no setting reads ------------------------------------------------------------
+
+_PREFIX = "S3_SYNC_"
+
+
+class _Watching(dict):
+    """An environment that remembers every name it is asked for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@functools.cache
+def known_variables() -> frozenset[str]:
+    """Every variable :func:`load` reads, learnt by watching it read them: a setting added
+    to ``load`` is known without being listed a second time."""
+    env = _Watching({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret", "S3_SYNC_BUCKET": "mirror"})
+    try:
+        load(env)
+    except ConfigError:  # the defaults are valid; and the names were read all the same
+        pass
+    return frozenset(env.read)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``S3_SYNC_*`` variable in ``env`` that no setting reads, naming
+    the closest one that does: ``S3_SYNC_DELET=false`` otherwise leaves deletions on
+    without a word. Names only: the value may be a credential under a misspelt name.
+    ``MINIO_*`` is left alone: MinIO's own server reads those, from the same .env files."""
+    known = known_variables()
+    # Compared without the shared prefix, which would make every name look alike
+    # (S3_SYNC_FOO is not "close" to S3_SYNC_REGION). A MINIO_* name counts whole:
+    # S3_SYNC_MINIO_BUCKET means MINIO_BUCKET.
+    candidates = {n.removeprefix(_PREFIX): n for n in sorted(known)}
+    messages = []
+    for name in sorted(n for n in env if n.startswith(_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name.removeprefix(_PREFIX), list(candidates), n=1)
+        hint = f" (did you mean {candidates[close[0]]}?)" if close else ""
+        messages.append(f"{name} is not a replicator setting{hint}; ignored")
+    return messages
 
 
 def replace(settings: Settings, **changes) -> Settings:

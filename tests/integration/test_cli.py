@@ -100,6 +100,32 @@ def test_usage_errors_exit_2(args):
     assert run_cli(VALID, *args).code == 2
 
 
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "] ! " in line]
+
+
+@pytest.mark.parametrize("command", ["run", "check", "reconcile"])
+def test_unknown_variables_are_warned_about_before_the_configuration_error(command):
+    result = run_cli({**VALID, "S3_SYNC_DELET": "false", "S3_SYNC_SECRET_KY": "typo-secret-Vb52",
+                      "S3_SYNC_INTERVAL": "1e-9"}, command)
+    assert result.code == 2
+    assert [line.split("] ! ", 1)[1] for line in warning_lines(result.stderr)] == [
+        "S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored",
+        "S3_SYNC_SECRET_KY is not a replicator setting (did you mean S3_SYNC_SECRET_KEY?); ignored",
+    ]
+    [line] = error_lines(result.stderr)
+    assert "S3_SYNC_INTERVAL='1e-9': must be at least 60 seconds" in line
+    assert "typo-secret-Vb52" not in result.output
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_unknown_variables_are_warned_about_on_a_good_start(pair):
+    result = run_cli({**pair.env, "S3_SYNC_DELET": "false"}, "check")
+    assert result.code == 0, result.stderr
+    assert [line.split("] ! ", 1)[1] for line in warning_lines(result.stderr)] == [
+        "S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored"]
+
+
 # --- exit 2: an HTTP address or port ``run`` can't bind ----------------------------------------
 # S3_SYNC_ENABLED stays false: ``run`` binds its HTTP server first either way, and so
 # contacts nothing, even should the bind succeed (run_cli's timeout then fails the test).

@@ -1,9 +1,10 @@
 """config.load by tables: defaults, missing and invalid variables, ranges, contradictions,
-endpoints, flags."""
+endpoints, flags, and the warnings about variables no setting reads."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -409,6 +410,91 @@ def test_bounds_contradictions_and_bad_values_are_reported_at_once(ca_file):
              "MINIO_CA_BUNDLE", "S3_SYNC_BUCKET", "S3_SYNC_TIMEZONE")
     problems = message.removeprefix("Invalid configuration: ").split("; ")
     assert sorted(p.split("=", 1)[0] for p in problems if re.match(r"^[A-Z0-9_]+=", p)) == sorted(names)
+
+
+# --- variables no setting reads ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("env", "warnings"),
+    [
+        ({}, []),
+        ({"S3_SYNC_DELETE": "false", "S3_SYNC_INTERVAL": "60"}, []),
+        ({"S3_SYNC_DELET": "false"},
+         ["S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored"]),
+        ({"S3_SYNC_INTERVALL": "60"},
+         ["S3_SYNC_INTERVALL is not a replicator setting (did you mean S3_SYNC_INTERVAL?); ignored"]),
+        ({"S3_SYNC_VERIFY_SSL": "false"},
+         ["S3_SYNC_VERIFY_SSL is not a replicator setting (did you mean S3_SYNC_VERIFY_TLS?); ignored"]),
+        ({"S3_SYNC_DELETE_MAX_PERCENTAGE": "10"},
+         ["S3_SYNC_DELETE_MAX_PERCENTAGE is not a replicator setting (did you mean S3_SYNC_DELETE_MAX_PERCENT?); "
+          "ignored"]),
+        ({"S3_SYNC_PORT": "9090"},
+         ["S3_SYNC_PORT is not a replicator setting (did you mean S3_SYNC_HTTP_PORT?); ignored"]),
+        ({"S3_SYNC_MINIO_BUCKET": "photos"},
+         ["S3_SYNC_MINIO_BUCKET is not a replicator setting (did you mean MINIO_BUCKET?); ignored"]),
+        # Nothing close: no guess. (The shared prefix doesn't make every name look alike.)
+        ({"S3_SYNC_FOO": "1"}, ["S3_SYNC_FOO is not a replicator setting; ignored"]),
+        ({"S3_SYNC_": "1"}, ["S3_SYNC_ is not a replicator setting; ignored"]),
+        # One warning each, in name order.
+        ({"S3_SYNC_WORKER": "4", "S3_SYNC_BUKET": "b"},
+         ["S3_SYNC_BUKET is not a replicator setting (did you mean S3_SYNC_BUCKET?); ignored",
+          "S3_SYNC_WORKER is not a replicator setting (did you mean S3_SYNC_WORKERS?); ignored"]),
+        # MINIO_* is MinIO's own server's too (MINIO_ROOT_USER, ...), from the same .env.
+        ({"MINIO_ROOT_USER": "admin", "MINIO_BUCKT": "x", "AWS_REGION": "eu-west-1", "s3_sync_delet": "x"}, []),
+    ],
+)
+def test_unknown_variables_are_named_with_the_closest_setting(env, warnings):
+    assert config.unknown_variables({**REQUIRED, **env}) == warnings
+
+
+def test_unknown_variable_warnings_never_show_the_value():
+    [warning] = config.unknown_variables({"S3_SYNC_SECRET_KY": "hunter2-secret-value"})
+    assert "hunter2" not in warning and "S3_SYNC_SECRET_KEY" in warning
+
+
+def test_unknown_variables_are_found_even_when_the_required_ones_are_missing():
+    assert config.unknown_variables({"S3_SYNC_BUKET": "b"}) == [
+        "S3_SYNC_BUKET is not a replicator setting (did you mean S3_SYNC_BUCKET?); ignored"]
+
+
+class _Recording(dict):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"S3_SYNC_INTERVAL": "abc", "S3_SYNC_HTTP_HOST": "*", "S3_SYNC_ENDPOINT": "ftp://x"},
+    {"S3_SYNC_VERIFY_TLS": "false", "S3_SYNC_CA_BUNDLE": __file__, "MINIO_VERIFY_TLS": "no",
+     "MINIO_CA_BUNDLE": __file__, "S3_SYNC_MULTIPART_CHUNK_SIZE": "64MiB", "S3_SYNC_ENDPOINT": "http://minio:9000",
+     "S3_SYNC_BUCKET": "relics"},
+], ids=["defaults", "invalid", "contradictions"])
+def test_every_variable_load_reads_is_known(env):
+    recording = _Recording({**REQUIRED, **env})
+    try:
+        config.load(recording)
+    except ConfigError:
+        pass
+    assert recording.read <= config.known_variables()
+    assert config.unknown_variables(dict(recording)) == []
+
+
+def test_every_variable_config_spells_out_is_known():
+    spelled = set(re.findall(r"\"((?:S3_SYNC|MINIO)_[A-Z_]+)\"", Path(config.__file__).read_text()))
+    assert spelled == config.known_variables()
 
 
 # --- valid values ------------------------------------------------------------------
