@@ -3,7 +3,8 @@
 Exit codes:
   0  the destination is in sync (or, for ``run``, a clean shutdown)
   1  the run failed (an endpoint, a listing, a copy or a delete)
-  2  bad configuration or usage
+  2  bad configuration or usage; for ``run`` also an S3_SYNC_HTTP_HOST or
+     S3_SYNC_HTTP_PORT that can't be bound (not this machine's address, port in use)
   3  a delete guard refused the run's deletions (nothing was deleted)
 """
 
@@ -48,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(os.environ)
     except ConfigError as error:
         logsetup.setup()
+        _warn_unknown_variables()  # first: a misspelt name is often why a setting is missing
         logger.error("{}", error)
         return EXIT_CONFIG
     logsetup.setup(settings.log_level, settings.log_format, settings.timezone, settings.secrets())
+    _warn_unknown_variables()
     try:
         if args.command == "run":
             from .service import Service
@@ -61,12 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(settings)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete)
+    except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
+        logger.error("{}", error)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return EXIT_FAILED
     except Exception:  # noqa: BLE001 - a bug; Python's own traceback would bypass the redaction
         logger.exception("unexpected error; this is a bug, please report it")
         return EXIT_FAILED
+
+
+def _warn_unknown_variables() -> None:
+    for message in config.unknown_variables(os.environ):
+        logger.warning("{}", message)
 
 
 @contextmanager

@@ -8,11 +8,20 @@ once, not once per variable. Nothing else in replicator reads ``os.environ``.
 Secrets are held in :class:`Secret`, whose ``repr``/``str`` never show the value, so
 a settings object can be logged, put in an exception or shown by a debugger frame
 without leaking a credential.
+
+Every numeric setting has a range (:data:`RANGES`, the same as in the README's tables),
+and settings that contradict each other are refused, in the same one message.
+:func:`unknown_variables` names the ``S3_SYNC_*`` variables in the environment that
+no setting reads (a typo silently keeps a default, such as deletions on); the CLI logs
+them, since this module logs nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import ipaddress
 import re
 import zoneinfo
 from collections.abc import Mapping
@@ -24,6 +33,8 @@ from .errors import ConfigError
 REQUIRED = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "S3_SYNC_BUCKET")
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
 class Secret:
@@ -155,9 +166,101 @@ class Settings:
 
 # --- parsing ---------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts, both ends included. ``unit`` is how its
+    values read: "s" (seconds), "bytes" (sizes, shown in MiB/GiB), "%" or "" (a count)."""
+
+    low: float
+    high: float
+    unit: str = ""
+
+
+# The range of every numeric setting: the README's tables give the same ones (held to
+# these by tests/unit/test_packaging.py). Each value must be one a production sidecar
+# can live with, and one the code downstream can take: a socket's or a thread's timeout
+# overflows its C type somewhere above 1e9 seconds (S3_SYNC_CONNECT_TIMEOUT=1e10 raised
+# OverflowError at the first connection, S3_SYNC_SHUTDOWN_TIMEOUT=1e12 at SIGTERM).
+RANGES: dict[str, Range] = {
+    # Counted from the end of one reconcile to the start of the next. Below a minute the
+    # full listings run all but back to back, and /readyz (which wants a success within
+    # two intervals) turns unready whenever one reconcile takes longer than that. Above a
+    # week, what the events missed (MinIO drops events silently) stays missing too long.
+    "S3_SYNC_INTERVAL": Range(MINUTE, 7 * DAY, "s"),
+    # At 0 a flapping listener could start reconciles back to back. More than the
+    # interval acts as the interval.
+    "S3_SYNC_RECONCILE_COOLDOWN": Range(1, 7 * DAY, "s"),
+    "S3_SYNC_MAX_RETRIES": Range(1, 100),
+    # 0 retries at once (a server's Retry-After still holds). Each request's backoff is
+    # capped at 600 s whatever the base; a whole run's retries are capped at the interval.
+    "S3_SYNC_RETRY_DELAY": Range(0, HOUR, "s"),
+    "S3_SYNC_DELETE_MAX_PERCENT": Range(0, 100, "%"),
+    # A floor above the bucket's size turns the percentage guard off; a million
+    # deletions unguarded is already more than a slip of the finger should cost.
+    "S3_SYNC_DELETE_GUARD_FLOOR": Range(0, 1_000_000),
+    "S3_SYNC_WORKERS": Range(1, 256),
+    # Objects up to the threshold are copied in memory, min(S3_SYNC_WORKERS, 8) at a
+    # time: 512 MiB keeps that at 4 GiB at most. (10 TiB was accepted once.)
+    "S3_SYNC_MULTIPART_THRESHOLD": Range(5 * MiB, 512 * MiB, "bytes"),
+    # S3 takes parts of 5 MiB to 5 GiB (6 GiB was accepted once), but a part is also at
+    # most the threshold (checked in load), so at most the threshold's own maximum.
+    "S3_SYNC_MULTIPART_CHUNK_SIZE": Range(5 * MiB, 512 * MiB, "bytes"),
+    "S3_SYNC_MULTIPART_CONCURRENCY": Range(1, 64),
+    "S3_SYNC_LIST_CONCURRENCY": Range(1, 64),
+    "S3_SYNC_LIST_PAGE_SIZE": Range(1, 1000),  # S3 sends at most 1,000 keys per page
+    # The connect timeout covers the TLS handshake too, a few round trips: below a
+    # second a distant endpoint could never be reached, and after 5 minutes nobody will
+    # answer. A read waits for the server's work (a listing page, a 1,000-key delete);
+    # an hour of silence on a socket is a hang.
+    "S3_SYNC_CONNECT_TIMEOUT": Range(1, 5 * MINUTE, "s"),
+    "S3_SYNC_READ_TIMEOUT": Range(1, HOUR, "s"),
+    # Keys, each a few hundred bytes: a million is a few hundred MiB. A full queue only
+    # makes the listener wait; the reconcile repairs what it then misses.
+    "S3_SYNC_QUEUE_SIZE": Range(1, 1_000_000),
+    # 0 (any free port) would leave the probes guessing.
+    "S3_SYNC_HTTP_PORT": Range(1, 65535),
+    # 0 aborts copies in flight at once. An hour is already longer than any orchestrator
+    # waits after its SIGTERM (Docker: 10 s, Kubernetes: 30 s, unless configured).
+    "S3_SYNC_SHUTDOWN_TIMEOUT": Range(0, HOUR, "s"),
+    # MinIO pings the stream every 2 s; values below 7 s act as 7 s (stores/notifications).
+    # Past 10 minutes a dead stream goes unnoticed for no gain.
+    "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
+}
+
+
+def _number_text(value: float) -> str:
+    """A number as the README writes it: no exponent; thousands separated from 100,000."""
+    if value == int(value):
+        return f"{int(value):,}" if value >= 100_000 else str(int(value))
+    return f"{value:g}"
+
+
+def _size_text(value: float) -> str:
+    for factor, unit in ((GiB, "GiB"), (MiB, "MiB")):
+        if value >= factor:
+            return f"{value / factor:g} {unit}"
+    return f"{int(value)} bytes"
+
+
+def _value_text(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return _size_text(value)
+    if unit == "s":
+        return f"{_number_text(value)} second{'' if value == 1 else 's'}"
+    return _number_text(value) + unit
+
+
+def range_text(name: str) -> str:
+    """The range of ``name`` as the README and .env.example write it: ``1–100``, ``5 MiB–512 MiB``."""
+    bounds = RANGES[name]
+    show = _size_text if bounds.unit == "bytes" else _number_text
+    return f"{show(bounds.low)}–{show(bounds.high)}"
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9_\-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_\-]{1,63}(?<!-))*\.?$")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9\-._]*[A-Za-z0-9])?)(:\d{1,5})?$")
 # botocore's own rule: anything else makes client creation raise, after config parsing.
 _REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
@@ -171,6 +274,7 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]):
         self.env = env
         self.problems: list[str] = []
+        self.failed: set[str] = set()  # names with a problem: cross-checks skip them
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -178,6 +282,7 @@ class _Reader:
 
     def bad(self, name: str, value: str, why: str) -> None:
         self.problems.append(f"{name}={value!r}: {why}")
+        self.failed.add(name)
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -194,8 +299,7 @@ class _Reader:
         self.bad(name, value, "expected true or false")
         return default
 
-    def number(self, name: str, default: float, *, minimum: float = 0, integer: bool = False,
-               above: bool = False, maximum: float | None = None) -> float:
+    def number(self, name: str, default: float, *, integer: bool = False) -> float:
         value = self.raw(name)
         if not value:
             return default
@@ -207,15 +311,9 @@ class _Reader:
         if parsed != parsed or parsed in (float("inf"), float("-inf")):
             self.bad(name, value, "expected a finite number")
             return default
-        if (parsed <= minimum) if above else (parsed < minimum):
-            self.bad(name, value, f"must be {'greater than' if above else 'at least'} {minimum:g}")
-            return default
-        if maximum is not None and parsed > maximum:
-            self.bad(name, value, f"must be at most {maximum:g}")
-            return default
-        return parsed
+        return parsed if self.within(name, value, parsed) else default
 
-    def size(self, name: str, default: int, *, minimum: int) -> int:
+    def size(self, name: str, default: int) -> int:
         value = self.raw(name)
         if not value:
             return default
@@ -224,12 +322,36 @@ class _Reader:
             self.bad(name, value, "expected a size such as 8MiB or 8388608")
             return default
         unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
-        factor = {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "t": 1024 * 1024 * MiB}[unit]
-        parsed = int(float(m.group(1)) * factor)
-        if parsed < minimum:
-            self.bad(name, value, f"must be at least {minimum // MiB} MiB")
-            return default
-        return parsed
+        factor = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}[unit]
+        # Compared before int(): a few hundred digits make an infinite float.
+        parsed = float(m.group(1)) * factor
+        return int(parsed) if self.within(name, value, parsed) else default
+
+    def within(self, name: str, value: str, parsed: float) -> bool:
+        bounds = RANGES[name]
+        if parsed < bounds.low:
+            self.bad(name, value, f"must be at least {_value_text(bounds.low, bounds.unit)}")
+        elif parsed > bounds.high:
+            self.bad(name, value, f"must be at most {_value_text(bounds.high, bounds.unit)}")
+        else:
+            return True
+        return False
+
+    def bind_host(self, name: str, default: str) -> str:
+        """An address to listen on: an IP address or a hostname (whether it is one of
+        this machine's is only known when binding, in observability/http.py)."""
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        # A hostname's last label is never all digits: 256.1.1.1 is a bad address, not a name.
+        if len(value) <= 253 and _HOSTNAME.match(value) and not value.rstrip(".").rsplit(".", 1)[-1].isdigit():
+            return value
+        self.bad(name, value, "expected an IP address or a hostname to listen on, such as 0.0.0.0 "
+                              "(every interface) or 127.0.0.1 (this machine only)")
+        return default
 
     def endpoint(self, name: str, default: str) -> Endpoint:
         given = self.raw(name) or default
@@ -301,8 +423,10 @@ def load(env: Mapping[str, str]) -> Settings:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         r.bad("S3_SYNC_TIMEZONE", timezone, "unknown timezone (use an IANA name such as Europe/Berlin)")
         timezone = "UTC"
-    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", 8 * MiB, minimum=5 * MiB)
-    threshold = r.size("S3_SYNC_MULTIPART_THRESHOLD", 16 * MiB, minimum=5 * MiB)
+    threshold = r.size("S3_SYNC_MULTIPART_THRESHOLD", 16 * MiB)
+    # Unset, the part size follows a threshold set below it: S3_SYNC_MULTIPART_THRESHOLD=5MiB
+    # alone is a valid setting, not a contradiction with a default the user never wrote.
+    chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", min(8 * MiB, threshold))
 
     settings = Settings(
         dest_access_key=Secret(env["S3_SYNC_ACCESS_KEY"].strip()),
@@ -323,34 +447,129 @@ def load(env: Mapping[str, str]) -> Settings:
         source_verify_tls=r.flag("MINIO_VERIFY_TLS", True),
         source_ca_bundle=r.ca_bundle("MINIO_CA_BUNDLE"),
         enabled=r.flag("S3_SYNC_ENABLED", False),
-        interval=r.number("S3_SYNC_INTERVAL", 1800.0, minimum=0, above=True),
-        max_retries=int(r.number("S3_SYNC_MAX_RETRIES", 3, minimum=1, integer=True, maximum=100)),
-        retry_delay=r.number("S3_SYNC_RETRY_DELAY", 60.0, minimum=0),
+        interval=r.number("S3_SYNC_INTERVAL", 1800.0),
+        max_retries=int(r.number("S3_SYNC_MAX_RETRIES", 3, integer=True)),
+        retry_delay=r.number("S3_SYNC_RETRY_DELAY", 60.0),
         timezone=timezone,
         delete=r.flag("S3_SYNC_DELETE", True),
-        delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0, minimum=0, maximum=100),
-        delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, minimum=0, integer=True)),
+        delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0),
+        delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, integer=True)),
         allow_empty_source=r.flag("S3_SYNC_ALLOW_EMPTY_SOURCE", False),
-        workers=int(r.number("S3_SYNC_WORKERS", 16, minimum=1, integer=True, maximum=256)),
+        workers=int(r.number("S3_SYNC_WORKERS", 16, integer=True)),
         multipart_threshold=threshold,
         multipart_chunk_size=chunk,
-        multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, minimum=1, integer=True, maximum=64)),
-        list_concurrency=int(r.number("S3_SYNC_LIST_CONCURRENCY", 8, minimum=1, integer=True, maximum=64)),
-        list_page_size=int(r.number("S3_SYNC_LIST_PAGE_SIZE", 1000, minimum=1, integer=True, maximum=1000)),
-        connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0, minimum=0, above=True),
-        read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0, minimum=0, above=True),
+        multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, integer=True)),
+        list_concurrency=int(r.number("S3_SYNC_LIST_CONCURRENCY", 8, integer=True)),
+        list_page_size=int(r.number("S3_SYNC_LIST_PAGE_SIZE", 1000, integer=True)),
+        connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0),
+        read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0),
         log_level=r.choice("S3_SYNC_LOG_LEVEL", "info", ("trace", "debug", "info", "success", "warning", "error")).upper(),
         log_format=r.choice("S3_SYNC_LOG_FORMAT", "text", ("text", "json")),
-        http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, minimum=0, integer=True, maximum=65535)),
-        http_host=r.text("S3_SYNC_HTTP_HOST", "0.0.0.0"),
-        shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0, minimum=0),
-        queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, minimum=1, integer=True)),
-        listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0, minimum=0, above=True),
-        reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0, minimum=0),
+        http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, integer=True)),
+        http_host=r.bind_host("S3_SYNC_HTTP_HOST", "0.0.0.0"),
+        shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0),
+        queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
+        listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
+        reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
     )
+    _contradictions(r, settings)
     if r.problems:
         raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
     return settings
+
+
+def _contradictions(r: _Reader, s: Settings) -> None:
+    """Settings each valid alone but not together. One that was itself invalid is left
+    out: its default stands in for what the user meant."""
+
+    def valid(*names: str) -> bool:
+        return not r.failed.intersection(names)
+
+    chunk, threshold = "S3_SYNC_MULTIPART_CHUNK_SIZE", "S3_SYNC_MULTIPART_THRESHOLD"
+    if s.multipart_chunk_size > s.multipart_threshold and valid(chunk, threshold):
+        given = repr(r.raw(threshold)) if r.raw(threshold) else f"{_size_text(s.multipart_threshold)} by default"
+        r.bad(chunk, r.raw(chunk) or "", f"must be at most {threshold} ({given}): only objects larger than the "
+                                         "threshold are copied in parts")
+    tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
+           ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
+    for side, verifies, verify, bundle in tls:
+        if r.raw(bundle) and not verifies:
+            r.bad(bundle, r.raw(bundle) or "", f"contradicts {verify}={r.raw(verify)!r}: with verification off, no "
+                                              f"certificate of the {side} is checked and the bundle would be ignored; "
+                                              "drop one of the two")
+    if (s.source_bucket == s.dest_bucket and _address(s.source_endpoint) == _address(s.dest_endpoint)
+            and valid("MINIO_ENDPOINT", "S3_SYNC_ENDPOINT", "MINIO_BUCKET", "S3_SYNC_BUCKET")):
+        r.bad("S3_SYNC_BUCKET", s.dest_bucket,
+              f"the destination is the source: MINIO_BUCKET on the same endpoint (MINIO_ENDPOINT "
+              f"{s.source_endpoint}, S3_SYNC_ENDPOINT {s.dest_endpoint}); a bucket can't be mirrored onto itself")
+
+
+def _address(endpoint: Endpoint) -> tuple[str, int]:
+    """Where an endpoint's server listens: host and port, with the scheme's default port
+    filled in, so http://minio and http://MINIO:80 are one place. (Names aren't resolved:
+    localhost and 127.0.0.1 stay two.)"""
+    parts = urlsplit(endpoint.url)
+    host = parts.hostname or ""
+    try:
+        host = str(ipaddress.ip_address(host))  # ::0:1 and ::1 are one address
+    except ValueError:
+        pass
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# --- variables no setting reads ------------------------------------------------------------
+
+_PREFIX = "S3_SYNC_"
+
+
+class _Watching(dict):
+    """An environment that remembers every name it is asked for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@functools.cache
+def known_variables() -> frozenset[str]:
+    """Every variable :func:`load` reads, learnt by watching it read them: a setting added
+    to ``load`` is known without being listed a second time."""
+    env = _Watching({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret", "S3_SYNC_BUCKET": "mirror"})
+    try:
+        load(env)
+    except ConfigError:  # the defaults are valid; and the names were read all the same
+        pass
+    return frozenset(env.read)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``S3_SYNC_*`` variable in ``env`` that no setting reads, naming
+    the closest one that does: ``S3_SYNC_DELET=false`` otherwise leaves deletions on
+    without a word. Names only: the value may be a credential under a misspelt name.
+    ``MINIO_*`` is left alone: MinIO's own server reads those, from the same .env files."""
+    known = known_variables()
+    # Compared without the shared prefix, which would make every name look alike
+    # (S3_SYNC_FOO is not "close" to S3_SYNC_REGION). A MINIO_* name counts whole:
+    # S3_SYNC_MINIO_BUCKET means MINIO_BUCKET.
+    candidates = {n.removeprefix(_PREFIX): n for n in sorted(known)}
+    messages = []
+    for name in sorted(n for n in env if n.startswith(_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name.removeprefix(_PREFIX), list(candidates), n=1)
+        hint = f" (did you mean {candidates[close[0]]}?)" if close else ""
+        messages.append(f"{name} is not a replicator setting{hint}; ignored")
+    return messages
 
 
 def replace(settings: Settings, **changes) -> Settings:

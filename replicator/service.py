@@ -79,6 +79,8 @@ class Service:
 
     def start(self) -> None:
         s = self.settings
+        # Before anything else starts: a host or port that can't be bound raises a
+        # ConfigError naming it (exit 2), with no thread to stop.
         self.http = HttpServer(s.http_host, s.http_port, self.health)
         self.http.start()
         self._banner()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 
 import pytest
 
 from replicator import app as app_module
 from tests.conftest import run_cli, secret_values
-from tests.servers import free_port
+from tests.servers import HOST, free_port
 
 DEBUG = {"S3_SYNC_LOG_LEVEL": "debug"}
 VALID = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "cli-secret-Zq81", "S3_SYNC_BUCKET": "mirror"}
@@ -97,6 +98,68 @@ def test_several_invalid_values_in_one_message():
 @pytest.mark.parametrize("args", [("reconcile", "--no-such-flag"), (), ("frobnicate",)])
 def test_usage_errors_exit_2(args):
     assert run_cli(VALID, *args).code == 2
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "] ! " in line]
+
+
+@pytest.mark.parametrize("command", ["run", "check", "reconcile"])
+def test_unknown_variables_are_warned_about_before_the_configuration_error(command):
+    result = run_cli({**VALID, "S3_SYNC_DELET": "false", "S3_SYNC_SECRET_KY": "typo-secret-Vb52",
+                      "S3_SYNC_INTERVAL": "1e-9"}, command)
+    assert result.code == 2
+    assert [line.split("] ! ", 1)[1] for line in warning_lines(result.stderr)] == [
+        "S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored",
+        "S3_SYNC_SECRET_KY is not a replicator setting (did you mean S3_SYNC_SECRET_KEY?); ignored",
+    ]
+    [line] = error_lines(result.stderr)
+    assert "S3_SYNC_INTERVAL='1e-9': must be at least 60 seconds" in line
+    assert "typo-secret-Vb52" not in result.output
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_unknown_variables_are_warned_about_on_a_good_start(pair):
+    result = run_cli({**pair.env, "S3_SYNC_DELET": "false"}, "check")
+    assert result.code == 0, result.stderr
+    assert [line.split("] ! ", 1)[1] for line in warning_lines(result.stderr)] == [
+        "S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored"]
+
+
+# --- exit 2: an HTTP address or port ``run`` can't bind ----------------------------------------
+# S3_SYNC_ENABLED stays false: ``run`` binds its HTTP server first either way, and so
+# contacts nothing, even should the bind succeed (run_cli's timeout then fails the test).
+
+def test_run_with_its_http_port_in_use_exits_2_naming_the_port():
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli({**VALID, "S3_SYNC_HTTP_HOST": HOST, "S3_SYNC_HTTP_PORT": str(port)}, "run", timeout=30)
+    assert result.code == 2, result.output
+    [line] = error_lines(result.stderr)
+    assert line.endswith(f"✗ Can't start the HTTP server: S3_SYNC_HTTP_PORT='{port}': port {port} is already in "
+                         f"use on {HOST} (Address already in use); stop what listens there or choose another port")
+    assert "Traceback" not in result.output and "this is a bug" not in result.output
+
+
+def test_run_with_an_http_host_that_is_not_local_exits_2_naming_the_host():
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): no machine's own address. Binding it fails at
+    # once, locally; nothing is ever sent to it.
+    result = run_cli({**VALID, "S3_SYNC_HTTP_HOST": "192.0.2.1", "S3_SYNC_HTTP_PORT": str(free_port())}, "run",
+                     timeout=30)
+    assert result.code == 2, result.output
+    [line] = error_lines(result.stderr)
+    assert "✗ Can't start the HTTP server: S3_SYNC_HTTP_HOST='192.0.2.1': not an address of this machine" in line
+    assert "Traceback" not in result.output and "this is a bug" not in result.output
+
+
+@pytest.mark.parametrize("host", ["http://0.0.0.0", "0.0.0.0:8080", "256.1.1.1"])
+def test_run_with_an_http_host_that_is_no_address_exits_2_before_binding(host):
+    result = run_cli({**VALID, "S3_SYNC_HTTP_HOST": host}, "run", timeout=30)
+    assert result.code == 2, result.output
+    [line] = error_lines(result.stderr)
+    assert f"Invalid configuration: S3_SYNC_HTTP_HOST={host!r}: expected an IP address or a hostname" in line
 
 
 # --- exit 1: endpoints and credentials -------------------------------------------------------

@@ -1,6 +1,10 @@
-"""config.load by tables: defaults, missing and invalid variables, endpoints, flags."""
+"""config.load by tables: defaults, missing and invalid variables, ranges, contradictions,
+endpoints, flags, and the warnings about variables no setting reads."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 
@@ -115,8 +119,8 @@ def test_blank_required_variable_counts_as_missing():
     ("name", "value", "why"),
     [
         ("S3_SYNC_INTERVAL", "abc", "expected a number"),
-        ("S3_SYNC_INTERVAL", "-5", "greater than 0"),
-        ("S3_SYNC_INTERVAL", "0", "greater than 0"),
+        ("S3_SYNC_INTERVAL", "-5", "at least 60 seconds"),
+        ("S3_SYNC_INTERVAL", "0", "at least 60 seconds"),
         ("S3_SYNC_INTERVAL", "nan", "finite"),
         ("S3_SYNC_INTERVAL", "inf", "finite"),
         ("S3_SYNC_MAX_RETRIES", "-1", "at least 1"),
@@ -134,7 +138,7 @@ def test_blank_required_variable_counts_as_missing():
         ("S3_SYNC_MULTIPART_CONCURRENCY", "0", "at least 1"),
         ("S3_SYNC_LIST_CONCURRENCY", "0", "at least 1"),
         ("S3_SYNC_LIST_CONCURRENCY", "65", "at most 64"),
-        ("S3_SYNC_CONNECT_TIMEOUT", "0", "greater than 0"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "0", "at least 1 second"),
         ("S3_SYNC_HTTP_PORT", "70000", "at most 65535"),
         ("S3_SYNC_TIMEZONE", "Mars/Olympus_Mons", "unknown timezone"),
         ("S3_SYNC_TIMEZONE", "../../etc/passwd", "unknown timezone"),
@@ -189,6 +193,310 @@ def test_endpoint_credentials_are_not_echoed():
 def test_missing_wins_over_invalid():
     with pytest.raises(ConfigError, match="^Missing required environment variables: S3_SYNC_BUCKET$"):
         config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b", "S3_SYNC_INTERVAL": "abc"})
+
+
+# --- ranges ----------------------------------------------------------------------------
+
+# Every numeric setting: its field, the lowest and highest values accepted, and values
+# just outside. Written out, not derived from config.RANGES, so a changed bound shows here.
+BOUNDS = [
+    ("S3_SYNC_INTERVAL", "interval", ("60", 60.0), ("604800", 604800.0), "59.9", "604801"),
+    ("S3_SYNC_RECONCILE_COOLDOWN", "reconcile_cooldown", ("1", 1.0), ("604800", 604800.0), "0.5", "604800.5"),
+    ("S3_SYNC_MAX_RETRIES", "max_retries", ("1", 1), ("100", 100), "0", "101"),
+    ("S3_SYNC_RETRY_DELAY", "retry_delay", ("0", 0.0), ("3600", 3600.0), "-0.01", "3600.01"),
+    ("S3_SYNC_DELETE_MAX_PERCENT", "delete_max_percent", ("0", 0.0), ("100", 100.0), "-0.1", "100.1"),
+    ("S3_SYNC_DELETE_GUARD_FLOOR", "delete_guard_floor", ("0", 0), ("1000000", 1_000_000), "-1", "1000001"),
+    ("S3_SYNC_WORKERS", "workers", ("1", 1), ("256", 256), "0", "257"),
+    ("S3_SYNC_MULTIPART_THRESHOLD", "multipart_threshold", ("5MiB", 5 * MiB), ("512MiB", 512 * MiB),
+     str(5 * MiB - 1), str(512 * MiB + 1)),
+    ("S3_SYNC_MULTIPART_CHUNK_SIZE", "multipart_chunk_size", ("5MiB", 5 * MiB), ("512MiB", 512 * MiB),
+     str(5 * MiB - 1), "513MiB"),
+    ("S3_SYNC_MULTIPART_CONCURRENCY", "multipart_concurrency", ("1", 1), ("64", 64), "0", "65"),
+    ("S3_SYNC_LIST_CONCURRENCY", "list_concurrency", ("1", 1), ("64", 64), "0", "65"),
+    ("S3_SYNC_LIST_PAGE_SIZE", "list_page_size", ("1", 1), ("1000", 1000), "0", "1001"),
+    ("S3_SYNC_CONNECT_TIMEOUT", "connect_timeout", ("1", 1.0), ("300", 300.0), "0.99", "300.01"),
+    ("S3_SYNC_READ_TIMEOUT", "read_timeout", ("1", 1.0), ("3600", 3600.0), "0.99", "3600.01"),
+    ("S3_SYNC_QUEUE_SIZE", "queue_size", ("1", 1), ("1000000", 1_000_000), "0", "1000001"),
+    ("S3_SYNC_HTTP_PORT", "http_port", ("1", 1), ("65535", 65535), "0", "65536"),
+    ("S3_SYNC_SHUTDOWN_TIMEOUT", "shutdown_timeout", ("0", 0.0), ("3600", 3600.0), "-0.01", "3600.01"),
+    ("S3_SYNC_LISTEN_TIMEOUT", "listen_timeout", ("1", 1.0), ("600", 600.0), "0.99", "600.01"),
+]
+# A part is at most the threshold: the chunk size's upper edge needs a threshold as large.
+ALONGSIDE = {"S3_SYNC_MULTIPART_CHUNK_SIZE": {"S3_SYNC_MULTIPART_THRESHOLD": "512MiB"}}
+IDS = [row[0] for row in BOUNDS]
+
+
+def test_every_range_is_tested():
+    assert set(IDS) == set(config.RANGES)
+
+
+@pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
+def test_the_edges_of_a_range_are_accepted(name, field, lowest, highest, below, above):
+    for value, expected in (lowest, highest):
+        assert getattr(load(**{name: value}, **ALONGSIDE.get(name, {})), field) == expected
+
+
+@pytest.mark.parametrize(("name", "field", "lowest", "highest", "below", "above"), BOUNDS, ids=IDS)
+def test_values_outside_a_range_are_refused(name, field, lowest, highest, below, above):
+    for value, why in ((below, "must be at least"), (above, "must be at most")):
+        message = problem(**{name: value}, **ALONGSIDE.get(name, {}))
+        assert message.startswith(f"Invalid configuration: {name}={value!r}: {why} ")
+        assert "; " not in message  # this problem only
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        # The values of issue 10: each passed, then crashed or misbehaved.
+        ("S3_SYNC_CONNECT_TIMEOUT", "1e10", "must be at most 300 seconds"),  # OverflowError at connect
+        ("S3_SYNC_READ_TIMEOUT", "1e300", "must be at most 3600 seconds"),
+        ("S3_SYNC_SHUTDOWN_TIMEOUT", "1e12", "must be at most 3600 seconds"),  # OverflowError at SIGTERM
+        ("S3_SYNC_MULTIPART_THRESHOLD", "10TiB", "must be at most 512 MiB"),  # held in memory
+        ("S3_SYNC_MULTIPART_CHUNK_SIZE", "6GiB", "must be at most 512 MiB"),  # S3's largest part is 5 GiB
+        ("S3_SYNC_QUEUE_SIZE", str(10**30), "must be at most 1,000,000"),
+        ("S3_SYNC_INTERVAL", "1e-9", "must be at least 60 seconds"),  # back-to-back reconciles
+        # Their relatives.
+        ("S3_SYNC_INTERVAL", "1e308", "must be at most 604,800 seconds"),
+        ("S3_SYNC_LISTEN_TIMEOUT", "1e10", "must be at most 600 seconds"),
+        ("S3_SYNC_RETRY_DELAY", "1e20", "must be at most 3600 seconds"),
+        ("S3_SYNC_RECONCILE_COOLDOWN", "1e20", "must be at most 604,800 seconds"),
+        ("S3_SYNC_DELETE_GUARD_FLOOR", str(10**30), "must be at most 1,000,000"),
+        ("S3_SYNC_HTTP_PORT", str(10**30), "must be at most 65535"),
+        ("S3_SYNC_WORKERS", str(10**30), "must be at most 256"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "1e400", "expected a finite number"),
+        ("S3_SYNC_CONNECT_TIMEOUT", "-1e400", "expected a finite number"),
+        ("S3_SYNC_MULTIPART_THRESHOLD", "9" * 400, "must be at most 512 MiB"),  # an infinite float once
+        ("S3_SYNC_MULTIPART_THRESHOLD", "9" * 400 + "TiB", "must be at most 512 MiB"),
+        ("S3_SYNC_QUEUE_SIZE", "1e30", "expected a whole number"),
+    ],
+)
+def test_huge_and_tiny_values_are_refused(name, value, why):
+    assert problem(**{name: value}) == f"Invalid configuration: {name}={value!r}: {why}"
+
+
+# --- settings that contradict each other -------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("env", "chunk"),
+    [
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "8MiB", "S3_SYNC_MULTIPART_CHUNK_SIZE": "8MiB"}, 8 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "512MiB", "S3_SYNC_MULTIPART_CHUNK_SIZE": "100MiB"}, 100 * MiB),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "16MiB"}, 16 * MiB),  # the default threshold
+        # Unset, the part size follows a threshold below its 8 MiB default.
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "5MiB"}, 5 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "6MiB"}, 6 * MiB),
+        ({"S3_SYNC_MULTIPART_THRESHOLD": "64MiB"}, 8 * MiB),
+    ],
+)
+def test_part_size_up_to_the_threshold(env, chunk):
+    assert load(**env).multipart_chunk_size == chunk
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "32MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='32MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD (16 MiB by default)"),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "8MiB", "S3_SYNC_MULTIPART_THRESHOLD": "5MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='8MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD ('5MiB')"),
+        ({"S3_SYNC_MULTIPART_CHUNK_SIZE": "512MiB", "S3_SYNC_MULTIPART_THRESHOLD": "511MiB"},
+         "S3_SYNC_MULTIPART_CHUNK_SIZE='512MiB': must be at most S3_SYNC_MULTIPART_THRESHOLD ('511MiB')"),
+    ],
+)
+def test_a_part_larger_than_the_threshold_is_refused(env, expected):
+    assert problem(**env).startswith(f"Invalid configuration: {expected}: ")
+
+
+def test_an_invalid_threshold_is_reported_alone_not_as_a_contradiction():
+    message = problem(S3_SYNC_MULTIPART_THRESHOLD="10TiB", S3_SYNC_MULTIPART_CHUNK_SIZE="100MiB")
+    assert message == "Invalid configuration: S3_SYNC_MULTIPART_THRESHOLD='10TiB': must be at most 512 MiB"
+
+
+@pytest.fixture
+def ca_file(tmp_path) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(("verify", "bundle"), [("S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
+                                                ("MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE")])
+@pytest.mark.parametrize("off", ["false", "0", "no", "off"])
+def test_verification_off_with_a_ca_bundle_is_refused(verify, bundle, off, ca_file):
+    message = problem(**{verify: off, bundle: ca_file})
+    assert message.startswith(f"Invalid configuration: {bundle}={ca_file!r}: contradicts {verify}={off!r}")
+
+
+@pytest.mark.parametrize(("verify", "bundle", "fields"), [
+    ("S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE", ("dest_verify_tls", "dest_ca_bundle")),
+    ("MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE", ("source_verify_tls", "source_ca_bundle")),
+])
+def test_verification_and_a_ca_bundle_alone_or_together(verify, bundle, fields, ca_file):
+    on, path = fields
+    assert (getattr(load(**{verify: "true", bundle: ca_file}), on), getattr(load(**{bundle: ca_file}), path)) == (
+        True, ca_file)
+    assert getattr(load(**{verify: "false"}), on) is False
+    # The other side's bundle is no contradiction.
+    other = "MINIO_CA_BUNDLE" if bundle == "S3_SYNC_CA_BUNDLE" else "S3_SYNC_CA_BUNDLE"
+    assert getattr(load(**{verify: "false", other: ca_file}), on) is False
+
+
+@pytest.mark.parametrize(
+    ("dest", "source"),
+    [
+        ("http://minio:9000", "http://minio:9000"),
+        ("HTTP://MINIO:9000", "http://minio:9000"),  # case
+        ("http://minio", "http://minio:80"),  # the scheme's default port
+        ("minio.example.com", "https://minio.example.com:443"),  # no scheme: https
+        ("https://minio.example.com/", "minio.example.com"),
+        ("http://[::1]:9000", "http://[0:0::1]:9000"),  # one IPv6 address, two spellings
+        ("http://minio:9000", "https://minio:9000"),  # one server: the scheme that is wrong fails anyway
+    ],
+)
+def test_a_bucket_mirrored_onto_itself_is_refused(dest, source):
+    message = problem(S3_SYNC_ENDPOINT=dest, MINIO_ENDPOINT=source, S3_SYNC_BUCKET="photos", MINIO_BUCKET="photos")
+    assert message.startswith("Invalid configuration: S3_SYNC_BUCKET='photos': the destination is the source")
+    assert "MINIO_BUCKET" in message and "MINIO_ENDPOINT" in message and "S3_SYNC_ENDPOINT" in message
+
+
+@pytest.mark.parametrize(
+    ("dest", "source", "dest_bucket", "source_bucket"),
+    [
+        ("http://minio:9000", "http://minio:9000", "photos-copy", "photos"),  # two buckets, one server
+        ("http://minio:9000", "http://minio:9001", "photos", "photos"),
+        ("http://minio", "https://minio", "photos", "photos"),  # ports 80 and 443
+        ("http://minio-a:9000", "http://minio-b:9000", "photos", "photos"),
+        # Names aren't resolved (config does no I/O): these may be one server, and pass.
+        ("http://localhost:9000", "http://127.0.0.1:9000", "photos", "photos"),
+    ],
+)
+def test_the_same_bucket_elsewhere_or_another_bucket_is_fine(dest, source, dest_bucket, source_bucket):
+    s = load(S3_SYNC_ENDPOINT=dest, MINIO_ENDPOINT=source, S3_SYNC_BUCKET=dest_bucket, MINIO_BUCKET=source_bucket)
+    assert (s.dest_bucket, s.source_bucket) == (dest_bucket, source_bucket)
+
+
+def test_invalid_endpoints_are_not_also_a_mirror_onto_itself():
+    message = problem(S3_SYNC_ENDPOINT="ftp://x", MINIO_ENDPOINT="gopher://x", S3_SYNC_BUCKET="b-1", MINIO_BUCKET="b-1")
+    assert "S3_SYNC_BUCKET" not in message
+
+
+# --- the HTTP address ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "value",
+    ["0.0.0.0", "127.0.0.1", "10.1.2.3", "::", "::1", "fe80::1%eth0", "localhost", "sidecar.internal",
+     "s3-sync", "relic_s3-sync_1", "sidecar.example.com."],
+)
+def test_http_host_accepts_an_address_or_a_hostname(value):
+    assert load(S3_SYNC_HTTP_HOST=f" {value} ").http_host == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://0.0.0.0", "0.0.0.0:8080", "[::1]", "*", "256.1.1.1", "1.2.3", "10.0.0.1/24", "-sidecar",
+     "sidecar-", "side car", "sidecar..internal", "a" * 64 + ".internal", ("a" * 60 + ".") * 5, "sidecar@host"],
+)
+def test_http_host_refuses_what_is_no_address(value):
+    message = problem(S3_SYNC_HTTP_HOST=value)
+    assert message.startswith(f"Invalid configuration: S3_SYNC_HTTP_HOST={value!r}: expected an IP address or a "
+                              "hostname")
+
+
+# --- all at once ----------------------------------------------------------------------------
+
+def test_bounds_contradictions_and_bad_values_are_reported_at_once(ca_file):
+    message = problem(S3_SYNC_INTERVAL="1e-9", S3_SYNC_QUEUE_SIZE=str(10**30), S3_SYNC_HTTP_HOST="*",
+                      S3_SYNC_MULTIPART_CHUNK_SIZE="64MiB", MINIO_VERIFY_TLS="false", MINIO_CA_BUNDLE=ca_file,
+                      S3_SYNC_ENDPOINT="http://minio:9000", S3_SYNC_BUCKET="relics", S3_SYNC_TIMEZONE="Mars/Base")
+    names = ("S3_SYNC_INTERVAL", "S3_SYNC_QUEUE_SIZE", "S3_SYNC_HTTP_HOST", "S3_SYNC_MULTIPART_CHUNK_SIZE",
+             "MINIO_CA_BUNDLE", "S3_SYNC_BUCKET", "S3_SYNC_TIMEZONE")
+    problems = message.removeprefix("Invalid configuration: ").split("; ")
+    assert sorted(p.split("=", 1)[0] for p in problems if re.match(r"^[A-Z0-9_]+=", p)) == sorted(names)
+
+
+# --- variables no setting reads ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("env", "warnings"),
+    [
+        ({}, []),
+        ({"S3_SYNC_DELETE": "false", "S3_SYNC_INTERVAL": "60"}, []),
+        ({"S3_SYNC_DELET": "false"},
+         ["S3_SYNC_DELET is not a replicator setting (did you mean S3_SYNC_DELETE?); ignored"]),
+        ({"S3_SYNC_INTERVALL": "60"},
+         ["S3_SYNC_INTERVALL is not a replicator setting (did you mean S3_SYNC_INTERVAL?); ignored"]),
+        ({"S3_SYNC_VERIFY_SSL": "false"},
+         ["S3_SYNC_VERIFY_SSL is not a replicator setting (did you mean S3_SYNC_VERIFY_TLS?); ignored"]),
+        ({"S3_SYNC_DELETE_MAX_PERCENTAGE": "10"},
+         ["S3_SYNC_DELETE_MAX_PERCENTAGE is not a replicator setting (did you mean S3_SYNC_DELETE_MAX_PERCENT?); "
+          "ignored"]),
+        ({"S3_SYNC_PORT": "9090"},
+         ["S3_SYNC_PORT is not a replicator setting (did you mean S3_SYNC_HTTP_PORT?); ignored"]),
+        ({"S3_SYNC_MINIO_BUCKET": "photos"},
+         ["S3_SYNC_MINIO_BUCKET is not a replicator setting (did you mean MINIO_BUCKET?); ignored"]),
+        # Nothing close: no guess. (The shared prefix doesn't make every name look alike.)
+        ({"S3_SYNC_FOO": "1"}, ["S3_SYNC_FOO is not a replicator setting; ignored"]),
+        ({"S3_SYNC_": "1"}, ["S3_SYNC_ is not a replicator setting; ignored"]),
+        # One warning each, in name order.
+        ({"S3_SYNC_WORKER": "4", "S3_SYNC_BUKET": "b"},
+         ["S3_SYNC_BUKET is not a replicator setting (did you mean S3_SYNC_BUCKET?); ignored",
+          "S3_SYNC_WORKER is not a replicator setting (did you mean S3_SYNC_WORKERS?); ignored"]),
+        # MINIO_* is MinIO's own server's too (MINIO_ROOT_USER, ...), from the same .env.
+        ({"MINIO_ROOT_USER": "admin", "MINIO_BUCKT": "x", "AWS_REGION": "eu-west-1", "s3_sync_delet": "x"}, []),
+    ],
+)
+def test_unknown_variables_are_named_with_the_closest_setting(env, warnings):
+    assert config.unknown_variables({**REQUIRED, **env}) == warnings
+
+
+def test_unknown_variable_warnings_never_show_the_value():
+    [warning] = config.unknown_variables({"S3_SYNC_SECRET_KY": "hunter2-secret-value"})
+    assert "hunter2" not in warning and "S3_SYNC_SECRET_KEY" in warning
+
+
+def test_unknown_variables_are_found_even_when_the_required_ones_are_missing():
+    assert config.unknown_variables({"S3_SYNC_BUKET": "b"}) == [
+        "S3_SYNC_BUKET is not a replicator setting (did you mean S3_SYNC_BUCKET?); ignored"]
+
+
+class _Recording(dict):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"S3_SYNC_INTERVAL": "abc", "S3_SYNC_HTTP_HOST": "*", "S3_SYNC_ENDPOINT": "ftp://x"},
+    {"S3_SYNC_VERIFY_TLS": "false", "S3_SYNC_CA_BUNDLE": __file__, "MINIO_VERIFY_TLS": "no",
+     "MINIO_CA_BUNDLE": __file__, "S3_SYNC_MULTIPART_CHUNK_SIZE": "64MiB", "S3_SYNC_ENDPOINT": "http://minio:9000",
+     "S3_SYNC_BUCKET": "relics"},
+], ids=["defaults", "invalid", "contradictions"])
+def test_every_variable_load_reads_is_known(env):
+    recording = _Recording({**REQUIRED, **env})
+    try:
+        config.load(recording)
+    except ConfigError:
+        pass
+    assert recording.read <= config.known_variables()
+    assert config.unknown_variables(dict(recording)) == []
+
+
+def test_every_variable_config_spells_out_is_known():
+    spelled = set(re.findall(r"\"((?:S3_SYNC|MINIO)_[A-Z_]+)\"", Path(config.__file__).read_text()))
+    assert spelled == config.known_variables()
 
 
 # --- valid values ------------------------------------------------------------------
@@ -251,17 +559,18 @@ def test_flags(value, expected):
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("5242880", 5 * MiB), ("8MiB", 8 * MiB), ("8mib", 8 * MiB), ("8M", 8 * MiB), ("8 MB", 8 * MiB),
-     ("1GiB", 1024 * MiB), ("5.5MiB", int(5.5 * MiB)), ("6144k", 6 * MiB)],
+     ("0.5GiB", 512 * MiB), ("0.5 gib", 512 * MiB), ("5.5MiB", int(5.5 * MiB)), ("6144k", 6 * MiB)],
 )
 def test_sizes(value, expected):
-    assert load(S3_SYNC_MULTIPART_CHUNK_SIZE=value).multipart_chunk_size == expected
+    s = load(S3_SYNC_MULTIPART_CHUNK_SIZE=value, S3_SYNC_MULTIPART_THRESHOLD=value)
+    assert (s.multipart_chunk_size, s.multipart_threshold) == (expected, expected)
 
 
 @pytest.mark.parametrize(
     ("env", "field", "expected"),
     [
         ({"S3_SYNC_INTERVAL": "60"}, "interval", 60.0),
-        ({"S3_SYNC_INTERVAL": "0.5"}, "interval", 0.5),
+        ({"S3_SYNC_INTERVAL": "90.5"}, "interval", 90.5),
         ({"S3_SYNC_MAX_RETRIES": "5"}, "max_retries", 5),
         ({"S3_SYNC_RETRY_DELAY": "0"}, "retry_delay", 0.0),
         ({"S3_SYNC_RETRY_DELAY": "120"}, "retry_delay", 120.0),

@@ -7,7 +7,8 @@
   ``.env`` made from ``.env.example``, and wires what the README promises.
 - The variables agree everywhere: the ones ``config.load`` reads are exactly the ones
   in ``.env.example``, in the compose service's environment and in the README's
-  table, and the defaults written in the example and the README are the real ones.
+  table, and the defaults written in the example and the README are the real ones,
+  and so are the ranges of the numeric ones.
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ def readme_table() -> dict[str, str]:
             assert m.group(1) not in rows, f"{m.group(1)} appears twice in the README's table"
             rows[m.group(1)] = m.group(2)
     return rows
+
+
+def readme_rows() -> dict[str, str]:
+    """The README's configuration tables: variable -> its whole row."""
+    return {m.group(1): line for line in (ROOT / "README.md").read_text().splitlines()
+            if (m := re.match(r"^\|\s*`((?:S3_SYNC|MINIO)_[A-Z_]+)`\s*\|", line))}
+
+
+def env_file_comments(path: Path) -> dict[str, str]:
+    """Variable -> the comment lines right above it (none when another variable is)."""
+    comments, pending = {}, []
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            pending.append(line.lstrip("# "))
+        elif line.strip():
+            comments[line.partition("=")[0].strip()] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return comments
 
 
 def seconds(duration: str) -> float:
@@ -270,6 +291,18 @@ def test_readme_defaults_match_env_example():
         if name in config.REQUIRED:
             continue
         assert table[name].strip("`") == (value or "(none)"), f"{name}: README says {table[name]!r}, .env.example {value!r}"
+
+
+@pytest.mark.parametrize("name", sorted(config.RANGES))
+def test_readme_gives_the_range_config_enforces(name):
+    assert config.range_text(name) in readme_rows()[name]  # such as 1–100, 5 MiB–512 MiB
+
+
+@pytest.mark.parametrize("name", sorted(config.RANGES))
+def test_env_example_gives_the_range_config_enforces(name):
+    # In ASCII and without separators, like the values: 1-100, 5MiB-512MiB, 0-1000000.
+    written = config.range_text(name).replace("–", "-").replace(",", "").replace(" ", "")
+    assert written in env_file_comments(ROOT / ".env.example")[name]
 
 
 def test_required_variables_come_first_in_the_readme_table():
