@@ -129,6 +129,8 @@ class Settings:
     queue_size: int = 10000
     listen_timeout: float = 30.0
     reconcile_cooldown: float = 30.0
+    metadata_sweep_interval: float = 86400.0  # 0: off
+    metadata_sweep_rate: float = 100.0  # objects per second
 
     @property
     def copy_connections(self) -> int:
@@ -217,6 +219,11 @@ RANGES: dict[str, Range] = {
     # Keys, each a few hundred bytes: a million is a few hundred MiB. A full queue only
     # makes the listener wait; the reconcile repairs what it then misses.
     "S3_SYNC_QUEUE_SIZE": Range(1, 1_000_000),
+    # 0 turns the sweep off. A pass costs two HEADs per object (sweep.py); a month
+    # between passes is the longest a lost tag change should stay unrepaired.
+    "S3_SYNC_METADATA_SWEEP_INTERVAL": Range(0, 30 * DAY, "s"),
+    # Objects compared per second: two HEADs each, so 100/s is 200 requests a second.
+    "S3_SYNC_METADATA_SWEEP_RATE": Range(1, 10_000),
     # 0 (any free port) would leave the probes guessing.
     "S3_SYNC_HTTP_PORT": Range(1, 65535),
     # 0 aborts copies in flight at once. An hour is already longer than any orchestrator
@@ -471,6 +478,8 @@ def load(env: Mapping[str, str]) -> Settings:
         queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
         reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
+        metadata_sweep_interval=r.number("S3_SYNC_METADATA_SWEEP_INTERVAL", 86400.0),
+        metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
     )
     _contradictions(r, settings)
     if r.problems:

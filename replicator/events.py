@@ -56,7 +56,7 @@ def to_item(record: dict) -> WorkItem | None:
         return WorkItem(key, content=False, tags=changed == "tags", retention=changed == "retention",
                         legal_hold=changed == "legal_hold", **common)
     if name.startswith("s3:ObjectCreated:"):
-        return WorkItem(key, content=True, tags=False, **common)
+        return WorkItem(key, content=True, tags=False, attributes=True, **common)
     if name.startswith("s3:ObjectRemoved:"):
         return WorkItem(key, content=True, tags=False, removed=True, **common)
     return None

@@ -38,6 +38,7 @@ from .observability.http import HttpServer
 from .reconcile import check_endpoints
 from .scheduler import Scheduler
 from .stores.notifications import NotificationSource
+from .sweep import MetadataSweep
 from .workers import Workers
 from .workqueue import KeyedQueue
 
@@ -54,6 +55,8 @@ class Service:
         self.listener: Listener | None = None
         self.workers: Workers | None = None
         self.scheduler: Scheduler | None = None
+        self.sweep: MetadataSweep | None = None
+        self._swept_after_start = False
         self.http: HttpServer | None = None
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -138,8 +141,14 @@ class Service:
             retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self.settings.reconcile_cooldown,
             on_result=self._reconciled,
         )
+        s = self.settings
+        if s.metadata_sweep_interval > 0:
+            self.sweep = MetadataSweep(app.source, app.dest, self.queue, app.policy,
+                                       interval=s.metadata_sweep_interval, rate=s.metadata_sweep_rate,
+                                       concurrency=min(s.workers, 16), min_gap=s.reconcile_cooldown)
+            self.health.sweep = self.sweep.status
         self.workers = Workers(app, self.queue, on_failure=self.scheduler.request)
-        self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self.scheduler.request,
+        self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self._gap,
                                  on_dropped=self.workers.keep)
         self.health.listener_connected = self.listener.connected.is_set
         self.health.listener_reconnects = lambda: self.listener.reconnects if self.listener else 0
@@ -167,11 +176,26 @@ class Service:
         logger.info("Performing initial sync, then every {:g} seconds; events replicate as they arrive",
                     self.settings.interval)
         self._spawn("scheduler", self.scheduler.run)
+        if self.sweep is not None:
+            self._spawn("sweep", self.sweep.run)
+
+    def _gap(self, reason: str) -> None:
+        """Events may have been lost: a reconcile repairs bytes, a sweep the rest."""
+        assert self.scheduler is not None
+        self.scheduler.request(reason)
+        if self.sweep is not None:
+            self.sweep.request(reason)
 
     def _reconciled(self, stats, error: BaseException | None) -> None:
         self.health.record_reconcile(stats, error)
         if error is None and stats is not None and self.workers is not None:
             self.workers.retry_waiting()  # it completed, so the destination answers again
+            if self.sweep is not None and not self._swept_after_start:
+                # Whatever changed while no process was listening (stopped, killed,
+                # never started) is a gap of its own: tags and metadata the events of
+                # that time would have carried.
+                self._swept_after_start = True
+                self.sweep.request("after the initial reconcile")
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -195,10 +219,13 @@ class Service:
             if not finished:
                 logger.error("Some copies did not stop in time; single-part uploads are atomic, and the "
                              "reconcile at the next start repairs anything unfinished")
-        lost = metadata_left + (self.workers.waiting() if self.workers else 0)
-        if lost:
-            logger.error("{} tag, retention or legal-hold changes (queued, or waiting for a reconcile) are lost: "
-                         "a reconcile can't see them", lost)
+        unseen = metadata_left + (self.workers.waiting() if self.workers else 0)
+        if unseen and self.sweep is not None:
+            logger.warning("{} possible metadata changes (queued, or waiting for a reconcile) are left for the "
+                           "metadata sweep after the next start: a reconcile can't see them", unseen)
+        elif unseen:
+            logger.error("{} possible metadata changes (queued, or waiting for a reconcile) are lost: a reconcile "
+                         "can't see them, and S3_SYNC_METADATA_SWEEP_INTERVAL=0 turns the sweep off", unseen)
         if self.app is not None:
             self.app.close()
         if self.http:

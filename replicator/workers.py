@@ -21,8 +21,10 @@ from dataclasses import replace
 
 from loguru import logger
 
+from . import drift
 from .app import App
 from .errors import NotFound, PermanentError, ReplicatorError
+from .model import SOURCE_ETAG_META
 from .observability import metrics
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
@@ -83,8 +85,8 @@ class Workers:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
             else:
                 self._count_lost()
-                logger.warning("{}: interrupted by shutdown; its tag, retention or legal-hold change is lost "
-                               "(a reconcile can't see it){}", item.key,
+                logger.warning("{}: interrupted by shutdown; a metadata change in it is left for the next "
+                               "metadata sweep (a reconcile can't see it){}", item.key,
                                "; its content is left for the next reconcile" if item.content else "")
         except ReplicatorError as error:
             self._count_failure(metrics.failure_reason(error))
@@ -97,11 +99,11 @@ class Workers:
                     # rather than ask for a full reconcile every cooldown for its sake.
                     return
             elif item.content:
-                logger.error("{}: {}; the object is left for the next reconcile, but a tag, retention or "
-                             "legal-hold change in it is not retried", item.key, error)
+                logger.error("{}: {}; the object is left for the next reconcile, a metadata change in it for "
+                             "the next metadata sweep", item.key, error)
             else:
-                logger.error("{}: {}; refused for good, and a reconcile can't see tag, retention or "
-                             "legal-hold changes", item.key, error)
+                logger.error("{}: {}; refused for good (a reconcile can't see metadata changes; the next "
+                             "metadata sweep tries again)", item.key, error)
                 return  # nothing a reconcile could repair
             self.on_failure("event copies failed")
         except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
@@ -120,11 +122,12 @@ class Workers:
             return self.lost
 
     def keep(self, item: WorkItem, why: object) -> None:
-        """Hold the item's tag, retention or legal-hold change until the next reconcile
-        completes (``retry_waiting``): a worker failed on it, or the listener couldn't
-        queue it. Its content, if that changed too, needs nothing from here: the
-        reconcile repairs it, so what is kept is the metadata change only. Held per key
-        and bounded by the queue's size; past that bound the change is lost, and said
+        """Hold the item's metadata change (tags, retention, legal hold, or the
+        attributes any write may change: drift.py) until the next reconcile completes
+        (``retry_waiting``): a worker failed on it, or the listener couldn't queue it.
+        Its content, if that changed too, needs nothing from here: the reconcile repairs
+        it, so what is kept is the metadata change only. Held per key and bounded by the
+        queue's size; past that bound it is left to the next metadata sweep, and said
         to be."""
         if not item.metadata:
             return
@@ -135,13 +138,12 @@ class Workers:
                 self._hold(item)
             held = len(self._waiting)
         if not full:
-            logger.error("{}: {}; its tag, retention or legal-hold change is retried after the next reconcile",
-                         item.key, why)
+            logger.error("{}: {}; its metadata is checked again after the next reconcile", item.key, why)
             return
         lost = self._count_lost()
         if lost == 1 or lost % 1000 == 0:
-            logger.error("{}: {}; its tag, retention or legal-hold change is lost ({} so far): {} others already "
-                         "wait for the next reconcile, which can't see such changes", item.key, why, lost, held)
+            logger.error("{}: {}; {} others already wait for the next reconcile, so a metadata change in it waits "
+                         "for the next metadata sweep ({} so far)", item.key, why, held, lost)
 
     def retry_waiting(self) -> None:
         """Queue the waiting metadata refreshes again: a reconcile just completed, so
@@ -185,11 +187,14 @@ class Workers:
         if current is None:
             self._gone(item)
             return
-        if item.content:
+        if item.content or item.attributes:
             # Large objects (and re-uploads after a delete event) are checked first: a
-            # redundant multipart copy is expensive.
-            recorded = app.policy.call(lambda: app.dest.head_source_etag(key))
-            if recorded != current.etag:
+            # redundant multipart copy is expensive. So are attribute changes kept after
+            # a failure or found by the sweep: the bytes may be in sync, and a copy is
+            # how Content-Type and user metadata are rewritten.
+            copy = app.policy.call(lambda: app.dest.stat(key))
+            if copy is None or copy.metadata.get(SOURCE_ETAG_META) != current.etag or (
+                    item.attributes and not drift.same_attributes(current, copy)):
                 self._copy(item)
                 return  # a copy carries the tags along
             logger.debug("{}: already in sync", key)

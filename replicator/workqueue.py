@@ -36,11 +36,15 @@ class WorkItem:
     retention: bool = False  # its object lock retention may have changed (metadata-only)
     legal_hold: bool = False  # its legal hold may have changed (metadata-only)
     kept: bool = False  # a metadata change that failed before and waited for a reconcile
+    # Its Content-Type, copied headers or user metadata may have changed: any write may
+    # (a CopyObject with MetadataDirective=REPLACE changes them over the same bytes).
+    attributes: bool = False
 
     @property
     def metadata(self) -> bool:
-        """It carries a tag, retention or legal-hold change: one a reconcile can't see."""
-        return self.tags or self.retention or self.legal_hold
+        """It may carry a change a reconcile can't see: of tags, retention, legal hold,
+        or of the attributes a write may change over the same bytes (drift.py)."""
+        return self.tags or self.retention or self.legal_hold or self.attributes
 
     def merge(self, newer: WorkItem) -> WorkItem:
         return replace(
@@ -50,6 +54,7 @@ class WorkItem:
             retention=self.retention or newer.retention,
             legal_hold=self.legal_hold or newer.legal_hold,
             kept=self.kept or newer.kept,
+            attributes=self.attributes or newer.attributes,
             event_time=min(self.event_time, newer.event_time),
         )
 

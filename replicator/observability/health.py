@@ -33,6 +33,7 @@ class Health:
         self.oldest_event: Callable[[], float | None] = lambda: None
         self.metadata_waiting: Callable[[], int] = lambda: 0
         self.listener_reconnects: Callable[[], int] = lambda: 0
+        self.sweep: Callable[[], dict | None] = lambda: None  # the metadata sweep's state; None: off
 
     def set_state(self, state: str, detail: str = "") -> None:
         with self._lock:
@@ -84,6 +85,7 @@ class Health:
                 },
                 "last_reconcile": self.last_reconcile,
                 "last_success": self.last_success,
+                "metadata_sweep": self.sweep(),
             })
 
 

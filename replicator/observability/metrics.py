@@ -31,6 +31,10 @@ reconcile_last_success = Gauge(f"{PREFIX}_reconcile_last_success_timestamp_secon
                                "Unix time of the last successful reconcile")
 reconcile_repaired = Counter(f"{PREFIX}_reconcile_repaired_objects",
                              "Objects the reconcile had to copy or delete: changes the events missed")
+sweep_objects = Counter(f"{PREFIX}_metadata_sweep_objects", "Objects the metadata sweep compared on both sides")
+sweep_repairs = Counter(f"{PREFIX}_metadata_sweep_repairs",
+                        "Objects the metadata sweep found differing from the source and queued for repair, by what "
+                        "differed (tags, attributes, retention, legal_hold)", ["kind"])
 listener_reconnects = Counter(f"{PREFIX}_listener_reconnects", "Times the notification listener reconnected")
 listener_connected = Gauge(f"{PREFIX}_listener_connected", "1 while the notification listener is connected")
 

@@ -59,6 +59,17 @@ class DestinationStore(Protocol):
     def head_source_etag(self, key: str) -> str | None:
         """The source ETag recorded on the destination object, None if absent or no object."""
 
+    def stat(self, key: str) -> SourceObject | None:
+        """The destination object described as the source's are (its HEAD: Content-Type,
+        copied headers, user metadata, tag count, lock), or None if it doesn't exist."""
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        ...
+
+    def mirrored_lock(self, src: SourceObject) -> ObjectLock | None:
+        """The lock settings the copy of ``src`` should have now, or None where the
+        destination takes none (so they are not compared)."""
+
     def digests_for(self, key: str, src: SourceObject) -> dict[str, Any]:
         """Fresh hashlib objects, by name, for the digests put() will send of ``src``'s
         body: for the caller to feed the body while it reads it."""

@@ -26,6 +26,7 @@ from botocore.exceptions import (
 )
 from loguru import logger
 from minio.credentials import Credentials as MinioCredentials
+from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
@@ -33,6 +34,7 @@ from ..errors import FatalError, NotFound, PermanentError, StoreError, Transient
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
 from .http_client import HttpClient
+from .source import describe
 from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request, tls_failure
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
@@ -316,11 +318,27 @@ class S3Destination:
         return response.data
 
     def head_source_etag(self, key: str) -> str | None:
+        copy = self.stat(key)
+        return _etag(copy.metadata.get(SOURCE_ETAG_META)) or None if copy is not None else None
+
+    def stat(self, key: str) -> SourceObject | None:
         try:
             head = self._call("head", key, self.client.head_object, Key=key)
         except NotFound:
             return None
-        return _etag(head.get("Metadata", {}).get(SOURCE_ETAG_META)) or None
+        # The raw headers, read as the source's are: one rule (drift.py) compares both.
+        return describe(key, HTTPHeaderDict(head["ResponseMetadata"]["HTTPHeaders"]))
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        if not self._tagging:
+            return {}
+        result = self._call("get tags", key, self.client.get_object_tagging, Key=key)
+        return {tag["Key"]: tag["Value"] for tag in result.get("TagSet", ())}
+
+    def mirrored_lock(self, src: SourceObject) -> ObjectLock | None:
+        if self._object_lock is False:
+            return None
+        return sendable_lock(src.lock, time.time())
 
     def _object_params(self, key: str, src: SourceObject, tags: dict[str, str] | None,
                        lock: ObjectLock = NO_LOCK) -> dict:

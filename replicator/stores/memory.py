@@ -189,6 +189,9 @@ class MemoryStore:
         obj = self.objects.get(key)
         return obj.metadata.get(SOURCE_ETAG_META) if obj is not None else None
 
+    def mirrored_lock(self, src: SourceObject) -> ObjectLock | None:
+        return src.lock
+
     def _written(self, data: bytes, etag: str, src: SourceObject, tags: dict[str, str] | None) -> StoredObject:
         return StoredObject(data, etag, src.content_type, dict(src.headers),
                             {**src.metadata, SOURCE_ETAG_META: src.etag}, dict(tags or {}), src.lock)

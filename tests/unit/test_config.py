@@ -65,6 +65,8 @@ EXPECTED_DEFAULTS = {
     "queue_size": 10000,
     "listen_timeout": 30.0,
     "reconcile_cooldown": 30.0,
+    "metadata_sweep_interval": 86400.0,
+    "metadata_sweep_rate": 100.0,
 }
 
 
@@ -214,6 +216,9 @@ BOUNDS = [
     ("S3_SYNC_MULTIPART_CONCURRENCY", "multipart_concurrency", ("1", 1), ("64", 64), "0", "65"),
     ("S3_SYNC_LIST_CONCURRENCY", "list_concurrency", ("1", 1), ("64", 64), "0", "65"),
     ("S3_SYNC_LIST_PAGE_SIZE", "list_page_size", ("1", 1), ("1000", 1000), "0", "1001"),
+    ("S3_SYNC_METADATA_SWEEP_INTERVAL", "metadata_sweep_interval", ("0", 0.0), ("2592000", 2592000.0), "-1",
+     "2592001"),
+    ("S3_SYNC_METADATA_SWEEP_RATE", "metadata_sweep_rate", ("1", 1.0), ("10000", 10000.0), "0.5", "10001"),
     ("S3_SYNC_CONNECT_TIMEOUT", "connect_timeout", ("1", 1.0), ("300", 300.0), "0.99", "300.01"),
     ("S3_SYNC_READ_TIMEOUT", "read_timeout", ("1", 1.0), ("3600", 3600.0), "0.99", "3600.01"),
     ("S3_SYNC_QUEUE_SIZE", "queue_size", ("1", 1), ("1000000", 1_000_000), "0", "1000001"),

@@ -37,27 +37,28 @@ WHEN = datetime(2024, 5, 1, 12, 34, 56, 789000, tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize(
-    ("name", "content", "tags", "retention", "legal_hold", "removed"),
+    ("name", "content", "tags", "retention", "legal_hold", "removed", "attributes"),
     [
-        ("s3:ObjectCreated:Put", True, False, False, False, False),
-        ("s3:ObjectCreated:Post", True, False, False, False, False),
-        ("s3:ObjectCreated:Copy", True, False, False, False, False),
-        ("s3:ObjectCreated:CompleteMultipartUpload", True, False, False, False, False),
-        ("s3:ObjectCreated:PutTagging", False, True, False, False, False),
-        ("s3:ObjectCreated:DeleteTagging", False, True, False, False, False),
+        # Any write may change Content-Type and user metadata over the same bytes.
+        ("s3:ObjectCreated:Put", True, False, False, False, False, True),
+        ("s3:ObjectCreated:Post", True, False, False, False, False, True),
+        ("s3:ObjectCreated:Copy", True, False, False, False, False, True),
+        ("s3:ObjectCreated:CompleteMultipartUpload", True, False, False, False, False, True),
+        ("s3:ObjectCreated:PutTagging", False, True, False, False, False, False),
+        ("s3:ObjectCreated:DeleteTagging", False, True, False, False, False, False),
         # Metadata-only too; the names are MinIO's (internal/event/name.go).
-        ("s3:ObjectCreated:PutRetention", False, False, True, False, False),
-        ("s3:ObjectCreated:PutLegalHold", False, False, False, True, False),
-        ("s3:ObjectRemoved:Delete", True, False, False, False, True),
-        ("s3:ObjectRemoved:DeleteMarkerCreated", True, False, False, False, True),
+        ("s3:ObjectCreated:PutRetention", False, False, True, False, False, False),
+        ("s3:ObjectCreated:PutLegalHold", False, False, False, True, False, False),
+        ("s3:ObjectRemoved:Delete", True, False, False, False, True, False),
+        ("s3:ObjectRemoved:DeleteMarkerCreated", True, False, False, False, True, False),
     ],
 )
-def test_event_kinds(name, content, tags, retention, legal_hold, removed):
+def test_event_kinds(name, content, tags, retention, legal_hold, removed, attributes):
     item = to_item(record(name))
     assert item is not None
     assert item.key == "photos/a.jpg"
-    assert (item.content, item.tags, item.retention, item.legal_hold, item.removed) == (
-        content, tags, retention, legal_hold, removed)
+    assert (item.content, item.tags, item.retention, item.legal_hold, item.removed, item.attributes) == (
+        content, tags, retention, legal_hold, removed, attributes)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,8 @@ def test_status_shape(health, clock):
     health.record_reconcile(RunStats(copied=4, bytes_copied=4096, duration=1.25), None)
     status = health.status()
     assert set(status) == {"state", "detail", "ready", "ready_reason", "uptime_seconds", "listener", "queue",
-                           "last_reconcile", "last_success"}
+                           "last_reconcile", "last_success", "metadata_sweep"}
+    assert status["metadata_sweep"] is None  # no sweep wired: off
     assert status["state"] == "running"
     assert status["ready"] is True and status["ready_reason"] == "ok"
     assert status["uptime_seconds"] == 10

@@ -249,3 +249,28 @@ def test_a_metadata_change_cut_by_shutdown_is_counted_as_lost(h):
     h.dest.fail("put tags", "k", Stopped())
     h.handle("k", tags=True)
     assert h.workers.lost == 1 and h.workers.waiting() == 0
+
+
+def test_a_metadata_only_rewrite_whose_copy_failed_is_repaired_after_the_next_reconcile(h):
+    # A CopyObject with MetadataDirective=REPLACE: same bytes, same ETag, a new
+    # Content-Type. The reconcile can't see it; before, the failed event copy was "left
+    # for the next reconcile", which never repaired it (issue 10).
+    h.source.add("k", b"data", content_type="text/plain")
+    h.copier.copy("k")
+    h.source.objects["k"].content_type = "application/json"
+    h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
+    h.handle("k", content=True, attributes=True)
+    assert h.workers.waiting() == 1
+    h.workers.retry_waiting()  # a reconcile completed: it found the pair in sync
+    h.drain()
+    assert h.dest.objects["k"].content_type == "application/json"
+
+
+def test_a_kept_write_whose_bytes_the_reconcile_copied_is_not_copied_again(h):
+    h.source.add("k", b"data", content_type="text/plain")
+    h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
+    h.handle("k", content=True, attributes=True)
+    assert h.copier.copy("k") is not None  # the reconcile's copy carries the attributes
+    h.workers.retry_waiting()
+    h.drain()
+    assert h.dest.ops("put") == ["k", "k", "k"]  # two failed attempts and the reconcile's: no fourth
