@@ -254,7 +254,7 @@ def test_a_tag_change_during_a_destination_outage_arrives_after_it(pair, sidecar
         pair.source.set_object_tags(pair.source_bucket, "tagged.txt", tags)
         wait_for(lambda: sidecar.status()["queue"]["metadata_waiting"] == 1, timeout=60,
                  what="the failed refresh to wait for the destination")
-        assert "retried after the next reconcile" in sidecar.log()
+        assert "checked again after the next reconcile" in sidecar.log()
         proxy.release()
 
         def dest_tags():
