@@ -130,6 +130,7 @@ class Settings:
     listen_timeout: float = 30.0
     reconcile_cooldown: float = 30.0
     metadata_sweep_interval: float = 86400.0  # 0: off
+    list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
 
     @property
@@ -479,6 +480,7 @@ def load(env: Mapping[str, str]) -> Settings:
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
         reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
         metadata_sweep_interval=r.number("S3_SYNC_METADATA_SWEEP_INTERVAL", 86400.0),
+        list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
     )
     _contradictions(r, settings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from .drift import listed_alike
 from .errors import ListingOrderError
 from .model import Action, Change, ObjectInfo
 
@@ -28,7 +29,8 @@ def compare(source: ObjectInfo, dest: ObjectInfo) -> Action:
 
     - Different sizes: the content differs.
     - Equal ETags: the same content (both MD5s, or the same multipart layout). An
-      in-sync pair therefore costs no request beyond the listings.
+      in-sync pair therefore costs no request beyond the listings. Where both listings
+      carry attributes (MinIO on both sides), those must agree too.
     - Same size, different ETags: either the content changed (a same-size rewrite,
       which a size+mtime rule would miss) or the ETags aren't comparable (multipart
       source, SSE-KMS or a provider whose ETag isn't the MD5). Only the destination
@@ -37,7 +39,9 @@ def compare(source: ObjectInfo, dest: ObjectInfo) -> Action:
     if source.size != dest.size:
         return Action.UPDATE
     if source.etag == dest.etag:
-        return Action.UNCHANGED
+        # Where both listings carry attributes (MinIO's metadata=true), a rewrite of
+        # Content-Type, user metadata or tags over the same bytes shows too.
+        return Action.UNCHANGED if listed_alike(source.attributes, dest.attributes) else Action.UPDATE
     return Action.VERIFY
 
 

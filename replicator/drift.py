@@ -13,6 +13,7 @@ both sides with this one rule, from a HEAD of each (and, for tags, both tag sets
 from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl
 
 from .model import SOURCE_ETAG_META, ObjectLock, SourceObject
 
@@ -66,3 +67,29 @@ def _header(name: str, value: str) -> object:
 
 def tags_differ(source: dict[str, str], copy: dict[str, str]) -> bool:
     return source != copy
+
+
+# What of MinIO's listed UserMetadata a copy carries. An allow-list, not everything
+# listed: a source encrypted or in another storage class lists more, which the copy
+# doesn't have, and a rule comparing it would copy such objects in every reconcile.
+_LISTED_HEADERS = frozenset({"content-type", "cache-control", "content-disposition", "content-encoding",
+                             "content-language", "expires"})
+_MARKER = "x-amz-meta-" + SOURCE_ETAG_META
+
+
+def listed_attributes(user_metadata: dict[str, str], user_tags: str | None) -> frozenset[tuple[str, str]]:
+    """An object's attributes and tags as MinIO lists them with ``metadata=true``
+    (``<UserMetadata>``, ``<UserTags>``), in a form two listings can compare: names
+    lower-cased, the copy's record of the source ETag left out, tags decoded (MinIO
+    encodes a space as ``%20`` in one place and ``+`` in another)."""
+    found = {("tag:" + name, value) for name, value in parse_qsl(user_tags or "", keep_blank_values=True)}
+    for name, value in user_metadata.items():
+        lower = name.lower()
+        if lower in _LISTED_HEADERS or (lower.startswith("x-amz-meta-") and lower != _MARKER):
+            found.add((lower, value.strip()))
+    return frozenset(found)
+
+
+def listed_alike(source: frozenset | None, copy: frozenset | None) -> bool:
+    """Whether two listings' attributes agree; True where either listing has none."""
+    return source is None or copy is None or source == copy

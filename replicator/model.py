@@ -21,6 +21,9 @@ class ObjectInfo:
     size: int
     etag: str  # without quotes
     last_modified: float | None = None  # epoch seconds
+    # Content-Type, copied headers, user metadata and tags as the listing gave them
+    # (drift.listed_attributes), where a listing can (MinIO's metadata=true); else None.
+    attributes: frozenset[tuple[str, str]] | None = None
 
 
 class Action(enum.Enum):

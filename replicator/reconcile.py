@@ -28,7 +28,7 @@ from typing import TextIO
 
 from loguru import logger
 
-from . import diff
+from . import diff, drift
 from .config import Settings
 from .copier import Copier
 from .errors import FatalError, GuardRefused, ReplicatorError, StoreError
@@ -155,7 +155,11 @@ class _Run:
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
                 try:
                     # closing: a run that stops early stops both listings' threads now.
-                    with closing(diff.plan(self._listing(o.source.list_from, "source"),
+                    # Attributes in both listings where the destination can list them
+                    # (MinIO): then a metadata rewrite over the same bytes shows in the diff.
+                    list_source = ((lambda after: o.source.list_from(after, metadata=True)) if o.dest.lists_metadata
+                                   else o.source.list_from)
+                    with closing(diff.plan(self._listing(list_source, "source"),
                                            self._listing(o.dest.list_from, "destination"))) as changes:
                         for change in changes:
                             if self.fatal is not None or o.stop.is_set():
@@ -190,7 +194,8 @@ class _Run:
                 action = change.action
                 if action is Action.VERIFY:
                     recorded = o.policy.call(lambda: o.dest.head_source_etag(key))
-                    if recorded == change.source.etag:  # type: ignore[union-attr]
+                    if recorded == change.source.etag and drift.listed_alike(  # type: ignore[union-attr]
+                            change.source.attributes, change.dest.attributes):  # type: ignore[union-attr]
                         with self.lock:
                             self.stats.unchanged += 1
                         return

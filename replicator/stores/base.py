@@ -26,8 +26,9 @@ class SourceStore(Protocol):
     def check(self) -> None:
         """Reachable, credentials accepted, bucket exists; else FatalError/TransientError."""
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        """All objects after ``start_after`` (all when None), in key order."""
+    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
+        """All objects after ``start_after`` (all when None), in key order; with
+        ``metadata``, each with its attributes and tags (ObjectInfo.attributes)."""
 
     def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, "Reader"]]:
         """GET the whole object: its description and a byte reader."""
@@ -49,6 +50,7 @@ class Reader(Protocol):
 
 class DestinationStore(Protocol):
     side: str
+    lists_metadata: bool  # its listings carry attributes (known once check() ran)
 
     def check(self, create: bool) -> None:
         """Reachable, credentials accepted; bucket exists (created when ``create``)."""

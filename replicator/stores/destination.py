@@ -178,6 +178,7 @@ class S3Destination:
         verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
         self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
         self.client.meta.events.register("before-parse.s3.*", _prove_answer)
+        self.client.meta.events.register("before-sign.s3.ListObjectsV2", self._ask_for_metadata)
         # The listings' pool (boto3 keeps its own): one connection per prefix listed at once.
         self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
                                   read_timeout=settings.read_timeout, maxsize=settings.list_concurrency + 2)
@@ -198,6 +199,11 @@ class S3Destination:
         self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
+        # MinIO lists each object's attributes and tags when asked (metadata=true), so a
+        # reconcile sees a metadata rewrite over the same bytes at no extra request.
+        # Learnt in check() from the bucket's HEAD ("Server: MinIO").
+        self.lists_metadata = False
+        self._list_metadata = settings.list_metadata  # asked for; cleared once found impossible
         self._tagging = True  # cleared once the provider says it doesn't do tags
         self._batch_delete = True
         # Whether the bucket takes object lock settings: None until check() asks it, or
@@ -245,7 +251,7 @@ class S3Destination:
 
     def check(self, create: bool) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._learn_server(self.client.head_bucket(Bucket=self.bucket))
         except ClientError as exc:
             error = self._map(exc, "check bucket", self.bucket, bucket_op=True)
             if error.code not in ("NotFound", "NoSuchBucket") or not create:
@@ -268,6 +274,23 @@ class S3Destination:
             if error.code not in ("BucketAlreadyOwnedByYou",):
                 raise
         self._probe_object_lock()
+
+    def _ask_for_metadata(self, request, **kwargs) -> None:
+        """botocore's before-sign hook on listings: add MinIO's metadata=true, signed
+        with the rest of the query, where the destination is MinIO."""
+        if self.lists_metadata:
+            request.url += ("&" if "?" in request.url else "?") + "metadata=true"
+
+    def _learn_server(self, head: dict) -> None:
+        if not self._list_metadata or self.lists_metadata:
+            return
+        server = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server") or ""
+        self.lists_metadata = server.lower().startswith("minio")
+        if not self.lists_metadata:
+            self._list_metadata = False  # not asked again: the warning is said once
+            logger.warning("S3_SYNC_LIST_METADATA=true, but the destination ({}) is not MinIO and can't list "
+                               "metadata; reconciles compare sizes and ETags, and the metadata sweep the rest",
+                               server or "unnamed server")
 
     def _probe_object_lock(self) -> None:
         """Ask the bucket once whether it has object lock. Only a clear "no" decides
@@ -296,6 +319,8 @@ class S3Destination:
             self._object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+        """The listing; with each object's attributes and tags where the destination can
+        list them (``lists_metadata``)."""
         return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
                                      self.list_concurrency)
 

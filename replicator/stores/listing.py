@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
+from ..drift import listed_attributes
 from ..errors import TransientError
 from ..model import ObjectInfo
 from .answers import MalformedAnswer, document
@@ -57,9 +58,12 @@ class PageRequest:
     delimiter: str | None = None
     token: str | None = None
 
-    def query(self, max_keys: int = MAX_KEYS) -> dict[str, str]:
-        """The query parameters of the request."""
+    def query(self, max_keys: int = MAX_KEYS, metadata: bool = False) -> dict[str, str]:
+        """The query parameters of the request; ``metadata`` asks MinIO for each
+        object's attributes and tags too (an extension other servers ignore)."""
         params = {"list-type": "2", "max-keys": str(max_keys), "encoding-type": "url"}
+        if metadata:
+            params["metadata"] = "true"
         if self.start_after:
             params["start-after"] = self.start_after
         if self.prefix:
@@ -118,8 +122,11 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
     items: list[ObjectInfo] = []
     append = items.append
     key_tag, size_tag, etag_tag = ns + "Key", ns + "Size", ns + "ETag"
+    meta_tag, tags_tag = ns + "UserMetadata", ns + "UserTags"
     for contents in root.iterfind(ns + "Contents"):
         key = size = etag = None
+        meta: dict[str, str] | None = None
+        tags = None
         for child in contents:
             tag = child.tag
             if tag == key_tag:
@@ -128,6 +135,10 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
                 size = child.text
             elif tag == etag_tag:
                 etag = child.text or ""
+            elif tag == meta_tag:  # MinIO's extension, asked for with metadata=true
+                meta = {element.tag.rsplit("}", 1)[-1]: element.text or "" for element in child}
+            elif tag == tags_tag:
+                tags = child.text
         if not key or size is None or etag is None:
             raise MalformedPage("a listing entry without its Key, Size or ETag")
         try:
@@ -136,7 +147,8 @@ def parse(body: bytes, bucket: str, request: PageRequest, after: str | None = No
             length = -1
         if length < 0:
             raise MalformedPage(f"a listing entry with Size '{size}'")
-        append(ObjectInfo(unquote_plus(key) if encoded else key, length, etag.strip('"').lower()))
+        append(ObjectInfo(unquote_plus(key) if encoded else key, length, etag.strip('"').lower(),
+                          attributes=listed_attributes(meta, tags) if meta is not None else None))
     prefixes = []
     for entry in root.iterfind(ns + "CommonPrefixes"):
         value = entry.findtext(ns + "Prefix")

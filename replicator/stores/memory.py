@@ -20,7 +20,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
+from ..drift import listed_attributes
 from ..errors import FatalError, NotFound, SourceChanged, StoreError
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 
@@ -77,6 +79,7 @@ class MemoryStore:
     def __init__(self, side: str = "source", *, bucket_exists: bool = True):
         self.side = side
         self.bucket_exists = bucket_exists
+        self.lists_metadata = False  # as a destination: list attributes, as MinIO does
         self.objects: dict[str, StoredObject] = {}
         self.uploads: dict[str, _Upload] = {}
         self.calls: list[tuple[str, str | None]] = []
@@ -144,7 +147,7 @@ class MemoryStore:
                 raise FatalError(self.side, "check bucket", "memory", "bucket does not exist")
             self.bucket_exists = True
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
+    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
         self._enter("list", start_after)
         # Sorting by UTF-8 bytes, not code points, keeps the fake honest about what S3
         # does (the two orders agree for valid strings; surrogates aside).
@@ -154,7 +157,17 @@ class MemoryStore:
                 continue
             obj = self.objects.get(key)
             if obj is not None:
-                yield ObjectInfo(key, len(obj.data), obj.etag)
+                yield ObjectInfo(key, len(obj.data), obj.etag,
+                                 attributes=self._listed(obj) if metadata or self.lists_metadata else None)
+
+    @staticmethod
+    def _listed(obj: StoredObject) -> frozenset[tuple[str, str]]:
+        """The object's attributes as MinIO's metadata=true listing gives them."""
+        meta = {f"x-amz-meta-{name}": value for name, value in obj.metadata.items()}
+        meta.update({name.lower(): value for name, value in obj.headers.items()})
+        if obj.content_type:
+            meta["content-type"] = obj.content_type
+        return listed_attributes(meta, urlencode(obj.tags) or None)
 
     # -- SourceStore ---------------------------------------------------------------
 

@@ -158,16 +158,17 @@ class MinioSource:
         if not exists:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
+    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
+        fetch = (lambda request: self._list_page(request, metadata=True)) if metadata else self._list_page
+        return parallel_listing.walk(listing.Lister(self.side, self.bucket, fetch), start_after,
                                      self.list_concurrency)
 
-    def _list_page(self, request: listing.PageRequest) -> bytes:
+    def _list_page(self, request: listing.PageRequest, *, metadata: bool = False) -> bytes:
         # A raw page through minio-py's signed-request primitive: minio-py's own
         # list_objects costs 3x the CPU (see listing.py).
         try:
             return self.client._execute("GET", self.bucket,  # noqa: SLF001
-                                        query_params=request.query(self.list_page_size)).data
+                                        query_params=request.query(self.list_page_size, metadata)).data
         except Exception as exc:
             raise self._map(exc, "list", request.subject, bucket_op=True) from exc
 

@@ -67,6 +67,7 @@ EXPECTED_DEFAULTS = {
     "reconcile_cooldown": 30.0,
     "metadata_sweep_interval": 86400.0,
     "metadata_sweep_rate": 100.0,
+    "list_metadata": False,
 }
 
 

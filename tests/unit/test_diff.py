@@ -137,3 +137,18 @@ def test_plan_streams_without_reading_ahead():
                                                 ("9b2cf535f27731c974343645a3985328-3", True)])
 def test_is_multipart_etag(etag, multipart):
     assert diff.is_multipart_etag(etag) is multipart
+
+
+def _listed(**attrs) -> frozenset:
+    return frozenset(attrs.items())
+
+
+@pytest.mark.parametrize(("source", "dest", "expected"), [
+    (_listed(**{"content-type": "text/csv"}), _listed(**{"content-type": "text/csv"}), Action.UNCHANGED),
+    (_listed(**{"content-type": "text/csv"}), _listed(**{"content-type": "text/plain"}), Action.UPDATE),
+    (_listed(**{"tag:team": "red"}), _listed(**{"tag:team": "blue"}), Action.UPDATE),
+    (_listed(**{"content-type": "text/csv"}), None, Action.UNCHANGED),  # one side can't list them
+    (None, _listed(**{"content-type": "text/csv"}), Action.UNCHANGED),
+])
+def test_listed_attributes_decide_where_both_listings_carry_them(source, dest, expected):
+    assert diff.compare(ObjectInfo("k", 1, "e", attributes=source), ObjectInfo("k", 1, "e", attributes=dest)) is expected

@@ -174,3 +174,14 @@ def test_query_of_a_delimited_continuation_page():
                                "prefix": "photos/", "delimiter": "/", "continuation-token": "opaque+token"}
     assert request.subject == "photos/"
     assert PageRequest("photos/a", "photos/").subject == "photos/a"
+
+
+def test_minio_listed_attributes_are_read_where_a_page_has_them():
+    with_meta = ("<Contents><Key>a</Key><ETag>e</ETag><Size>1</Size><UserMetadata><content-type>text/plain"
+                 "</content-type><X-Amz-Meta-Color>red</X-Amz-Meta-Color><X-Amz-Meta-Replicator-Source-Etag>e"
+                 "</X-Amz-Meta-Replicator-Source-Etag><X-Amz-Server-Side-Encryption>AES256"
+                 "</X-Amz-Server-Side-Encryption></UserMetadata><UserTags>team=blue%20b&amp;x=1</UserTags></Contents>")
+    items = parse(page(with_meta + entry("b")), "b", TOP).items
+    assert items[0].attributes == frozenset({("content-type", "text/plain"), ("x-amz-meta-color", "red"),
+                                             ("tag:team", "blue b"), ("tag:x", "1")})
+    assert items[1].attributes is None  # no UserMetadata: nothing to compare
