@@ -23,6 +23,16 @@ RETENTION = "retention"
 LEGAL_HOLD = "legal_hold"
 
 
+def recorded_etag(copy: SourceObject) -> str | None:
+    """The source ETag the copy records it was made from (model.SOURCE_ETAG_META)."""
+    return (copy.metadata.get(SOURCE_ETAG_META) or "").strip('"').lower() or None
+
+
+def same_bytes(source: SourceObject, copy: SourceObject) -> bool:
+    """Whether ``copy`` was made from the bytes ``source`` has now."""
+    return recorded_etag(copy) == source.etag
+
+
 def differences(source: SourceObject, copy: SourceObject, *, lock: ObjectLock | None) -> frozenset[str]:
     """What of ``source`` its ``copy`` (the destination's HEAD) does not have.
 

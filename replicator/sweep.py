@@ -34,7 +34,6 @@ from loguru import logger
 
 from . import drift
 from .errors import FatalError, ReplicatorError
-from .model import SOURCE_ETAG_META
 from .observability import metrics
 from .pool import BoundedExecutor
 from .retry import RetryPolicy, Stopped
@@ -201,7 +200,7 @@ class MetadataSweep:
         if source is None:
             return frozenset()  # deleted since the listing: the reconcile's business
         copy = call(lambda: self.dest.stat(key))
-        if copy is None or copy.metadata.get(SOURCE_ETAG_META) != source.etag:
+        if copy is None or not drift.same_bytes(source, copy):
             return frozenset()  # not copied yet, or other bytes: the reconcile's, and a copy carries all
         found = set(drift.differences(source, copy, lock=self.dest.mirrored_lock(source)))
         if drift.TAGS not in found and source.tag_count:

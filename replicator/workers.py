@@ -24,7 +24,6 @@ from loguru import logger
 from . import drift
 from .app import App
 from .errors import NotFound, PermanentError, ReplicatorError
-from .model import SOURCE_ETAG_META
 from .observability import metrics
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
@@ -193,7 +192,7 @@ class Workers:
             # a failure or found by the sweep: the bytes may be in sync, and a copy is
             # how Content-Type and user metadata are rewritten.
             copy = app.policy.call(lambda: app.dest.stat(key))
-            if copy is None or copy.metadata.get(SOURCE_ETAG_META) != current.etag or (
+            if copy is None or not drift.same_bytes(current, copy) or (
                     item.attributes and not drift.same_attributes(current, copy)):
                 self._copy(item)
                 return  # a copy carries the tags along

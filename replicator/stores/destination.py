@@ -30,6 +30,7 @@ from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
+from ..drift import recorded_etag
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
@@ -344,7 +345,7 @@ class S3Destination:
 
     def head_source_etag(self, key: str) -> str | None:
         copy = self.stat(key)
-        return _etag(copy.metadata.get(SOURCE_ETAG_META)) or None if copy is not None else None
+        return recorded_etag(copy) if copy is not None else None
 
     def stat(self, key: str) -> SourceObject | None:
         try:
