@@ -533,8 +533,9 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
 _PREFIX = "S3_SYNC_"
 
 
-class _Watching(dict):
-    """An environment that remembers every name it is asked for."""
+class RecordingEnvironment(dict):
+    """An environment that remembers every name it is asked for (``read``): how
+    :func:`known_variables` learns them, and how the tests check it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -557,7 +558,7 @@ class _Watching(dict):
 def known_variables() -> frozenset[str]:
     """Every variable :func:`load` reads, learnt by watching it read them: a setting added
     to ``load`` is known without being listed a second time."""
-    env = _Watching({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret", "S3_SYNC_BUCKET": "mirror"})
+    env = RecordingEnvironment({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret", "S3_SYNC_BUCKET": "mirror"})
     try:
         load(env)
     except ConfigError:  # the defaults are valid; and the names were read all the same

@@ -465,24 +465,6 @@ def test_unknown_variables_are_found_even_when_the_required_ones_are_missing():
         "S3_SYNC_BUKET is not a replicator setting (did you mean S3_SYNC_BUCKET?); ignored"]
 
 
-class _Recording(dict):
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.read: set[str] = set()
-
-    def get(self, key, default=None):
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key):
-        self.read.add(key)
-        return super().__contains__(key)
-
-
 @pytest.mark.parametrize("env", [
     {},
     {"S3_SYNC_INTERVAL": "abc", "S3_SYNC_HTTP_HOST": "*", "S3_SYNC_ENDPOINT": "ftp://x"},
@@ -491,7 +473,7 @@ class _Recording(dict):
      "S3_SYNC_BUCKET": "relics"},
 ], ids=["defaults", "invalid", "contradictions"])
 def test_every_variable_load_reads_is_known(env):
-    recording = _Recording({**REQUIRED, **env})
+    recording = config.RecordingEnvironment({**REQUIRED, **env})
     try:
         config.load(recording)
     except ConfigError:

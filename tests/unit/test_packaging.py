@@ -32,32 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # --- helpers -------------------------------------------------------------------------
 
 
-class _Recording(dict):
-    """An environment that remembers every name it was asked for."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read: set[str] = set()
-
-    def get(self, key, default=None):
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key):
-        self.read.add(key)
-        return super().__contains__(key)
-
-
 REQUIRED_VALUES = {"S3_SYNC_ACCESS_KEY": "AKIDEXAMPLE", "S3_SYNC_SECRET_KEY": "secret-example",
                    "S3_SYNC_BUCKET": "relics-backup"}
 
 
 def variables_config_reads() -> set[str]:
-    env = _Recording(REQUIRED_VALUES)
+    env = config.RecordingEnvironment(REQUIRED_VALUES)
     config.load(env)
     return env.read
 
