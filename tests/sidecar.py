@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,11 @@ class Sidecar:
             "S3_SYNC_LOG_LEVEL": "debug",
             **{k: str(v) for k, v in overrides.items()},
         }
+        # The registry of uploads in flight: a throwaway one unless the test gives its
+        # own (to restart on), never the machine's /var/lib/replicator.
+        self._state = None
+        if "S3_SYNC_STATE_DIR" not in self.env:
+            self._state = self.env["S3_SYNC_STATE_DIR"] = tempfile.mkdtemp(prefix="sidecar-state-")
         self.logfile = Path(tempfile.mkstemp(prefix="sidecar-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
@@ -111,6 +117,8 @@ class Sidecar:
             self.proc.kill()
             self.proc.wait()
         self.logfile.unlink(missing_ok=True)
+        if self._state is not None:
+            shutil.rmtree(self._state, ignore_errors=True)
 
 
 class TcpProxy:
