@@ -1,6 +1,8 @@
 """uploads.py: the registry of multipart uploads in flight. Its file format by tables,
 its files in a temporary directory, and its locks against real child processes: one
-that is alive and holds its lock, one that was SIGKILLed (the kernel released it)."""
+that is alive and holds its lock, one that was SIGKILLed (the kernel released it).
+Then the copier's use of it over the in-memory store: what it records, and the sweep
+that aborts a dead process's uploads and nobody else's."""
 
 from __future__ import annotations
 
@@ -9,11 +11,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from loguru import logger
 
+from replicator import config
+from replicator.copier import Copier
+from replicator.errors import PermanentError, TransientError
+from replicator.model import SourceObject
+from replicator.observability import metrics
+from replicator.retry import RetryPolicy
+from replicator.stores.memory import MemoryStore
 from replicator.uploads import Owner, Record, Registry, Upload, decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,3 +299,127 @@ def test_no_directory_records_nothing_and_says_nothing(warnings):
     registry.close()
     assert (offered.ids, warnings) == ([], [])
 
+
+# --- the copier's use of it, over the in-memory store ---------------------------------------------
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def copier(tmp_path):
+    """A copier recording into ``tmp_path``, with 5 MiB parts, over in-memory stores."""
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}),
+                              multipart_threshold=5 * MiB, multipart_chunk_size=5 * MiB, retry_delay=0.0)
+    made = Copier(MemoryStore("source"), MemoryStore("destination"), settings,
+                  RetryPolicy(2, 0.0, stop=threading.Event()), uploads=Registry(tmp_path, DEST))
+    yield made
+    made.close()
+
+
+def recorded(registry: Registry) -> list[str]:
+    assert registry.path is not None
+    return [u.upload_id for u in decode(registry.path.read_text()).uploads] if registry.path.exists() else []
+
+
+def test_a_multipart_copy_is_recorded_before_its_first_part_until_it_completes(copier):
+    seen: list[list[str]] = []
+    real = copier.dest.upload_part
+
+    def upload_part(key, upload_id, number, data):
+        seen.append(recorded(copier.uploads))
+        return real(key, upload_id, number, data)
+
+    copier.dest.upload_part = upload_part
+    copier.source.add("big", os.urandom(12 * MiB))
+    assert copier.copy("big").multipart
+    assert seen == [["upload-1"]] * 3  # on disk while every part went
+    assert recorded(copier.uploads) == []
+    assert copier.dest.incomplete_uploads() == {}
+
+
+def test_an_aborted_copy_is_forgotten(copier):
+    copier.source.add("big", os.urandom(12 * MiB))
+    copier.dest.fail("put part", "big", PermanentError("destination", "put part", "big", "InvalidPart"))
+    with pytest.raises(PermanentError):
+        copier.copy("big")
+    assert copier.dest.incomplete_uploads() == {}
+    assert recorded(copier.uploads) == []
+
+
+def test_an_abort_that_failed_is_tried_again_by_the_next_sweep(copier):
+    copier.source.add("big", os.urandom(12 * MiB))
+    down = TransientError("destination", "abort multipart", "big", "cannot connect")
+    copier.dest.fail("put part", "big", PermanentError("destination", "put part", "big", "InvalidPart"))
+    copier.dest.fail("abort multipart", "big", down, times=2)  # both of the copier's attempts
+    with pytest.raises(PermanentError):
+        copier.copy("big")
+    assert copier.dest.incomplete_uploads() == {"upload-1": "big"}
+    assert recorded(copier.uploads) == ["upload-1"]
+    assert copier.abort_abandoned_uploads() == 1
+    assert copier.dest.incomplete_uploads() == {}
+    assert recorded(copier.uploads) == []
+
+
+def dead_process_upload(copier, tmp_path, children, key: str = "big") -> str:
+    """An upload at the destination that a replicator process started and recorded
+    before it was SIGKILLed."""
+    src = SourceObject(key, 12 * MiB, "etag")
+    upload_id = copier.dest.start_multipart(key, src, None)
+    children(tmp_path, {key: upload_id}, die=True)
+    return upload_id
+
+
+def test_the_sweep_aborts_a_dead_process_upload_and_never_anyone_elses(copier, tmp_path, children):
+    foreign = copier.dest.start_multipart("big", SourceObject("big", 1, "e"), None)  # someone's own, same key
+    ours = dead_process_upload(copier, tmp_path, children)
+    live = copier.dest.start_multipart("big", SourceObject("big", 1, "e"), None)
+    children(tmp_path, {"big": live}, die=False)  # a replicator still running
+    before = metrics.orphaned_uploads_aborted._value.get()  # noqa: SLF001
+    assert copier.abort_abandoned_uploads() == 1
+    assert copier.dest.incomplete_uploads() == {foreign: "big", live: "big"}
+    assert ours not in copier.dest.incomplete_uploads()
+    assert metrics.orphaned_uploads_aborted._value.get() == before + 1  # noqa: SLF001
+    assert copier.abort_abandoned_uploads() == 0  # forgotten once aborted
+
+
+def test_a_dry_run_names_what_it_would_abort_and_aborts_nothing(copier, tmp_path, children):
+    ours = dead_process_upload(copier, tmp_path, children)
+    infos: list[str] = []
+    sink = logger.add(lambda message: infos.append(str(message)), level="INFO", format="{message}")
+    try:
+        assert copier.abort_abandoned_uploads(dry_run=True) == 0
+    finally:
+        logger.remove(sink)
+    assert copier.dest.incomplete_uploads() == {ours: "big"}
+    assert any(line.startswith(f"big: would abort unfinished multipart upload {ours}") for line in infos)
+    assert copier.abort_abandoned_uploads() == 1  # still recorded
+
+
+def test_an_upload_gone_already_is_forgotten_without_counting(copier, tmp_path, children):
+    ours = dead_process_upload(copier, tmp_path, children)
+    copier.dest.abort_multipart("big", ours)  # a lifecycle rule was quicker
+    assert copier.abort_abandoned_uploads() == 0
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(copier.uploads.name)] == []
+
+
+def test_with_the_destination_down_the_sweep_stops_and_keeps_every_record(copier, tmp_path, children, warnings):
+    dead_process_upload(copier, tmp_path, children, "a")
+    dead_process_upload(copier, tmp_path, children, "b")
+    copier.dest.fail("abort multipart", None, TransientError("destination", "abort multipart", "a", "cannot connect"))
+    assert copier.abort_abandoned_uploads() == 0
+    assert copier.dest.ops("abort multipart") == ["a"]  # one try, then it waits for the next start
+    assert any("left for the next reconcile" in w and "lifecycle rule" in w for w in warnings)
+    copier.dest.heal()
+    assert copier.abort_abandoned_uploads() == 2
+    assert copier.dest.incomplete_uploads() == {}
+
+
+def test_a_refused_abort_keeps_the_record_and_goes_on_with_the_others(copier, tmp_path, children):
+    dead_process_upload(copier, tmp_path, children, "a")
+    dead_process_upload(copier, tmp_path, children, "b")
+    copier.dest.fail("abort multipart", "a", PermanentError("destination", "abort multipart", "a", "AccessDenied"))
+    assert copier.abort_abandoned_uploads() == 1
+    assert copier.dest.incomplete_uploads() == {"upload-1": "a"}
+    copier.dest.heal()
+    assert copier.abort_abandoned_uploads() == 1
