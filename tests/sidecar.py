@@ -123,7 +123,8 @@ class Sidecar:
 
 class TcpProxy:
     """Forwards 127.0.0.1:port to a target. ``cut()`` drops every open connection;
-    ``hold()`` makes new connections wait until ``release()``."""
+    ``hold()`` makes new connections wait until ``release()``; ``freeze_on(pattern)``
+    freezes each connection that sends ``pattern``, before the bytes reach the target."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -135,6 +136,8 @@ class TcpProxy:
         self._gate = threading.Event()
         self._gate.set()
         self._frozen: set[socket.socket] = set()
+        self._freeze_on: bytes | None = None
+        self.froze = threading.Event()  # set once freeze_on has frozen a connection
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -164,15 +167,23 @@ class TcpProxy:
         upstream.settimeout(None)
         with self._lock:
             self._open.update((client, upstream))
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        for a, b, outbound in ((client, upstream, True), (upstream, client, False)):
+            threading.Thread(target=self._pipe, args=(a, b, outbound), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        tail = b""  # the end of the bytes before, so a pattern split between two reads is seen
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                pattern = self._freeze_on
+                if outbound and pattern:
+                    if pattern in tail + data:
+                        with self._lock:
+                            self._frozen.add(src)
+                        self.froze.set()
+                    tail = (tail + data)[-(len(pattern) - 1):] if len(pattern) > 1 else b""
                 if src in self._frozen:
                     continue  # swallowed: the peer sees a silent connection that is still open
                 dst.sendall(data)
@@ -194,6 +205,15 @@ class TcpProxy:
         Connections made afterwards flow normally."""
         with self._lock:
             self._frozen.update(self._open)
+
+    def freeze_on(self, pattern: bytes | None) -> None:
+        """From now on, a connection that sends ``pattern`` is frozen (see ``freeze``)
+        before those bytes get through: with ``b"uploadId="``, no request of a
+        multipart upload already started (a part, its completion, its abort) ever
+        reaches the server. A client sends a request only once it has the answer to
+        the one before, so nothing else of the connection is held back. None stops it;
+        connections frozen stay so."""
+        self._freeze_on = pattern
 
     def hold(self) -> None:
         self._gate.clear()
