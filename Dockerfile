@@ -11,8 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY replicator ./replicator
+# The user has no home; S3_SYNC_STATE_DIR (the registry of multipart uploads in flight,
+# for aborting those a crash leaves) gets a directory of its own, which
+# docker-compose.yml keeps in a volume.
 RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin replicator
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin replicator \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/replicator
 
 USER 10001:10001
 

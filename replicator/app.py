@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Settings
 from .copier import Copier
@@ -17,6 +18,7 @@ from .reconcile import KeyLock, Reconciler, _no_lock
 from .retry import RetryPolicy
 from .stores.destination import S3Destination
 from .stores.source import MinioSource
+from .uploads import Registry
 
 
 @dataclass
@@ -41,6 +43,8 @@ def build(settings: Settings, *, key_lock: KeyLock = _no_lock, stop: threading.E
                          on_retry=lambda error: metrics.retries.labels(metrics.failure_reason(error)).inc())
     source = MinioSource(settings)
     dest = S3Destination(settings)
-    copier = Copier(source, dest, settings, policy, abort=abort)
+    # The endpoint and bucket as configured: a record names where its upload lives.
+    uploads = Registry(Path(settings.state_dir) / "uploads", f"{settings.dest_endpoint.url}/{settings.dest_bucket}")
+    copier = Copier(source, dest, settings, policy, abort=abort, uploads=uploads)
     reconciler = Reconciler(source, dest, copier, settings, policy, key_lock=key_lock)
     return App(settings, source, dest, policy, copier, reconciler, stop, abort)

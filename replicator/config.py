@@ -126,6 +126,7 @@ class Settings:
     http_port: int = 8080
     http_host: str = "0.0.0.0"
     shutdown_timeout: float = 10.0
+    state_dir: str = "/var/lib/replicator"
     queue_size: int = 10000
     listen_timeout: float = 30.0
     reconcile_cooldown: float = 30.0
@@ -454,6 +455,7 @@ def load(env: Mapping[str, str]) -> Settings:
         source_bucket=r.bucket("MINIO_BUCKET", "relics"),
         source_verify_tls=r.flag("MINIO_VERIFY_TLS", True),
         source_ca_bundle=r.ca_bundle("MINIO_CA_BUNDLE"),
+        state_dir=r.text("S3_SYNC_STATE_DIR", "/var/lib/replicator"),
         enabled=r.flag("S3_SYNC_ENABLED", False),
         interval=r.number("S3_SYNC_INTERVAL", 1800.0),
         max_retries=int(r.number("S3_SYNC_MAX_RETRIES", 3, integer=True)),

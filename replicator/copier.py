@@ -12,6 +12,11 @@ holds its object's size from before reading it until its PUT is done) and
 Retry units (retry.py): a small object's GET+PUT; one part's GET+UploadPart; the
 multipart start/complete calls. A whole multipart copy is only restarted when the
 source changed under it (412), which makes every part so far worthless.
+
+Every multipart upload is recorded in the registry (uploads.py) from the moment it
+starts until it is completed or aborted, and the copier is the only code that starts,
+completes or aborts one: so the uploads a crashed process left behind are known, and
+``abort_abandoned_uploads`` aborts them at the next start (a reconcile's first step).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from dataclasses import dataclass
 from loguru import logger
 
 from .config import MiB, Settings
-from .errors import NotFound, SourceChanged, TransientError
+from .errors import NotFound, ReplicatorError, SourceChanged, TransientError
 from .model import SourceObject
 from .observability import metrics
 from .pool import BoundedExecutor, ByteBudget
 from .retry import RetryPolicy, Stopped
 from .stores.base import DestinationStore, SourceStore
+from .uploads import LIFECYCLE_HINT, Owner, Registry, Upload
 
 MAX_PARTS = 10_000  # S3's limit
 # Small copies in flight hold at most this many multipart thresholds' worth of bytes
@@ -64,10 +70,12 @@ def part_size(size: int, configured: int) -> int:
 
 class Copier:
     def __init__(self, source: SourceStore, dest: DestinationStore, settings: Settings, policy: RetryPolicy,
-                 abort: threading.Event | None = None):
+                 abort: threading.Event | None = None, uploads: Registry | None = None):
         self.source = source
         self.dest = dest
         self.policy = policy
+        # The multipart uploads in flight, on disk (uploads.py); None records nothing.
+        self.uploads = uploads or Registry(None, "")
         self.threshold = settings.multipart_threshold
         self.chunk = settings.multipart_chunk_size
         # Set to abandon in-flight multipart uploads (shutdown past its deadline).
@@ -78,6 +86,7 @@ class Copier:
 
     def close(self) -> None:
         self._parts.shutdown(wait=True, cancel=True)
+        self.uploads.close()
 
     # -- copy -----------------------------------------------------------------------
 
@@ -136,6 +145,9 @@ class Copier:
         tags = self.policy.call(lambda: self._tags(src))
         chunk = part_size(src.size, self.chunk)
         upload_id = self.policy.call(lambda: self.dest.start_multipart(key, src, tags))
+        # On disk before the first part goes: from here on a crash leaves an upload the
+        # next start knows to be replicator's (uploads.py).
+        upload = self.uploads.started(key, upload_id)
         futures: list[Future] = []
         completed = False
         try:
@@ -156,7 +168,8 @@ class Copier:
                 for f in futures:
                     if not f.cancelled():
                         f.exception()  # wait: an abort must not race a part still uploading
-                self._abort_upload(key, upload_id)
+                self._abort_upload(upload)
+        self.uploads.finished(upload)
         metrics.bytes_copied.inc(src.size)
         logger.debug("{}: uploaded in {} parts", key, len(parts))
         return CopyResult(key, src.size, src.etag, multipart=True)
@@ -171,22 +184,73 @@ class Copier:
 
         return self.policy.call(attempt)
 
-    def _abort_upload(self, key: str, upload_id: str) -> None:
+    def _abort_upload(self, upload: Upload) -> None:
         """Best effort, but loud: an orphaned upload costs the user storage silently."""
+        key = upload.key
         try:
             # Not policy.call: on shutdown the stop event is set and would skip the retry waits
             # anyway; one honest attempt plus one more is what a deadline allows.
             for attempt in (1, 2):
                 try:
-                    self.dest.abort_multipart(key, upload_id)
+                    self.dest.abort_multipart(key, upload.upload_id)
                     logger.debug("{}: aborted multipart upload", key)
+                    self.uploads.finished(upload)
                     return
                 except TransientError:
                     if attempt == 2:
                         raise
         except Exception as error:  # noqa: BLE001 - reported, never swallowed silently
-            logger.error("{}: could not abort multipart upload {}: {}; the destination's lifecycle "
-                         "rule for incomplete uploads (or the next run) must clean it", key, upload_id, error)
+            self.uploads.abandoned(upload)
+            logger.error("{}: could not abort multipart upload {}: {}; the next reconcile tries again, and the "
+                         "destination's lifecycle rule for incomplete uploads is the last net", key, upload.upload_id,
+                         error)
+
+    def abort_abandoned_uploads(self, *, dry_run: bool = False) -> int:
+        """Abort the multipart uploads that replicator processes started and died
+        without finishing (SIGKILL, a second signal, the OOM killer), and those of this
+        process whose abort failed: the registry (uploads.py) tells them from anyone
+        else's. A dry run only names them. Returns how many were aborted. Never raises:
+        what can't be aborted now stays recorded for the next start."""
+        aborted = 0
+        unreachable: list[ReplicatorError] = []
+
+        def abort(upload: Upload, owner: Owner) -> bool:
+            nonlocal aborted
+            where = (f"started {upload.started} by this process, whose first abort of it failed"
+                     if owner == self.uploads.owner else
+                     f"started {upload.started} by {owner}, which stopped before finishing it")
+            if dry_run:
+                logger.info("{}: would abort unfinished multipart upload {} ({})", upload.key, upload.upload_id,
+                            where)
+                return False
+            if unreachable or self.abort.is_set():
+                return False  # the destination is down, or we are stopping: next time
+            try:
+                gone = self.dest.abort_multipart(upload.key, upload.upload_id)
+            except ReplicatorError as error:
+                if isinstance(error, TransientError):
+                    unreachable.append(error)
+                logger.warning("{}: could not abort unfinished multipart upload {} ({}): {}; the next reconcile "
+                               "tries again", upload.key, upload.upload_id, where, error)
+                return False
+            except Exception:  # noqa: BLE001 - a bug: said loudly, and the run goes on without this abort
+                logger.exception("{}: unexpected error aborting unfinished multipart upload {}", upload.key,
+                                 upload.upload_id)
+                return False
+            if gone:
+                aborted += 1
+                metrics.orphaned_uploads_aborted.inc()
+                logger.info("{}: aborted unfinished multipart upload {} ({})", upload.key, upload.upload_id, where)
+            else:
+                logger.info("{}: unfinished multipart upload {} ({}) was already gone (completed, or aborted by "
+                            "a lifecycle rule)", upload.key, upload.upload_id, where)
+            return True
+
+        self.uploads.reclaim(abort)
+        if unreachable:
+            logger.warning("Unfinished multipart uploads of stopped processes are left for the next reconcile: {}; "
+                           "if the destination stays unreachable, {}", unreachable[0], LIFECYCLE_HINT)
+        return aborted
 
     # -- metadata-only changes (tags, retention, legal hold) ----------------------
 

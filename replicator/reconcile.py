@@ -3,6 +3,8 @@
 The order of a run, and why:
 1. Health check: both endpoints answer, credentials work, the source bucket exists,
    the destination bucket exists or is created. A clear error beats a listing failure.
+   Then the multipart uploads crashed replicator processes left unfinished are
+   aborted (copier.abort_abandoned_uploads; uploads.py tells them from others').
 2. Stream both listings (each in its own thread, a bounded distance ahead) through
    the pure merge-join in ``diff.py``. Copies go to a bounded worker pool as they are
    found; deletion candidates are spooled to a temporary file, so neither a huge
@@ -150,6 +152,9 @@ class _Run:
             return self.stats
         logger.info("Reconciling {} → {}{}", o.settings.source_bucket, o.settings.dest_bucket,
                     " (dry run: nothing will change)" if self.dry_run else "")
+        # What a crashed run left: at every reconcile, not only at a start, so that the
+        # sidecar also cleans up after an operator's reconcile that was killed.
+        o.copier.abort_abandoned_uploads(dry_run=self.dry_run)
         deletes = 0
         with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
             with BoundedExecutor(o.settings.workers, name="copy") as pool:

@@ -96,6 +96,8 @@ def reconcile(source: MinioServer, dest: MinioServer) -> int:
         "MINIO_BUCKET": SOURCE_BUCKET,
         # The default (60 s) suits a real provider; on loopback a failure should show quickly.
         "S3_SYNC_RETRY_DELAY": "2",
+        # The registry of uploads in flight: throwaway, like the servers (not /var/lib/replicator).
+        "S3_SYNC_STATE_DIR": str(dest.dir / "replicator-state"),
     }
     shown = " \\\n  ".join(f"{k}={'***' if 'SECRET' in k else v}" for k, v in settings.items())
     print(f"  {shown} \\\n  python -m replicator reconcile\n", flush=True)

@@ -115,7 +115,7 @@ def boto_client(endpoint: str, key: str, secret: str):
 
 
 @pytest.fixture(params=["minio", "moto"])
-def pair(request, minio_source: MinioServer) -> Pair:
+def pair(request, minio_source: MinioServer, tmp_path) -> Pair:
     source = Minio(minio_source.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
     source_bucket = unique_bucket("src")
     source.make_bucket(source_bucket)
@@ -140,6 +140,9 @@ def pair(request, minio_source: MinioServer) -> Pair:
         "S3_SYNC_RETRY_DELAY": "0.05",
         "S3_SYNC_CONNECT_TIMEOUT": "2",
         "S3_SYNC_READ_TIMEOUT": "10",
+        # The registry of uploads in flight (uploads.py): each test its own, never the
+        # machine's /var/lib/replicator.
+        "S3_SYNC_STATE_DIR": str(tmp_path / "state"),
     }
     return Pair(request.param, env, source, source_bucket, dest, dest_bucket,
                 servers={"source": minio_source, "dest": server})
@@ -185,16 +188,20 @@ def secret_values(env: dict[str, str]) -> list[str]:
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
-    """``python -m replicator *args`` with exactly ``env`` as its S3_SYNC_*/MINIO_* settings.
+    """``python -m replicator *args`` with exactly ``env`` as its S3_SYNC_*/MINIO_* settings
+    (and, unless ``env`` names one, a throwaway S3_SYNC_STATE_DIR: never the machine's).
 
     Every run also checks the rule that holds for all output: no credential from ``env``
     appears in stdout or stderr, whatever happened."""
     import subprocess
     import sys
+    import tempfile
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "AWS_"))}
-    proc = subprocess.run([sys.executable, "-m", "replicator", *args], env={**clean, **env}, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="replicator-state-") as state:
+        proc = subprocess.run([sys.executable, "-m", "replicator", *args],
+                              env={**clean, "S3_SYNC_STATE_DIR": state, **env}, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout)
     result = CliResult(proc.returncode, proc.stdout, proc.stderr)
     for secret in secret_values(env):
         assert secret not in result.output, f"a credential leaked into the output of {args}:\n{result.output}"
@@ -202,7 +209,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
 
 
 @pytest.fixture
-def in_process_cli(capfd, monkeypatch):
+def in_process_cli(capfd, monkeypatch, tmp_path):
     """Run ``cli.main`` in this process, so a test can reach into the object graph (by
     patching ``replicator.app.build``). Returns (exit code, stdout, stderr). The signal
     handlers and log sink main installs are put back afterwards."""
@@ -218,7 +225,7 @@ def in_process_cli(capfd, monkeypatch):
         for name in list(os.environ):
             if name.startswith(("S3_SYNC_", "MINIO_")):
                 monkeypatch.delenv(name)
-        for name, value in env.items():
+        for name, value in {"S3_SYNC_STATE_DIR": str(tmp_path / "state"), **env}.items():
             monkeypatch.setenv(name, value)
         code = cli.main(list(args))
         out, err = capfd.readouterr()

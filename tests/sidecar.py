@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,11 @@ class Sidecar:
             "S3_SYNC_LOG_LEVEL": "debug",
             **{k: str(v) for k, v in overrides.items()},
         }
+        # The registry of uploads in flight: a throwaway one unless the test gives its
+        # own (to restart on), never the machine's /var/lib/replicator.
+        self._state = None
+        if "S3_SYNC_STATE_DIR" not in self.env:
+            self._state = self.env["S3_SYNC_STATE_DIR"] = tempfile.mkdtemp(prefix="sidecar-state-")
         self.logfile = Path(tempfile.mkstemp(prefix="sidecar-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
@@ -111,11 +117,14 @@ class Sidecar:
             self.proc.kill()
             self.proc.wait()
         self.logfile.unlink(missing_ok=True)
+        if self._state is not None:
+            shutil.rmtree(self._state, ignore_errors=True)
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:port to a target. ``cut()`` drops every open connection;
-    ``hold()`` makes new connections wait until ``release()``."""
+    ``hold()`` makes new connections wait until ``release()``; ``freeze_on(pattern)``
+    freezes each connection that sends ``pattern``, before the bytes reach the target."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -127,6 +136,8 @@ class TcpProxy:
         self._gate = threading.Event()
         self._gate.set()
         self._frozen: set[socket.socket] = set()
+        self._freeze_on: bytes | None = None
+        self.froze = threading.Event()  # set once freeze_on has frozen a connection
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -156,15 +167,23 @@ class TcpProxy:
         upstream.settimeout(None)
         with self._lock:
             self._open.update((client, upstream))
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        for a, b, outbound in ((client, upstream, True), (upstream, client, False)):
+            threading.Thread(target=self._pipe, args=(a, b, outbound), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        tail = b""  # the end of the bytes before, so a pattern split between two reads is seen
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                pattern = self._freeze_on
+                if outbound and pattern:
+                    if pattern in tail + data:
+                        with self._lock:
+                            self._frozen.add(src)
+                        self.froze.set()
+                    tail = (tail + data)[-(len(pattern) - 1):] if len(pattern) > 1 else b""
                 if src in self._frozen:
                     continue  # swallowed: the peer sees a silent connection that is still open
                 dst.sendall(data)
@@ -186,6 +205,15 @@ class TcpProxy:
         Connections made afterwards flow normally."""
         with self._lock:
             self._frozen.update(self._open)
+
+    def freeze_on(self, pattern: bytes | None) -> None:
+        """From now on, a connection that sends ``pattern`` is frozen (see ``freeze``)
+        before those bytes get through: with ``b"uploadId="``, no request of a
+        multipart upload already started (a part, its completion, its abort) ever
+        reaches the server. A client sends a request only once it has the answer to
+        the one before, so nothing else of the connection is held back. None stops it;
+        connections frozen stay so."""
+        self._freeze_on = pattern
 
     def hold(self) -> None:
         self._gate.clear()

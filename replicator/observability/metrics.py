@@ -15,6 +15,8 @@ events_received = Counter(f"{PREFIX}_events_received", "Bucket notification reco
 objects_copied = Counter(f"{PREFIX}_objects_copied", "Objects written to the destination", ["trigger"])
 objects_deleted = Counter(f"{PREFIX}_objects_deleted", "Objects deleted from the destination")
 bytes_copied = Counter(f"{PREFIX}_bytes_copied", "Bytes written to the destination")
+orphaned_uploads_aborted = Counter(f"{PREFIX}_orphaned_uploads_aborted",
+                                   "Multipart uploads a stopped replicator process left unfinished, aborted later")
 failures = Counter(f"{PREFIX}_failures", "Operations that failed after their retries", ["reason"])
 retries = Counter(f"{PREFIX}_retries", "Retried operations", ["reason"])
 queue_depth = Gauge(f"{PREFIX}_queue_depth", "Keys waiting in the work queue")

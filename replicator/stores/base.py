@@ -89,8 +89,9 @@ class DestinationStore(Protocol):
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
         ...
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        ...
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """True when the upload was aborted, False when there was none by that id (it
+        was completed or aborted already)."""
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         ...

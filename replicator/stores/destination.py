@@ -578,11 +578,12 @@ class S3Destination:
         self._call("complete multipart", key, self.client.complete_multipart_upload, Key=key, UploadId=upload_id,
                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
         try:
             self._call("abort multipart", key, self.client.abort_multipart_upload, Key=key, UploadId=upload_id)
         except NotFound:
-            pass
+            return False  # NoSuchUpload: completed or aborted already
+        return True
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         if not self._tagging:

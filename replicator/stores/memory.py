@@ -9,7 +9,8 @@ ETag lands in user metadata under ``SOURCE_ETAG_META``.
 Faults are injected per operation: ``store.fail("put", "a.txt", error, times=1)``
 raises ``error`` on the next ``put`` of ``a.txt`` (``key=None`` matches any key).
 Every call is recorded in ``store.calls`` as ``(op, key)``, so a test can assert
-that an in-sync pair cost no request beyond the listing.
+that an in-sync pair cost no request beyond the listing. Multipart uploads that were
+started and neither completed nor aborted are in ``store.incomplete_uploads()``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class MemoryStore:
 
     def contents(self) -> dict[str, bytes]:
         return {key: obj.data for key, obj in sorted(self.objects.items())}
+
+    def incomplete_uploads(self) -> dict[str, str]:
+        """The multipart uploads started and neither completed nor aborted: upload id -> key
+        (what ListMultipartUploads would show)."""
+        return {upload_id: upload.key for upload_id, upload in self.uploads.items()}
 
     def ops(self, op: str) -> list[str | None]:
         return [key for name, key in self.calls if name == op]
@@ -244,9 +250,9 @@ class MemoryStore:
         chunks = [upload.parts[n] for n in numbers]
         self.objects[key] = self._written(b"".join(chunks), multipart_etag(chunks), upload.src, upload.tags)
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
         self._enter("abort multipart", key)
-        self.uploads.pop(upload_id, None)
+        return self.uploads.pop(upload_id, None) is not None
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         self._enter("put tags", key)

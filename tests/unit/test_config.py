@@ -62,6 +62,7 @@ EXPECTED_DEFAULTS = {
     "http_port": 8080,
     "http_host": "0.0.0.0",
     "shutdown_timeout": 10.0,
+    "state_dir": "/var/lib/replicator",
     "queue_size": 10000,
     "listen_timeout": 30.0,
     "reconcile_cooldown": 30.0,

@@ -158,6 +158,17 @@ def test_dockerfile_pip_installs_without_cache():
     assert "pip install" in runs and "--no-cache-dir" in runs
 
 
+def test_dockerfile_gives_its_user_the_default_state_dir():
+    # The user has no home. Without a directory it can write, S3_SYNC_STATE_DIR's registry
+    # of uploads in flight is off, and an upload a crash leaves is never aborted.
+    instructions = dockerfile_instructions()
+    user = [args for word, args in instructions if word == "USER"][-1].split(":")[0]
+    runs = " ".join(args for word, args in instructions if word == "RUN")
+    made = re.search(r"install -d -o (\S+) -g \S+ -m (\S+) (\S+)", runs)
+    assert made, "no directory made for S3_SYNC_STATE_DIR"
+    assert (made.group(1), made.group(2), made.group(3)) == (user, "0700", config.Settings.state_dir)
+
+
 def test_docker_build_context_holds_what_the_dockerfile_copies_and_no_env_file():
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
@@ -222,6 +233,13 @@ def test_compose_sidecar_restarts_and_stops_gracefully(compose):
 def test_compose_sidecar_publishes_the_http_port(compose):
     ports = compose["services"]["s3-sync"]["ports"]
     assert any(str(port).split("/")[0].endswith(":8080") for port in ports), ports
+
+
+def test_compose_sidecar_keeps_its_state_dir_in_a_named_volume(compose):
+    # A container recreated after a crash (a changed .env, a new image) must still find
+    # the registry of the uploads the old one left, to abort them.
+    mounts = dict(reversed(str(volume).split(":")[:2]) for volume in compose["services"]["s3-sync"]["volumes"])
+    assert mounts.get(config.Settings.state_dir) in compose["volumes"], mounts
 
 
 def test_compose_sidecar_gets_every_variable_from_env_file(compose):
