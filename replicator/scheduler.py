@@ -22,6 +22,55 @@ from .model import RunStats
 from .retry import Stopped
 
 
+class Trigger:
+    """When a periodic job runs next: at its time, or soon after a request, but never
+    sooner than ``min_gap`` after its last start, so a flapping listener can't turn into
+    back-to-back runs. The job's thread sleeps in ``next``; the reconcile schedule and the
+    metadata sweep each have one."""
+
+    def __init__(self, stop: threading.Event, *, first_at: float, min_gap: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stop = stop
+        self.clock = clock
+        self.min_gap = min_gap
+        self.next_at = first_at
+        self.last_start = float("-inf")
+        self._wake = threading.Event()
+        self._requested: str | None = None
+        self._lock = threading.Lock()
+
+    def request(self, reason: str) -> None:
+        """A run soon. Requests made while one is pending fold into it."""
+        with self._lock:
+            if self._requested is None:
+                self._requested = reason
+        self._wake.set()
+
+    def next(self) -> str | None:
+        """Wait until a run is due, and return why: the request's reason, or None for
+        one on schedule. Raises Stopped once the stop event is set."""
+        while not self.stop.is_set():
+            now = self.clock()
+            with self._lock:
+                requested = self._requested is not None
+            if requested:
+                self.next_at = min(self.next_at, max(now, self.last_start + self.min_gap))
+            if now < self.next_at:
+                self._wake.clear()
+                # Wake for a request, for the stop event (checked every second), or on time.
+                self._wake.wait(min(1.0, self.next_at - now))
+                continue
+            with self._lock:
+                reason, self._requested = self._requested, None
+            self.last_start = self.clock()
+            return reason
+        raise Stopped()
+
+    def after(self, seconds: float) -> None:
+        """The next run on schedule: ``seconds`` from now."""
+        self.next_at = self.clock() + seconds
+
+
 class Scheduler:
     def __init__(self, reconcile: Callable[[], RunStats], *, interval: float, max_retries: int,
                  retry_delay: float, stop: threading.Event, min_gap: float = 30.0,
@@ -32,58 +81,41 @@ class Scheduler:
         self.max_retries = max(1, max_retries)
         self.retry_delay = retry_delay
         self.stop = stop
-        # Early (requested) runs start at least this long after the previous run
-        # started: a flapping listener must not turn into back-to-back full reconciles.
-        self.min_gap = min(min_gap, interval)
         self.on_result = on_result
         self.clock = clock
-        self._wake = threading.Event()
-        self._requested: str | None = None
-        self._lock = threading.Lock()
+        # The initial reconcile now; early (requested) ones never closer together than
+        # min_gap, itself never more than the interval.
+        self.trigger = Trigger(stop, first_at=clock(), min_gap=min(min_gap, interval), clock=clock)
         self.runs = 0
 
     def request(self, reason: str) -> None:
         """Ask for a reconcile soon. Requests made while one is pending fold into it."""
-        with self._lock:
-            if self._requested is None:
-                self._requested = reason
-        self._wake.set()
+        self.trigger.request(reason)
 
     def run(self) -> None:
-        next_at = self.clock()  # the initial reconcile: now
-        last_start = float("-inf")
         attempt = 1
-        while not self.stop.is_set():
-            now = self.clock()
-            with self._lock:
-                reason = self._requested
-            if reason is not None:
-                next_at = min(next_at, max(now, last_start + self.min_gap))
-            if now < next_at:
-                self._wake.clear()
-                # Wake for a request, for the stop event (checked every second), or on time.
-                self._wake.wait(min(1.0, next_at - now))
-                continue
-            with self._lock:
-                reason, self._requested = self._requested, None
-            last_start = self.clock()
+        while True:
+            try:
+                reason = self.trigger.next()
+            except Stopped:
+                return
             stats, error = self._run_once(attempt, reason)
             if self.stop.is_set():
                 return
             if error is None and stats is not None and not stats.failed:
                 attempt = 1
-                next_at = self.clock() + self.interval
+                self.trigger.after(self.interval)
                 logger.info("Next sync in {:g} seconds...", self.interval)
             elif stats is not None and stats.guard:
                 attempt = 1
-                next_at = self.clock() + self.interval
+                self.trigger.after(self.interval)
                 logger.error("Deletions refused by a guard; next sync in {:g} seconds", self.interval)
             else:
                 # Keep backing off, capped at the interval: after an outage the mirror
                 # should catch up minutes after the endpoint returns, not an interval later.
                 delay = min(self.interval, self.retry_delay * 2 ** min(attempt - 1, 30))
                 attempt += 1
-                next_at = self.clock() + delay
+                self.trigger.after(delay)
                 if attempt <= self.max_retries:
                     logger.warning("Sync failed; retrying in {:g} seconds (attempt {}/{})",
                                    delay, attempt, self.max_retries)

@@ -37,6 +37,7 @@ from .errors import FatalError, ReplicatorError
 from .observability import metrics
 from .pool import BoundedExecutor
 from .retry import RetryPolicy, Stopped
+from .scheduler import Trigger
 from .stores.base import DestinationStore, SourceStore
 from .workqueue import KeyedQueue, WorkItem
 
@@ -84,11 +85,9 @@ class MetadataSweep:
         self.interval = interval
         self.rate = rate
         self.concurrency = concurrency
-        self.min_gap = min_gap  # between the start of one pass and a requested one
-        self.clock = clock
-        self._wake = threading.Event()
-        self._requested: str | None = None
-        self._lock = threading.Lock()
+        # No pass until one is requested (after the initial reconcile); requested ones at
+        # least min_gap apart.
+        self.trigger = Trigger(self.stop, first_at=float("inf"), min_gap=min_gap, clock=clock)
         self.running = False
         self.passes = 0
         self.last_completed: float | None = None  # epoch seconds
@@ -100,35 +99,19 @@ class MetadataSweep:
 
     def request(self, reason: str) -> None:
         """Ask for a pass soon (after the one running, if any). Requests fold together."""
-        with self._lock:
-            if self._requested is None:
-                self._requested = reason
-        self._wake.set()
+        self.trigger.request(reason)
 
     def run(self) -> None:
         """The thread's target: passes when requested and every interval."""
-        next_at = float("inf")  # the first pass is requested, after the initial reconcile
-        last_start = float("-inf")
-        while not self.stop.is_set():
-            now = self.clock()
-            with self._lock:
-                reason = self._requested
-            if reason is not None:
-                next_at = min(next_at, max(now, last_start + self.min_gap))
-            if now < next_at:
-                self._wake.clear()
-                self._wake.wait(min(1.0, next_at - now))
-                continue
-            with self._lock:
-                reason, self._requested = self._requested, None
-            last_start = self.clock()
+        while True:
             try:
+                reason = self.trigger.next()
                 self.sweep(reason or "scheduled")
             except Stopped:
                 return
             except Exception:  # noqa: BLE001 - a bug must not end the sweeps for good
                 logger.exception("metadata sweep crashed; the next one runs on schedule")
-            next_at = self.clock() + self.interval
+            self.trigger.after(self.interval)
 
     def sweep(self, reason: str) -> PassStats:
         """One pass over the bucket; returns its counters."""

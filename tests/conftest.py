@@ -209,6 +209,24 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
 
 
 @pytest.fixture
+def sidecars():
+    """Start real sidecars (tests/sidecar.py: ``python -m replicator run``); each is
+    killed at teardown if it still runs."""
+    from tests.sidecar import Sidecar
+
+    started: list[Sidecar] = []
+
+    def start(env, **overrides) -> Sidecar:
+        sidecar = Sidecar(env, **overrides).start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.close()
+
+
+@pytest.fixture
 def in_process_cli(capfd, monkeypatch, tmp_path):
     """Run ``cli.main`` in this process, so a test can reach into the object graph (by
     patching ``replicator.app.build``). Returns (exit code, stdout, stderr). The signal

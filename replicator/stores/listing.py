@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
-from xml.etree import ElementTree
 
 from ..drift import listed_attributes
 from ..errors import TransientError

@@ -16,21 +16,7 @@ import pytest
 from minio.commonconfig import REPLACE, CopySource, Tags
 
 from tests.servers import MinioServer
-from tests.sidecar import Sidecar, TcpProxy, wait_for
-
-
-@pytest.fixture
-def sidecars():
-    started: list[Sidecar] = []
-
-    def start(env, **overrides) -> Sidecar:
-        sidecar = Sidecar(env, **overrides).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        sidecar.close()
+from tests.sidecar import TcpProxy, wait_for
 
 
 def put(pair, key: str, data: bytes, **kwargs) -> None:

@@ -17,7 +17,6 @@ from minio.commonconfig import COMPLIANCE, GOVERNANCE
 from minio.retention import Retention
 
 from tests.conftest import SOURCE_PASSWORD, SOURCE_USER, boto_client, run_cli
-from tests.integration.test_service import sidecars  # noqa: F401 - the fixture
 from tests.sidecar import wait_for
 
 MiB = 1024 * 1024

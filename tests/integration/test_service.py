@@ -15,23 +15,9 @@ import threading
 import pytest
 
 from tests.servers import MinioServer
-from tests.sidecar import Sidecar, TcpProxy, wait_for
+from tests.sidecar import TcpProxy, wait_for
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def sidecars():
-    started: list[Sidecar] = []
-
-    def start(env, **overrides) -> Sidecar:
-        sidecar = Sidecar(env, **overrides).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        sidecar.close()
 
 
 def put(pair, key: str, data: bytes, **kwargs) -> None:

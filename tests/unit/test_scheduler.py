@@ -80,7 +80,7 @@ class Harness:
                                    retry_delay=retry_delay, stop=self.stop, min_gap=min_gap,
                                    on_result=lambda s, e: self.results.append((s, e)), clock=self.clock)
         self.wake = FakeWake(self.clock, self.stop, self.clock.now + until)
-        self.scheduler._wake = self.wake  # the one seam: sleeping
+        self.scheduler.trigger._wake = self.wake  # the one seam: sleeping
 
     def _reconcile(self) -> RunStats:
         self.starts.append(self.clock.now)
