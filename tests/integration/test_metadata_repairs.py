@@ -66,7 +66,7 @@ def test_a_metadata_rewrite_whose_copy_failed_is_repaired_after_the_next_reconci
                  what="the new Content-Type after the outage")
         assert dest_head(pair, "report.csv")["Metadata"].get("owner") == "finance"
         assert pair.dest_body("report.csv") == b"a,b\n1,2\n"
-        assert sidecar.status()["queue"]["metadata_waiting"] == 0
+        wait_for(lambda: sidecar.status()["queue"]["metadata_waiting"] == 0, timeout=60, what="nothing kept")
     finally:
         proxy.close()
 
