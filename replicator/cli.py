@@ -1,8 +1,10 @@
 """Command line: subcommands, exit codes, signal and garbage-collector wiring; nothing else.
 
 Exit codes:
-  0  the destination is in sync (or, for ``run``, a clean shutdown)
-  1  the run failed (an endpoint, a listing, a copy or a delete)
+  0  the destination is in sync (or, for ``run``, a clean shutdown; for ``sweep``,
+     every object compared and every repair made)
+  1  the run failed (an endpoint, a listing, a copy or a delete; for ``sweep``, a
+     comparison or a repair)
   2  bad configuration or usage; for ``run`` also an S3_SYNC_HTTP_HOST or
      S3_SYNC_HTTP_PORT that can't be bound (not this machine's address, port in use)
   3  a delete guard refused the run's deletions (nothing was deleted)
@@ -24,6 +26,7 @@ from loguru import logger
 from . import __version__, config
 from .errors import ConfigError, ReplicatorError
 from .observability import logging as logsetup
+from .retry import Stopped
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
 
@@ -40,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--allow-mass-delete", action="store_true",
                      help="delete even past S3_SYNC_DELETE_MAX_PERCENT or with an empty source, this once")
     sub.add_parser("check", help="check both endpoints and buckets, then exit")
+    sub.add_parser("sweep", help="one metadata sweep: compare tags, Content-Type, user metadata, retention and "
+                                 "legal hold object by object, repair what differs, then exit")
     return parser
 
 
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 return service.run_until_signalled(_install_signals)
         if args.command == "check":
             return _check(settings)
+        if args.command == "sweep":
+            return _sweep(settings)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete)
     except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
         logger.error("{}", error)
@@ -126,14 +133,12 @@ def _check(settings: config.Settings) -> int:
     return EXIT_OK
 
 
-def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool) -> int:
-    from .app import build
-
-    app = build(settings)
+def _stop_on_signals(app) -> threading.Event:
+    """First signal: stop starting new work, let what runs finish. Second: exit now.
+    Returns the event set by the first."""
     stopping = threading.Event()
 
     def on_signal(name: str, count: int) -> None:
-        # First signal: stop starting new copies, let the running ones finish. Second: now.
         if count > 1:
             logger.warning("{} again: exiting immediately", name)
             os._exit(EXIT_FAILED)
@@ -142,6 +147,37 @@ def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool
         app.stop.set()
 
     _install_signals(on_signal)
+    return stopping
+
+
+def _sweep(settings: config.Settings) -> int:
+    from .app import build
+    from .reconcile import check_endpoints
+    from .sweep import sweep_and_repair
+    from .workqueue import KeyedQueue
+
+    queue = KeyedQueue(settings.queue_size)
+    app = build(settings, key_lock=queue.claim)
+    stopping = _stop_on_signals(app)
+    try:
+        check_endpoints(app.source, app.dest, create=False, policy=app.policy)
+        stats, failed_repairs = sweep_and_repair(app, queue)
+    except ReplicatorError as error:
+        logger.error("{}", error)
+        return EXIT_FAILED
+    except Stopped:
+        logger.warning("stopped before the sweep was done")
+        return EXIT_FAILED
+    finally:
+        app.close()
+    return EXIT_FAILED if stats.failed or failed_repairs or stopping.is_set() else EXIT_OK
+
+
+def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool) -> int:
+    from .app import build
+
+    app = build(settings)
+    stopping = _stop_on_signals(app)
     try:
         with _start_up_heap_frozen():
             stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)

@@ -38,7 +38,9 @@ from .observability import metrics
 from .pool import BoundedExecutor
 from .retry import RetryPolicy, Stopped
 from .scheduler import Trigger
+from .app import App
 from .stores.base import DestinationStore, SourceStore
+from .workers import Workers
 from .workqueue import KeyedQueue, WorkItem
 
 MAX_LOGGED = 20
@@ -195,3 +197,22 @@ class MetadataSweep:
         while not self.queue.put(item, timeout=QUEUE_WAIT):
             if self.stop.is_set():
                 raise Stopped()
+
+
+def sweep_and_repair(app: App, queue: KeyedQueue) -> tuple[PassStats, int]:
+    """One pass outside the service (``replicator sweep``): event workers repair what it
+    finds, then stop. ``app`` must have been built with ``key_lock=queue.claim``.
+    Returns the pass's counters and the repairs that failed."""
+    settings = app.settings
+    workers = Workers(app, queue)
+    sweep = MetadataSweep(app.source, app.dest, queue, app.policy, interval=settings.metadata_sweep_interval,
+                          rate=settings.metadata_sweep_rate, concurrency=min(settings.workers, 16))
+    workers.start()
+    try:
+        stats = sweep.sweep("by hand")
+        while (queue.depth() or queue.in_flight()) and not app.stop.wait(0.1):
+            pass
+    finally:
+        queue.close()
+        workers.join(time.monotonic() + settings.shutdown_timeout)
+    return stats, workers.failed
