@@ -22,6 +22,7 @@ completes or aborts one: so the uploads a crashed process left behind are known,
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -268,8 +269,23 @@ class Copier:
 
     # -- delete -----------------------------------------------------------------
 
-    def delete_batch(self, keys: list[str]) -> dict[str, str]:
-        """Delete keys at the destination (one request per 1000). Returns failures."""
-        failed = self.policy.call(lambda: self.dest.delete_many(keys))
-        metrics.objects_deleted.inc(len(keys) - len(failed))
-        return failed
+    def delete_batch(self, keys: list[str], recheck: Callable[[list[str]], list[str]]
+                     ) -> tuple[list[str], dict[str, str]]:
+        """Delete keys at the destination (one request per 1000). ``recheck`` returns
+        the keys the source still lacks; it runs before every retry, because a retry
+        comes seconds after the caller's own check, and a key uploaded again meanwhile
+        must not be deleted. Returns the keys a delete was sent for, and the failures
+        among them."""
+        pending = list(keys)
+        attempts = 0
+
+        def attempt() -> dict[str, str]:
+            nonlocal pending, attempts
+            attempts += 1
+            if attempts > 1:
+                pending = recheck(pending)
+            return self.dest.delete_many(pending) if pending else {}
+
+        failed = self.policy.call(attempt)
+        metrics.objects_deleted.inc(len(pending) - len(failed))
+        return pending, failed

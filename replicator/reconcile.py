@@ -313,18 +313,18 @@ class _Run:
         with o.key_lock(keys):
             keys = self._still_absent(keys)
             try:
-                failed = o.copier.delete_batch(keys)
+                sent, failed = o.copier.delete_batch(keys, recheck=self._still_absent)
             except ReplicatorError as error:
                 for key in keys:
                     self._failed(key, error)
                 return
         for key, code in failed.items():
             self._failed(key, StoreError("destination", "delete", key, code))
-        done = len(keys) - len(failed)
+        done = len(sent) - len(failed)
         with self.lock:
             self.stats.deleted += done
         metrics.reconcile_repaired.inc(done)
-        for key in keys:
+        for key in sent:
             if key not in failed:
                 logger.debug("{}: deleted", key)
 

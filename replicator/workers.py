@@ -240,10 +240,17 @@ class Workers:
         if not self.app.settings.delete:
             logger.debug("{}: gone from the source; kept at the destination (S3_SYNC_DELETE=false)", item.key)
             return
-        failed = self.app.copier.delete_batch([item.key])
+        sent, failed = self.app.copier.delete_batch([item.key], recheck=self._still_gone)
         if failed:
             raise ReplicatorError(f"destination: delete {item.key}: {failed[item.key]}")
+        if not sent:  # uploaded again while a delete was being retried: copy that
+            self._copy(item)
+            return
         self._done(item, "deleted")
+
+    def _still_gone(self, keys: list[str]) -> list[str]:
+        app = self.app
+        return [key for key in keys if app.policy.call(lambda key=key: app.source.stat(key)) is None]
 
     @staticmethod
     def _done(item: WorkItem, what: str) -> None:
