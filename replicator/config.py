@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-REQUIRED = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "S3_SYNC_BUCKET")
+REQUIRED = ("S3_SYNC_BUCKET",)
+# Given together, or neither: then the destination's credentials come from the AWS chain.
+KEYS = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -84,14 +86,19 @@ class Endpoint:
         return self.url
 
 
+_OWN_REGION = "the bucket's own region"
+
+
 @dataclass(frozen=True)
 class Settings:
-    # Destination (S3-compatible)
-    dest_access_key: Secret
-    dest_secret_key: Secret
+    # Destination (S3-compatible). No keys: botocore's credential chain (AWS_* variables,
+    # profiles, web identity, container and instance credentials), refreshed as they expire.
+    dest_access_key: Secret | None
+    dest_secret_key: Secret | None
     dest_bucket: str
+    dest_session_token: Secret | None = None
     dest_endpoint: Endpoint = field(default_factory=lambda: Endpoint("https", "s3.amazonaws.com"))
-    dest_region: str = "us-east-1"
+    dest_region: str | None = None  # None: the bucket's own (a bucket replicator creates: us-east-1)
     dest_path_style: bool = False
     dest_verify_tls: bool = True
     dest_ca_bundle: str | None = None
@@ -102,6 +109,10 @@ class Settings:
     source_bucket: str = "relics"
     source_verify_tls: bool = True
     source_ca_bundle: str | None = None
+    # The forward proxy each side's requests go through (HTTPS_PROXY, HTTP_PROXY and
+    # NO_PROXY, read once here), or None for a direct connection.
+    source_proxy: str | None = None
+    dest_proxy: str | None = None
     # Behaviour
     enabled: bool = False
     interval: float = 1800.0
@@ -146,16 +157,17 @@ class Settings:
         """Every credential value, for the log redaction filter."""
         return tuple(
             s.reveal()
-            for s in (self.dest_access_key, self.dest_secret_key, self.source_access_key, self.source_secret_key)
-            if s.reveal()
-        )
+            for s in (self.dest_access_key, self.dest_secret_key, self.dest_session_token, self.source_access_key,
+                      self.source_secret_key)
+            if s is not None and s.reveal()
+        ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p)
 
     def summary(self) -> dict[str, str]:
         """What the start-up banner shows. Access keys are identifiers, but we still
         show only their first characters: a leaked key id narrows a brute force."""
         return {
             "Source": f"{self.source_endpoint}/{self.source_bucket}",
-            "Destination": f"{self.dest_endpoint}/{self.dest_bucket} ({self.dest_region})",
+            "Destination": f"{self.dest_endpoint}/{self.dest_bucket} ({self.dest_region or _OWN_REGION})",
             "Interval": f"{self.interval:g} seconds",
             "Max Retries": str(self.max_retries),
             "Retry Delay": f"{self.retry_delay:g} seconds",
@@ -392,11 +404,13 @@ class _Reader:
             self.bad(name, value, "not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
         return value
 
-    def region(self, name: str, default: str) -> str:
-        value = self.text(name, default)
+    def region(self, name: str) -> str | None:
+        value = self.raw(name)
+        if not value:
+            return None
         if not _REGION.match(value):
             self.bad(name, value, "not a valid region name (such as us-east-1 or auto)")
-            return default
+            return None
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -420,6 +434,10 @@ class _Reader:
 def load(env: Mapping[str, str]) -> Settings:
     """Parse settings from ``env``. Raises one ConfigError naming every problem."""
     missing = [name for name in REQUIRED if not (env.get(name) or "").strip()]
+    keys = [name for name in KEYS if (env.get(name) or "").strip()]
+    if len(keys) == 1:
+        # One key of a pair is a mistake, never a wish for the credential chain.
+        missing += [name for name in KEYS if name not in keys]
     if missing:
         raise ConfigError(f"Missing required environment variables: {', '.join(missing)}")
 
@@ -437,19 +455,23 @@ def load(env: Mapping[str, str]) -> Settings:
     # alone is a valid setting, not a contradiction with a default the user never wrote.
     chunk = r.size("S3_SYNC_MULTIPART_CHUNK_SIZE", min(8 * MiB, threshold))
 
+    source_endpoint = r.endpoint("MINIO_ENDPOINT", "http://minio:9000")
     settings = Settings(
-        dest_access_key=Secret(env["S3_SYNC_ACCESS_KEY"].strip()),
-        dest_secret_key=Secret(env["S3_SYNC_SECRET_KEY"].strip()),
+        dest_access_key=Secret(env["S3_SYNC_ACCESS_KEY"].strip()) if keys else None,
+        dest_secret_key=Secret(env["S3_SYNC_SECRET_KEY"].strip()) if keys else None,
+        dest_session_token=_session_token(r, bool(keys)),
         dest_bucket=r.bucket("S3_SYNC_BUCKET", None),
         dest_endpoint=dest_endpoint,
-        dest_region=r.region("S3_SYNC_REGION", "us-east-1"),
+        dest_region=r.region("S3_SYNC_REGION"),
         # Virtual-hosted style is AWS's preference; every other provider we target
         # (MinIO, B2, Wasabi, Spaces, R2) accepts path style, and only path style
         # works with an IP address or a bucket name containing dots under TLS.
         dest_path_style=(not dest_endpoint.is_aws) if path_style == "auto" else path_style == "true",
         dest_verify_tls=r.flag("S3_SYNC_VERIFY_TLS", True),
         dest_ca_bundle=r.ca_bundle("S3_SYNC_CA_BUNDLE"),
-        source_endpoint=r.endpoint("MINIO_ENDPOINT", "http://minio:9000"),
+        source_endpoint=source_endpoint,
+        source_proxy=_proxy_for(r, source_endpoint),
+        dest_proxy=_proxy_for(r, dest_endpoint),
         source_access_key=Secret(r.text("MINIO_ACCESS_KEY", "minioadmin")),
         source_secret_key=Secret(r.text("MINIO_SECRET_KEY", "minioadmin")),
         source_bucket=r.bucket("MINIO_BUCKET", "relics"),
@@ -528,6 +550,95 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
     except ValueError:
         pass
     return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _session_token(r: _Reader, keys: bool) -> Secret | None:
+    """S3_SYNC_SESSION_TOKEN: temporary keys' third part, meaningless without the keys."""
+    token = r.raw("S3_SYNC_SESSION_TOKEN")
+    if not token:
+        return None
+    if not keys:
+        r.bad("S3_SYNC_SESSION_TOKEN", "***", "given without S3_SYNC_ACCESS_KEY and S3_SYNC_SECRET_KEY, whose "
+                                            "temporary keys it completes")
+        return None
+    return Secret(token)
+
+
+# --- proxies ------------------------------------------------------------------------
+
+def _proxy_for(r: _Reader, endpoint: Endpoint) -> str | None:
+    """The proxy for ``endpoint``, as curl and most tools read the environment: the
+    scheme's variable (HTTPS_PROXY or HTTP_PROXY; the lower-case name wins when both are
+    set), unless NO_PROXY names the host."""
+    if endpoint.host == "invalid":
+        return None
+    name = f"{endpoint.scheme}_proxy"
+    chosen = name if r.raw(name) else name.upper()
+    proxy = r.raw(chosen)
+    no_proxy = r.raw("no_proxy") if r.raw("no_proxy") is not None else r.raw("NO_PROXY")
+    if not proxy:
+        return None
+    parts = urlsplit(endpoint.url)
+    if bypasses(parts.hostname or "", parts.port or (443 if endpoint.scheme == "https" else 80), no_proxy or ""):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # "proxy:3128", as curl reads it
+    shown = _without_password(proxy)
+    try:
+        proxy_parts = urlsplit(proxy)
+        proxy_parts.port  # noqa: B018 - raises on a port that isn't one
+    except ValueError:
+        r.bad(chosen, shown, "not a proxy URL (expected http://host:port)")
+        return None
+    if proxy_parts.scheme not in ("http", "https") or not proxy_parts.hostname:
+        r.bad(chosen, shown, "expected an http:// or https:// proxy URL with a host (SOCKS proxies are not supported)")
+        return None
+    return proxy
+
+
+def bypasses(host: str, port: int, no_proxy: str) -> bool:
+    """PURE: whether NO_PROXY exempts ``host:port``. Entries are comma-separated: ``*``
+    (everything), a host or domain (``example.com`` and ``.example.com`` both match the
+    domain and its subdomains), an IP address or CIDR range (``10.0.0.0/8``), each
+    optionally with ``:port``."""
+    host = host.lower().strip("[]")
+    for entry in (e.strip().lower() for e in no_proxy.replace(" ", ",").split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_port = None
+        if entry.count(":") == 1 or (entry.startswith("[") and "]:" in entry):
+            entry, _, port_text = entry.rpartition(":")
+            entry_port = int(port_text) if port_text.isdigit() else -1
+        entry = entry.strip("[]")
+        if entry_port is not None and entry_port != port:
+            continue
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        domain = entry.lstrip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return True
+    return False
+
+
+def _without_password(url: str) -> str:
+    """A proxy URL as it may be shown: its password replaced."""
+    password = proxy_password(url)
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
+def proxy_password(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 # --- variables no setting reads ------------------------------------------------------------

@@ -131,12 +131,10 @@ class Copier:
                 if src.size > self.threshold:
                     raise _Large(src)
                 held.enter_context(self._memory.hold(src.size, self.abort))  # before the body is read
-                # The digests the PUT sends are taken while the body arrives, not after.
-                digests = self.dest.digests_for(key, src)
-                data = body.read(tuple(digests.values()))
+                data = body.read()
             if len(data) != src.size:
                 raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")
-            self.dest.put(key, data, src, self._tags(src), digests)
+            self.dest.put(key, data, src, self._tags(src))
             del data  # the budget is released next
         metrics.bytes_copied.inc(src.size)
         return CopyResult(key, src.size, src.etag, multipart=False)

@@ -49,14 +49,26 @@ class GuardRefused(ReplicatorError):
 class StoreError(ReplicatorError):
     """One operation against one side failed."""
 
-    def __init__(self, side: str, op: str, key: str | None, detail: str, *, code: str | None = None):
+    def __init__(self, side: str, op: str, key: str | None, detail: str, *, code: str | None = None,
+                 server_message: str | None = None):
         self.side = side
         self.op = op
         self.key = key
         self.detail = detail
         self.code = code
+        # The server's own words ("Bucket is missing ObjectLockConfiguration"), kept
+        # apart from the message: they explain a refusal, but they're the server's text.
+        self.server_message = server_message
         where = f"{op} {key}" if key is not None else op
         super().__init__(f"{side}: {where}: {detail}")
+
+
+def annotated(error: StoreError, note: str) -> StoreError:
+    """``error`` with ``note`` added to its detail: the same kind, code and server message."""
+    extra = {"retry_after": error.retry_after} if isinstance(error, TransientError) else {}
+    copy = type(error)(error.side, error.op, error.key, f"{error.detail}{note}", code=error.code,
+                       server_message=error.server_message, **extra)
+    return copy
 
 
 class TransientError(StoreError):
@@ -111,8 +123,16 @@ _UNSUPPORTED_CODES = frozenset({"NotImplemented", "XNotImplemented"})
 
 
 def classify(side: str, op: str, key: str | None, code: str | None, status: int | None,
-             *, retry_after: float | None = None, bucket_op: bool = False) -> StoreError:
+             *, retry_after: float | None = None, bucket_op: bool = False,
+             server_message: str | None = None) -> StoreError:
     """Map an S3 error response to the error tree, by what to do next."""
+    error = _by_code(side, op, key, code, status, retry_after=retry_after, bucket_op=bucket_op)
+    error.server_message = server_message
+    return error
+
+
+def _by_code(side: str, op: str, key: str | None, code: str | None, status: int | None,
+             *, retry_after: float | None, bucket_op: bool) -> StoreError:
     detail = code or "error"
     if status:
         detail += f" (HTTP {status})"

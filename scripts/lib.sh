@@ -6,7 +6,8 @@
 #   - a Python >= 3.11 and a virtualenv (.venv, or $REPLICATOR_VENV) with
 #     replicator installed editable, plus its test and bench extras;
 #   - the pinned MinIO server and mc (scripts/install-tools.sh, cached outside the repo);
-#   - rclone (the benchmarks' peer) and docker-compose (the packaging tests), from apt.
+#   - rclone (the benchmarks' peer), docker-compose (the packaging tests) and tinyproxy
+#     (the proxy tests), from apt.
 #
 # Why a virtualenv and not the interpreter's site-packages: `pip install -e` points
 # the interpreter at one checkout. CI runs in a throwaway clone; installing there
@@ -44,8 +45,9 @@ ensure_apt_tools() {
   local missing=()
   command -v rclone >/dev/null || missing+=(rclone)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v tinyproxy >/dev/null || missing+=(tinyproxy) # a real forward proxy, for the proxy tests
   if ((${#missing[@]} == 0)); then
-    say "rclone, docker-compose: present"
+    say "rclone, docker-compose, tinyproxy: present"
     return
   fi
   command -v apt-get >/dev/null || die "missing ${missing[*]}, and no apt-get to install them with"

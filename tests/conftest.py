@@ -19,7 +19,7 @@ from botocore.config import Config
 from minio import Minio
 
 from replicator import config
-from tests.servers import MinioServer, MotoServer
+from tests.servers import PROXY_VARIABLES, MinioServer, MotoServer, replicator_environ
 
 SOURCE_USER, SOURCE_PASSWORD = "source-admin", "source-secret-Kq7Zp2"
 DEST_USER, DEST_PASSWORD = "dest-admin", "dest-secret-Wm4Rt9"
@@ -197,7 +197,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
     import sys
     import tempfile
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "AWS_"))}
+    clean = replicator_environ()
     with tempfile.TemporaryDirectory(prefix="replicator-state-") as state:
         proc = subprocess.run([sys.executable, "-m", "replicator", *args],
                               env={**clean, "S3_SYNC_STATE_DIR": state, **env}, cwd=REPO_ROOT,
@@ -241,7 +241,7 @@ def in_process_cli(capfd, monkeypatch, tmp_path):
 
     def main(env: dict[str, str], *args: str) -> CliResult:
         for name in list(os.environ):
-            if name.startswith(("S3_SYNC_", "MINIO_")):
+            if name.startswith(("S3_SYNC_", "MINIO_", "AWS_")) or name.lower() in PROXY_VARIABLES:
                 monkeypatch.delenv(name)
         for name, value in {"S3_SYNC_STATE_DIR": str(tmp_path / "state"), **env}.items():
             monkeypatch.setenv(name, value)

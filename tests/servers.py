@@ -41,6 +41,17 @@ def find_tool(name: str) -> str:
     raise ServerError(f"{name} not found in {TOOLS_DIR / 'bin'} or on PATH: run scripts/install-tools.sh")
 
 
+def replicator_environ() -> dict[str, str]:
+    """This process's environment without anything replicator reads: its settings,
+    AWS credentials, and proxies (a machine's own HTTPS_PROXY would send every test's
+    requests through it). A test adds back exactly what it means to give."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("S3_SYNC_", "MINIO_", "AWS_")) and k.lower() not in PROXY_VARIABLES}
+
+
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -69,12 +80,14 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(
 class MinioServer:
     """One single-drive MinIO server. ``stop()``/``start()`` keep port and data, so a
     restart looks to clients like the same server going away and coming back. With
-    ``tls`` (tests/tls.py) it serves HTTPS with that certificate."""
+    ``tls`` (tests/tls.py) it serves HTTPS with that certificate; ``env`` adds MinIO
+    settings (``MINIO_SITE_REGION``, say)."""
 
     def __init__(self, name: str, user: str = "minioadmin", password: str = "minioadmin",
-                 workdir: str | None = None, tls=None):
+                 workdir: str | None = None, tls=None, env: dict[str, str] | None = None):
         self.name = name
         self.tls = tls
+        self.extra_env = dict(env or {})
         self.user = user
         self.password = password
         self._own_dir = workdir is None
@@ -101,6 +114,7 @@ class MinioServer:
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
             "MINIO_CI_CD": "1",
+            **self.extra_env,
         }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

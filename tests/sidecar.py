@@ -5,7 +5,6 @@ real server (the server stays real; only the wire misbehaves)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -18,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.servers import HOST, free_port
+from tests.servers import HOST, free_port, replicator_environ
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -37,7 +36,7 @@ class Sidecar:
     def __init__(self, env: dict[str, str], **overrides):
         self.port = free_port()
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_"))},
+            **replicator_environ(),
             **env,
             "S3_SYNC_ENABLED": "true",
             "S3_SYNC_HTTP_HOST": HOST,

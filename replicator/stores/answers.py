@@ -75,6 +75,24 @@ def tag_set(body: bytes) -> dict[str, str]:
     return tags
 
 
+def location_constraint(body: bytes) -> str:
+    """A GetBucketLocation answer's region; an empty one is us-east-1, as S3 defines it."""
+    root = document(body, "LocationConstraint")
+    return (root.text or "").strip() or "us-east-1"
+
+
+def error_region(body: bytes) -> str | None:
+    """The <Region> an S3 error document names (AuthorizationHeaderMalformed,
+    PermanentRedirect), if it is one and names one."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    if local_name(root.tag) != "Error":
+        return None
+    return (_text(root, "Region") or "").strip() or None
+
+
 def no_document(body: bytes) -> None:
     """An answer that carries no document on success (PutObjectTagging, DeleteObject,
     …). Some providers send one anyway, so any XML but an error document or an HTML

@@ -13,9 +13,9 @@ Guarantees every implementation gives:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..model import ObjectInfo, ObjectLock, SourceObject
 
@@ -44,8 +44,8 @@ class SourceStore(Protocol):
 
 
 class Reader(Protocol):
-    def read(self, hashes: Sequence[Any] = ()) -> bytes | bytearray:
-        """The whole body, fed to each of ``hashes`` (hashlib objects) on the way."""
+    def read(self) -> bytes:
+        """The whole body, as stored (never decoded)."""
 
 
 class DestinationStore(Protocol):
@@ -72,13 +72,8 @@ class DestinationStore(Protocol):
         """The lock settings the copy of ``src`` should have now, or None where the
         destination takes none (so they are not compared)."""
 
-    def digests_for(self, key: str, src: SourceObject) -> dict[str, Any]:
-        """Fresh hashlib objects, by name, for the digests put() will send of ``src``'s
-        body: for the caller to feed the body while it reads it."""
-
-    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None,
-            digests: dict[str, Any] | None = None) -> None:
-        """Write ``key``; ``digests`` are digests_for()'s, fed exactly ``data``."""
+    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
+        """Write ``key``."""
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
         ...

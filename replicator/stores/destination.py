@@ -1,4 +1,7 @@
-"""Any S3-compatible destination, through boto3. Maps botocore exceptions into errors.*."""
+"""Any S3-compatible destination: boto3 for the control calls (bucket checks,
+multipart start and complete, tags, object lock, deletes), raw signed requests
+(transport.py) for listing pages and the PUTs that carry the bytes. Maps botocore
+exceptions into errors.*."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import boto3
@@ -21,22 +24,29 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ProxyConnectionError,
     ReadTimeoutError,
     SSLError,
 )
 from loguru import logger
-from minio.credentials import Credentials as MinioCredentials
 from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..drift import recorded_etag
-from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
+from ..errors import (
+    ConfigError,
+    FatalError,
+    NotFound,
+    PermanentError,
+    StoreError,
+    TransientError,
+    classify,
+    parse_retry_after,
+)
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
-from .http_client import HttpClient
 from .source import describe
-from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request, tls_failure
+from .transport import Transport, object_path, query_string, redact, tls_failure
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
 _HEADER_PARAMS = {
@@ -63,8 +73,8 @@ RETENTION_MARGIN = 15 * 60
 _LOCK_REFUSED = frozenset({"InvalidRequest", "InvalidArgument", "AccessDenied"}) | _UNSUPPORTED
 
 T = TypeVar("T")
-# hashlib objects by algorithm name ("sha256", "md5"), fed a body as it was received.
-Digests = dict[str, Any]
+# S3's first region: where an unnamed region is, and where a bucket is created by default.
+DEFAULT_REGION = "us-east-1"
 
 
 def _md5_b64(data: bytes) -> str:
@@ -114,11 +124,7 @@ def _lock_params(lock: ObjectLock) -> dict:
 
 def _server_message(error: StoreError) -> str:
     """The server's own words for an error ("Bucket is missing ObjectLockConfiguration"), if any."""
-    message = getattr(error, "server_message", None)  # a raw request's error (transport.raw_error)
-    response = getattr(error.__cause__, "response", None)  # a boto3 call's
-    if message is None and isinstance(response, dict):
-        message = response.get("Error", {}).get("Message")
-    return f": {message}" if message else ""
+    return f": {error.server_message}" if error.server_message else ""
 
 
 class UnprovenAnswer(BotoCoreError):
@@ -138,10 +144,10 @@ def _prove_answer(operation_model, response_dict, **kwargs) -> None:
             raise UnprovenAnswer(detail=str(exc)) from exc
 
 
-def client_config(settings: Settings) -> Config:
+def client_config(settings: Settings, region: str) -> Config:
     aws = settings.dest_endpoint.is_aws
     return Config(
-        region_name=settings.dest_region,
+        region_name=region,
         signature_version="s3v4",
         s3={"addressing_style": "path" if settings.dest_path_style else "virtual"},
         # One attempt per call: retry.py owns retries (attempts would multiply otherwise).
@@ -157,7 +163,37 @@ def client_config(settings: Settings) -> Config:
         # verifies, so outside AWS only what an operation requires is sent.
         request_checksum_calculation="when_supported" if aws else "when_required",
         response_checksum_validation="when_supported" if aws else "when_required",
+        # The proxy config.py chose, or none: an empty mapping keeps botocore from
+        # reading the environment with rules of its own.
+        proxies={settings.dest_endpoint.scheme: settings.dest_proxy} if settings.dest_proxy else {},
     )
+
+
+_CHAIN = ("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, web identity "
+          "(AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), container credentials (ECS, EKS Pod Identity) and the "
+          "EC2 instance profile")
+
+
+def _session(settings: Settings) -> boto3.session.Session:
+    """The destination's boto3 session: the configured keys, or botocore's credential
+    chain, whose credentials its providers renew before they expire. No credentials
+    at all is a configuration error, named like the old sidecar's."""
+    if settings.dest_access_key is not None and settings.dest_secret_key is not None:
+        return boto3.session.Session(
+            aws_access_key_id=settings.dest_access_key.reveal(),
+            aws_secret_access_key=settings.dest_secret_key.reveal(),
+            aws_session_token=settings.dest_session_token.reveal() if settings.dest_session_token else None,
+        )
+    session = boto3.session.Session()
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:  # a profile that doesn't exist, a token file that can't be read, ...
+        raise ConfigError(f"destination credentials: the AWS credential chain failed: {exc}") from exc
+    if credentials is None:
+        raise ConfigError("Missing required environment variables: S3_SYNC_ACCESS_KEY, S3_SYNC_SECRET_KEY "
+                          f"(or credentials from the AWS chain; none found in {_CHAIN})")
+    logger.info("destination credentials: the AWS credential chain ({})", credentials.method)
+    return session
 
 
 class S3Destination:
@@ -165,39 +201,29 @@ class S3Destination:
 
     def __init__(self, settings: Settings):
         self.bucket = settings.dest_bucket
-        self.region = settings.dest_region
+        self._settings = settings
+        # Signed for S3_SYNC_REGION until check() has asked the bucket (_learn_region).
+        self.region = settings.dest_region or DEFAULT_REGION
         endpoint = settings.dest_endpoint
         self.endpoint = endpoint.url
-        # The bare global endpoint means "AWS, whichever region": let botocore pick the
-        # regional endpoint, as a user of the established sidecar would expect.
-        endpoint_url = None if endpoint.host == "s3.amazonaws.com" and endpoint.secure else endpoint.url
-        session = boto3.session.Session(
-            aws_access_key_id=settings.dest_access_key.reveal(),
-            aws_secret_access_key=settings.dest_secret_key.reveal(),
-            region_name=settings.dest_region,
-        )
-        verify: bool | str = settings.dest_ca_bundle or settings.dest_verify_tls
-        self.client = session.client("s3", endpoint_url=endpoint_url, verify=verify, config=client_config(settings))
-        self.client.meta.events.register("before-parse.s3.*", _prove_answer)
-        self.client.meta.events.register("before-sign.s3.ListObjectsV2", self._ask_for_metadata)
-        # The listings' pool (boto3 keeps its own): one connection per prefix listed at once.
-        self._http = pool_manager(settings, verify=settings.dest_verify_tls, ca_bundle=settings.dest_ca_bundle,
-                                  read_timeout=settings.read_timeout, maxsize=settings.list_concurrency + 2)
-        # The data path (PutObject, UploadPart) is sent as raw signed requests
-        # (transport.signed_request, http_client): botocore's per-call machinery (endpoint rules
-        # resolved per key, event hooks, serialisers) cost 2.5-3.4 ms of CPU per small
-        # PUT. The bucket's base URL comes from botocore, so addressing (virtual or path
-        # style, regional endpoints, dotted bucket names) follows its rules.
+        self._session = _session(settings)
+        self.client = self._client(self.region)
+        # Listing pages and the PUTs that carry the bytes go out as raw signed requests
+        # (transport.py): botocore's per-call machinery (endpoint rules resolved per key,
+        # event hooks, serialisers) costs more CPU than a small PUT's exchange, and its
+        # generic parser most of a no-op reconcile's. The bucket's base URL comes from
+        # botocore, so addressing (virtual or path style, regional endpoints, dotted
+        # bucket names) follows its rules; so do the credentials, refreshed by its
+        # provider.
         bucket_url = urlsplit(self.client.generate_presigned_url("head_bucket", Params={"Bucket": self.bucket}))
-        self._origin = f"{bucket_url.scheme}://{bucket_url.netloc}"
-        self._secure = bucket_url.scheme == "https"
         self._aws = endpoint.is_aws
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
-        self._objects = HttpClient(self._origin, connect_timeout=settings.connect_timeout,
-                                   read_timeout=settings.read_timeout, verify=settings.dest_verify_tls,
-                                   ca_bundle=settings.dest_ca_bundle,
-                                   maxsize=settings.copy_connections)
-        self._credentials = MinioCredentials(settings.dest_access_key.reveal(), settings.dest_secret_key.reveal())
+        self._transport = Transport(
+            self.side, f"{bucket_url.scheme}://{bucket_url.netloc}", region=self.region,
+            credentials=self._session.get_credentials(), verify=settings.dest_verify_tls,
+            ca_bundle=settings.dest_ca_bundle,
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy)
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
         # MinIO lists each object's attributes and tags when asked (metadata=true), so a
@@ -215,6 +241,17 @@ class S3Destination:
         self._object_lock_warned = False
         self._lock = threading.Lock()
 
+    def _client(self, region: str):
+        endpoint = self._settings.dest_endpoint
+        # The bare global endpoint means "AWS, whichever region": let botocore pick the
+        # regional endpoint, as a user of the established sidecar would expect.
+        endpoint_url = None if endpoint.host == "s3.amazonaws.com" and endpoint.secure else endpoint.url
+        verify: bool | str = self._settings.dest_ca_bundle or self._settings.dest_verify_tls
+        client = self._session.client("s3", endpoint_url=endpoint_url, verify=verify, region_name=region,
+                                      config=client_config(self._settings, region))
+        client.meta.events.register("before-parse.s3.*", _prove_answer)
+        return client
+
     # -- error mapping ---------------------------------------------------------
 
     def _map(self, exc: Exception, op: str, key: str | None, *, bucket_op: bool = False) -> StoreError:
@@ -224,12 +261,20 @@ class S3Destination:
             headers = meta.get("HTTPHeaders", {})
             code = error.get("Code")
             status = meta.get("HTTPStatusCode")
-            if code and code.isdigit():  # HEAD responses have no body: botocore uses the status
+            if code and code.isdigit():
+                # No S3 error document (a HEAD's answer has no body, and neither has a
+                # proxy's page an S3 code): botocore gives the status as the code.
                 code = {"404": "NotFound", "403": "AccessDenied", "412": "PreconditionFailed"}.get(code, None)
-            return classify(self.side, op, key, code, status, bucket_op=bucket_op,
+                mapped = classify(self.side, op, key, code, status, bucket_op=bucket_op,
+                                  retry_after=parse_retry_after(headers.get("retry-after")))
+                return self._transport.unproven(mapped, status, headers.get("content-type"))
+            return classify(self.side, op, key, code, status, bucket_op=bucket_op, server_message=error.get("Message"),
                             retry_after=parse_retry_after(headers.get("retry-after")))
         if isinstance(exc, UnprovenAnswer):
             return TransientError(self.side, op, key, f"{self.endpoint}: {exc}")
+        if isinstance(exc, ProxyConnectionError):
+            return TransientError(self.side, op, key, f"proxy {redact(self._transport.proxy or '')} failed to reach "
+                                  f"{self.endpoint}: {type(exc).__name__}")
         if isinstance(exc, SSLError):
             return tls_failure(self.side, op, key, self.endpoint, exc)
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
@@ -251,24 +296,28 @@ class S3Destination:
     # -- DestinationStore ----------------------------------------------------------
 
     def check(self, create: bool) -> None:
-        try:
-            self._learn_server(self.client.head_bucket(Bucket=self.bucket))
-        except ClientError as exc:
-            error = self._map(exc, "check bucket", self.bucket, bucket_op=True)
-            if error.code not in ("NotFound", "NoSuchBucket") or not create:
-                if error.code in ("NotFound", "NoSuchBucket"):
-                    raise FatalError(self.side, "check bucket", self.bucket,
-                                     f"bucket does not exist at {self.endpoint}") from exc
-                raise error from exc
-        except Exception as exc:
-            raise self._map(exc, "check bucket", self.bucket, bucket_op=True) from exc
-        else:
+        head = self._head_bucket()
+        if head.status in (301, 400) and self._learn_region(head):
+            head = self._head_bucket()
+        if head.status == 200:
+            logger.info("destination bucket {}: signing for {}", self.bucket, self.region)
+            self._learn_server(head.headers.get("Server") or "")
             self._probe_object_lock()
             return
-        logger.info("{}: destination bucket missing; creating it in {}", self.bucket, self.region)
+        error = self._transport.error("check bucket", self.bucket, head, bucket_op=True)
+        if head.status in (301, 400):
+            raise FatalError(self.side, "check bucket", self.bucket,
+                             f"{error.detail}: requests were signed for {self.region}, and the bucket named no other "
+                             "region; set S3_SYNC_REGION to the bucket's", code=error.code)
+        if head.status != 404:
+            raise error
+        if not create:
+            raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
+        region = self._settings.dest_region or DEFAULT_REGION
+        logger.info("{}: destination bucket missing; creating it in {}", self.bucket, region)
         kwargs = {}
-        if self.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        if region != DEFAULT_REGION:  # us-east-1 rejects an explicit LocationConstraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
             self._call("create bucket", self.bucket, self.client.create_bucket, bucket_op=True, **kwargs)
         except StoreError as error:
@@ -276,22 +325,42 @@ class S3Destination:
                 raise
         self._probe_object_lock()
 
-    def _ask_for_metadata(self, request, **kwargs) -> None:
-        """botocore's before-sign hook on listings: add MinIO's metadata=true, signed
-        with the rest of the query, where the destination is MinIO."""
-        if self.lists_metadata:
-            request.url += ("&" if "?" in request.url else "?") + "metadata=true"
+    def _head_bucket(self):
+        return self._transport.request("check bucket", self.bucket, "HEAD", self._bucket_path or "/")
 
-    def _learn_server(self, head: dict) -> None:
+    def _learn_region(self, refusal) -> bool:
+        """Sign for the bucket's own region; True if it names another than ours. A
+        request signed for another region is refused (400 AuthorizationHeaderMalformed,
+        or 301 PermanentRedirect from AWS's global endpoint), and the refusal says where
+        the bucket is: in the x-amz-bucket-region header, or in the error document's
+        <Region>. A bucket that takes the configured region is never asked, whatever it
+        calls itself (R2 says "auto"; a MinIO without a site region takes any)."""
+        region = refusal.headers.get("x-amz-bucket-region")
+        if not region:  # a HEAD has no body: ask for one, to read its <Region>
+            query = query_string({"list-type": "2", "max-keys": "0"})
+            region = answers.error_region(
+                self._transport.request("check bucket", self.bucket, "GET", f"{self._bucket_path}/?{query}").data)
+        if not region or region == self.region:
+            return False
+        configured = self._settings.dest_region
+        if configured:
+            logger.warning("S3_SYNC_REGION={}, but destination bucket {} is in {}: signing for {}",
+                           configured, self.bucket, region, region)
+        else:
+            logger.info("destination bucket {} is in {}: signing for {}", self.bucket, region, region)
+        self.region = self._transport.region = region
+        self.client = self._client(region)
+        return True
+
+    def _learn_server(self, server: str) -> None:
         if not self._list_metadata or self.lists_metadata:
             return
-        server = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server") or ""
         self.lists_metadata = server.lower().startswith("minio")
         if not self.lists_metadata:
             self._list_metadata = False  # not asked again: the warning is said once
             logger.warning("S3_SYNC_LIST_METADATA=true, but the destination ({}) is not MinIO and can't list "
-                               "metadata; reconciles compare sizes and ETags, and the metadata sweep the rest",
-                               server or "unnamed server")
+                           "metadata; reconciles compare sizes and ETags, and the metadata sweep the rest",
+                           server or "unnamed server")
 
     def _probe_object_lock(self) -> None:
         """Ask the bucket once whether it has object lock. Only a clear "no" decides
@@ -326,21 +395,12 @@ class S3Destination:
                                      self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
-        # botocore signs the page request (presigned, so every auth and addressing rule
-        # stays botocore's); we fetch and parse it raw: botocore's generic parser is
-        # most of a no-op reconcile's CPU (see listing.py).
-        params = {"Bucket": self.bucket, "MaxKeys": self.list_page_size, "EncodingType": "url"}
-        for name, value in (("StartAfter", request.start_after), ("Prefix", request.prefix),
-                            ("Delimiter", request.delimiter), ("ContinuationToken", request.token)):
-            if value:
-                params[name] = value
-        url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
-        try:
-            response = self._http.request("GET", url)
-        except (Urllib3Error, OSError) as exc:
-            raise map_transport_error(self.side, "list", request.subject, self.endpoint, exc) from exc
+        # Raw, and parsed by listing.py: botocore's generic parser is most of a no-op
+        # reconcile's CPU.
+        query = query_string(request.query(self.list_page_size, metadata=self.lists_metadata))
+        response = self._transport.request("list", request.subject, "GET", f"{self._bucket_path}/?{query}")
         if response.status != 200:
-            raise raw_error(self.side, "list", request.subject, response, bucket_op=True)
+            raise self._transport.error("list", request.subject, response, bucket_op=True)
         return response.data
 
     def head_source_etag(self, key: str) -> str | None:
@@ -500,34 +560,24 @@ class S3Destination:
         return headers
 
     def _needs_md5(self, headers: dict[str, str]) -> bool:
-        return self._secure or self._aws or any(name.startswith("x-amz-object-lock-") for name in headers)
+        return self._transport.secure or self._aws or any(name.startswith("x-amz-object-lock-") for name in headers)
 
-    def _send(self, op: str, key: str, query: str, headers: dict[str, str], body: bytes,
-              digests: Digests | None = None):
-        """One signed PUT for ``key`` (transport.signed_request); returns the response,
-        raises errors.* for anything but 200.
+    def _send(self, op: str, key: str, query: str, headers: dict[str, str], body: bytes):
+        """One signed PUT for ``key``; returns the response, raises errors.* for
+        anything but 200.
 
-        Every byte is hashed once, by whichever hash the destination verifies: over
-        HTTPS the payload goes unsigned and Content-MD5 is the check; over plain HTTP
-        the signed SHA-256 is (a mismatch is refused as XAmzContentSHA256Mismatch), as
-        minio-py does it. Content-MD5 is added anyway where a provider demands it: a
-        write carrying object-lock settings, and anything sent to AWS, which wants it
-        for every upload into an object-locked bucket. ``digests`` holds those already
-        taken of ``body`` while it was received (digests_for); the rest are taken here."""
-        digests = digests or {}
+        Each body carries one check the destination verifies: over HTTPS, Content-MD5
+        (and the payload goes unsigned); over plain HTTP, the signed SHA-256 (a mismatch
+        is refused as XAmzContentSHA256Mismatch), as botocore does it. Content-MD5 is
+        added anyway where a provider demands it: a write carrying object-lock
+        settings, and anything sent to AWS, which wants it for every upload into an
+        object-locked bucket."""
         if self._needs_md5(headers):
-            md5 = digests.get("md5")
-            headers = {**headers, "Content-MD5": base64.b64encode(md5.digest()).decode() if md5 else _md5_b64(body)}
-        sha256 = digests.get("sha256")
-        try:
-            response = signed_request(self._objects, "PUT", object_path(self._bucket_path, key, query),
-                                      region=self.region, credentials=self._credentials, headers=headers, body=body,
-                                      sha256=sha256.hexdigest() if sha256 else None)
-            response.read()  # the (error) document; hands the connection back
-        except OSError as exc:
-            raise map_transport_error(self.side, op, key, self.endpoint, exc) from exc
+            headers = {**headers, "Content-MD5": _md5_b64(body)}
+        response = self._transport.request(op, key, "PUT", object_path(self._bucket_path, key, query),
+                                           headers=headers, body=body)
         if response.status != 200:
-            raise raw_error(self.side, op, key, response)
+            raise self._transport.error(op, key, response)
         if not response.headers.get("ETag"):
             # S3 answers every upload with the ETag it stored; a 200 without one (a captive
             # portal's page, say) stored nothing.
@@ -541,24 +591,11 @@ class S3Destination:
                                error.code)
             self._tagging = False
 
-    def digests_for(self, key: str, src: SourceObject) -> Digests:
-        """Fresh hashlib objects for the digests put() will send of ``src``'s body: to be
-        fed the body while it is received, so that hashing overlaps the transfer (for a
-        1 MiB object, SHA-256 is 0.6 ms here, and the body takes about as long to arrive).
-        A lock refused on the way, or tags, change no digest: the body is the same."""
-        wanted = {}
-        if not self._secure:
-            wanted["sha256"] = hashlib.sha256()
-        if self._needs_md5(lock_headers(self.lock_for(key, src))):
-            wanted["md5"] = hashlib.md5(usedforsecurity=False)
-        return wanted
-
-    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None,
-            digests: Digests | None = None) -> None:
+    def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
         def send(lock: ObjectLock) -> None:
             self._without_tags_if_unsupported(
                 lambda tagging: self._send("put", key, "", {**self._object_headers(src, tagging),
-                                                            **lock_headers(lock)}, data, digests), tags)
+                                                            **lock_headers(lock)}, data), tags)
 
         self._without_lock_if_refused(key, src, send)
 

@@ -1,15 +1,16 @@
-"""The MinIO source: minio-py for bucket checks, listings, HEADs and tags; raw signed
-GETs (transport, http_client) for the copies' bytes. Maps every exception into errors.*."""
+"""The MinIO source: minio-py for bucket checks and HEADs; raw signed requests
+(transport.py) for listing pages, the copies' GETs and tags, on the pool minio-py uses
+too. Maps every exception into errors.*."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
+from botocore.credentials import Credentials
 from minio import Minio
-from minio.credentials import Credentials
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -17,11 +18,7 @@ from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
 from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
-from .http_client import HttpClient
-from .transport import map_transport_error, object_path, pool_manager, raw_error, signed_request
-
-if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
+from .transport import Transport, object_path, query_string
 
 # Headers a copy carries over besides Content-Type and user metadata.
 COPIED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
@@ -86,18 +83,26 @@ def holdable(key: str) -> bool:
 
 
 class _Body:
-    """The object's stored bytes (http_client never decodes: an object stored with
-    Content-Encoding: gzip is copied as the gzip bytes)."""
+    """The object's stored bytes, never decoded: an object stored with
+    Content-Encoding: gzip is copied as the gzip bytes."""
 
-    def __init__(self, response, side: str, key: str, endpoint: str):
+    def __init__(self, response, transport: Transport, key: str):
         self._response = response
-        self._side, self._key, self._endpoint = side, key, endpoint
+        self._transport, self._key = transport, key
 
-    def read(self, hashes: Sequence[Hash] = ()) -> bytes | bytearray:
+    def read(self) -> bytes:
         try:
-            return self._response.read(hashes)
-        except OSError as exc:
-            raise map_transport_error(self._side, "get", self._key, self._endpoint, exc) from exc
+            return self._response.read(decode_content=False)
+        except (Urllib3Error, OSError) as exc:
+            raise self._transport.map_error("get", self._key, exc) from exc
+
+
+def _release(response) -> None:
+    """Hand the connection back; one with unread bytes (an object too big for one PUT)
+    is closed instead, since reading the rest could cost the object's size."""
+    if not response.isclosed():
+        response.close()
+    response.release_conn()
 
 
 class MinioSource:
@@ -108,45 +113,70 @@ class MinioSource:
         self.endpoint = settings.source_endpoint.url
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
-        http = pool_manager(
-            settings, verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
-            read_timeout=read_timeout or settings.read_timeout,
-            # minio-py's pool: listings, and the event workers' HEADs and tag reads (the
-            # copies' GETs have their own client, below).
-            maxsize=pool_size or settings.workers + settings.list_concurrency + 4,
-        )
+        access, secret = settings.source_access_key.reveal(), settings.source_secret_key.reveal()
+        # The region is the bucket's, asked once (_region); until then, MinIO's default.
+        self._transport = Transport(
+            self.side, settings.source_endpoint.url, region="us-east-1", credentials=Credentials(access, secret),
+            verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
+            connect_timeout=settings.connect_timeout, read_timeout=read_timeout or settings.read_timeout,
+            # Listings, the copies' GETs, and the event workers' HEADs and tag reads.
+            maxsize=pool_size or settings.copy_connections + settings.workers + settings.list_concurrency + 4,
+            proxy=settings.source_proxy)
         self.client = Minio(
-            settings.source_endpoint.host,
-            access_key=settings.source_access_key.reveal(),
-            secret_key=settings.source_secret_key.reveal(),
-            secure=settings.source_endpoint.secure,
-            http_client=http,
+            settings.source_endpoint.host, access_key=access, secret_key=secret,
+            secure=settings.source_endpoint.secure, http_client=self._transport.pool,
             cert_check=settings.source_verify_tls,
         )
-        # GETs, the source half of every copy, go out as raw signed requests
-        # (transport.signed_request, http_client): a fifth of minio-py's get_object CPU.
-        self._objects = HttpClient(
-            settings.source_endpoint.url, connect_timeout=settings.connect_timeout,
-            read_timeout=read_timeout or settings.read_timeout, verify=settings.source_verify_tls,
-            ca_bundle=settings.source_ca_bundle, maxsize=settings.copy_connections)
-        self._credentials = Credentials(settings.source_access_key.reveal(), settings.source_secret_key.reveal())
+        self._region_known = False
+        self._region_lock = threading.Lock()
 
     # -- error mapping ---------------------------------------------------------
 
     def _map(self, exc: Exception, op: str, key: str | None, *, bucket_op: bool = False) -> StoreError:
+        """errors.* for what minio-py raised."""
+        if isinstance(exc, StoreError):
+            return exc
         if isinstance(exc, S3Error):
             headers = exc.response.headers if exc.response is not None else {}
             status = exc.response.status if exc.response is not None else None
-            return classify(self.side, op, key, exc.code, status, bucket_op=bucket_op,
+            return classify(self.side, op, key, exc.code, status, bucket_op=bucket_op, server_message=exc.message,
                             retry_after=parse_retry_after(headers.get("Retry-After")))
         if isinstance(exc, ServerError):
             return classify(self.side, op, key, None, exc.status_code, bucket_op=bucket_op)
         if isinstance(exc, InvalidResponseError):
             # A non-XML answer: a proxy's error page, or not an S3 endpoint at all.
-            return TransientError(self.side, op, key, f"{self.endpoint} gave a non-S3 response: {exc}")
+            status, content_type = exc._code, exc._content_type  # noqa: SLF001 - its only record of them
+            error = TransientError(self.side, op, key, f"{self.endpoint} gave a non-S3 response (HTTP {status}, "
+                                   f"{content_type or 'no content type'})")
+            return self._transport.unproven(error, status, content_type)
         if isinstance(exc, (Urllib3Error, OSError)):
-            return map_transport_error(self.side, op, key, self.endpoint, exc)
+            return self._transport.map_error(op, key, exc)
         raise exc
+
+    # -- raw requests ------------------------------------------------------------
+
+    def _region(self) -> str:
+        """The bucket's region, asked once (GetBucketLocation, which MinIO answers
+        whatever region the request is signed for): MinIO refuses a signature for any
+        other region than its own (MINIO_SITE_REGION)."""
+        if self._region_known:
+            return self._transport.region
+        with self._region_lock:
+            if not self._region_known:
+                response = self._transport.request("get location", self.bucket, "GET", f"/{self.bucket}?location=",
+                                                   region="us-east-1")
+                if response.status != 200:
+                    raise self._transport.error("get location", self.bucket, response, bucket_op=True)
+                try:
+                    self._transport.region = answers.location_constraint(response.data)
+                except answers.MalformedAnswer as exc:
+                    raise TransientError(self.side, "get location", self.bucket, f"{self.endpoint}: {exc}") from exc
+                self._region_known = True
+        return self._transport.region
+
+    def _request(self, op: str, key: str | None, path: str, *, headers: dict[str, str] | None = None,
+                 stream: bool = False):
+        return self._transport.request(op, key, "GET", path, headers=headers, stream=stream, region=self._region())
 
     # -- SourceStore -------------------------------------------------------------
 
@@ -164,33 +194,28 @@ class MinioSource:
                                      self.list_concurrency)
 
     def _list_page(self, request: listing.PageRequest, *, metadata: bool = False) -> bytes:
-        # A raw page through minio-py's signed-request primitive: minio-py's own
-        # list_objects costs 3x the CPU (see listing.py).
-        try:
-            return self.client._execute("GET", self.bucket,  # noqa: SLF001
-                                        query_params=request.query(self.list_page_size, metadata)).data
-        except Exception as exc:
-            raise self._map(exc, "list", request.subject, bucket_op=True) from exc
+        # Raw, and parsed by listing.py: minio-py's own list_objects costs 3x the CPU.
+        query = query_string(request.query(self.list_page_size, metadata))
+        response = self._request("list", request.subject, f"/{self.bucket}?{query}")
+        if response.status != 200:
+            raise self._transport.error("list", request.subject, response, bucket_op=True)
+        return response.data
 
     def _get(self, key: str, headers: dict[str, str] | None = None):
         """A streaming GET of ``key``; errors.* for anything but 200/206."""
-        try:
-            region = self.client._get_region(self.bucket)  # noqa: SLF001 - minio-py's cached lookup
-        except Exception as exc:
-            raise self._map(exc, "get", key) from exc
-        try:
-            response = signed_request(self._objects, "GET", object_path(f"/{self.bucket}", key),
-                                      region=region, credentials=self._credentials, headers=headers)
-            if response.status not in (200, 206):
-                response.read()  # the error document, for raw_error
-        except OSError as exc:
-            raise map_transport_error(self.side, "get", key, self.endpoint, exc) from exc
+        response = self._request("get", key, object_path(f"/{self.bucket}", key), headers=headers, stream=True)
         if response.status not in (200, 206):
-            raise raw_error(self.side, "get", key, response)
+            try:
+                response.data  # read whole, for raw_error  # noqa: B018
+            except (Urllib3Error, OSError) as exc:
+                raise self._transport.map_error("get", key, exc) from exc
+            finally:
+                response.release_conn()
+            raise self._transport.error("get", key, response)
         if not response.headers.get("ETag"):
             # MinIO sends every object's ETag; a 200 without one is somebody else's page,
             # and copying it would store that page as the object.
-            response.release()
+            _release(response)
             raise TransientError(self.side, "get", key, f"{self.endpoint} answered {response.status} without an "
                                  "ETag: not an S3 answer")
         return response
@@ -199,9 +224,9 @@ class MinioSource:
     def open(self, key: str):
         response = self._get(key)
         try:
-            yield describe(key, response.headers), _Body(response, self.side, key, self.endpoint)
+            yield describe(key, response.headers), _Body(response, self._transport, key)
         finally:
-            response.release()  # unread bytes (an object too big for one PUT) drop the connection
+            _release(response)
 
     def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
         # If-Match pins the version: if the object is overwritten between parts, the
@@ -213,9 +238,9 @@ class MinioSource:
                 # Range header. Reading it for every part would cost the object's size each.
                 raise PermanentError(self.side, "get", key, f"asked for bytes {offset}-{offset + length - 1}, "
                                      f"got HTTP {response.status} without a range: a proxy in the way?")
-            data = _Body(response, self.side, key, self.endpoint).read()
+            data = _Body(response, self._transport, key).read()
         finally:
-            response.release()
+            _release(response)
         if len(data) != length:
             raise TransientError(self.side, "get", key, f"short read: {len(data)} of {length} bytes")
         return data
@@ -241,17 +266,12 @@ class MinioSource:
     def get_tags(self, key: str) -> dict[str, str]:
         # Raw, and proven (answers.py): minio-py's get_object_tags reads an HTML page at
         # 200 as "no tags", and the copy would then remove the destination's.
-        try:
-            response = self.client._execute("GET", self.bucket, key, query_params={"tagging": ""})  # noqa: SLF001
-        except S3Error as exc:
-            if exc.code == "NoSuchTagSet":
+        response = self._request("get tags", key, object_path(f"/{self.bucket}", key, "?tagging="))
+        if response.status != 200:
+            error = self._transport.error("get tags", key, response)
+            if error.code == "NoSuchTagSet" or isinstance(error, NotFound):
                 return {}
-            error = self._map(exc, "get tags", key)
-            if isinstance(error, NotFound):
-                return {}
-            raise error from exc
-        except Exception as exc:
-            raise self._map(exc, "get tags", key) from exc
+            raise error
         try:
             return answers.tag_set(response.data)
         except answers.MalformedAnswer as exc:

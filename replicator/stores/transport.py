@@ -1,65 +1,167 @@
-"""HTTP plumbing shared by the adapters that speak raw HTTP: the urllib3 pool that
-minio-py and the destination's listings use (no retries: retry.py owns them), the
-signed object request both adapters send on their data path (through http_client),
-and the mapping of connection-level failures and error responses into errors.*.
+"""One side's HTTP: one urllib3 pool (through the side's proxy, if it has one), one
+SigV4 signer (botocore's), the side's credentials, and the mapping of what goes wrong
+on the wire into errors.*.
 
-Why raw requests on the data path: every copy is one GET and one PUT, and the SDKs'
-per-call machinery cost more CPU than the HTTP exchange itself (botocore 2.5-3.4 ms
-per small PUT, minio-py ~0.55 ms per GET; docs/benchmarks.md). The signature is
-still a library's: minio-py's SigV4 signer."""
+Both adapters send their raw requests here: listing pages (parsed by listing.py), the
+copies' GETs and PUTs, and a few small answers proven by answers.py. minio-py, for the
+source's HEADs, bucket checks and notification stream, runs on the same pool. boto3
+keeps its own (botocore has no public way to share one) but gets the same proxy.
+
+Why raw requests at all: a listing parsed by botocore's generic parser costs several
+times the CPU of listing.py's, and both SDKs' per-call machinery costs more than the
+exchange itself on a small copy (docs/benchmarks.md). The signature and the HTTP stay
+libraries' work.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import ssl
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import certifi
 import urllib3
-from minio import time as minio_time
-from minio.credentials import Credentials
-from minio.signer import sign_v4_s3
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, SSLError
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from .. import __version__
-from ..config import Settings
-from ..errors import FatalError, StoreError, TransientError, classify, parse_retry_after
-from .http_client import ConnectFailed, HttpClient, Response
+from ..errors import FatalError, StoreError, TransientError, annotated, classify, parse_retry_after
 
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _USER_AGENT = f"replicator/{__version__}"
 
 
-def pool_manager(settings: Settings, *, verify: bool, ca_bundle: str | None, read_timeout: float,
-                 maxsize: int) -> urllib3.PoolManager:
+class CredentialSource(Protocol):
+    """botocore's Credentials and RefreshableCredentials: the frozen set is taken per
+    request, so credentials that expire are refreshed by their provider in time."""
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials: ...
+
+
+def redact(url: str) -> str:
+    """``url`` without its user and password (a proxy URL may carry both)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return parts._replace(netloc=host).geturl()
+
+
+def pool_manager(*, verify: bool, ca_bundle: str | None, connect_timeout: float, read_timeout: float,
+                 maxsize: int, proxy: str | None = None) -> urllib3.PoolManager:
     """An HTTP pool with *no* retries: retry.py owns retries. minio-py's default pool
-    retries 5 times with 300 s timeouts, which would hide a dead endpoint for minutes."""
-    return urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=read_timeout),
+    retries 5 times with 300 s timeouts, which would hide a dead endpoint for minutes.
+    Through ``proxy`` when given: HTTPS by CONNECT, so TLS runs end to end."""
+    options = dict(
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         maxsize=maxsize,
         block=False,
         cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
         ca_certs=ca_bundle or certifi.where(),
         retries=False,
     )
+    if proxy:
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
-def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc: Exception) -> StoreError:
-    """Connection-level failures, from urllib3 or from http_client: the endpoint, not
-    the object, is the subject."""
+class Transport:
+    """Signed requests to one origin (``https://host:port``), on one pool."""
+
+    def __init__(self, side: str, origin: str, *, region: str, credentials: CredentialSource, verify: bool,
+                 ca_bundle: str | None, connect_timeout: float, read_timeout: float, maxsize: int,
+                 proxy: str | None = None):
+        self.side = side
+        self.origin = origin.rstrip("/")
+        self.region = region  # may change once the bucket says where it lives
+        self.proxy = proxy
+        self._credentials = credentials
+        self._secure = self.origin.startswith("https:")
+        self.pool = pool_manager(verify=verify, ca_bundle=ca_bundle, connect_timeout=connect_timeout,
+                                 read_timeout=read_timeout, maxsize=maxsize, proxy=proxy)
+
+    @property
+    def secure(self) -> bool:
+        return self._secure
+
+    def request(self, op: str, key: str | None, method: str, path: str, *, headers: dict[str, str] | None = None,
+                body: bytes | None = None, stream: bool = False, region: str | None = None
+                ) -> urllib3.BaseHTTPResponse:
+        """Send one SigV4-signed request and return the response, whatever its status;
+        its body read unless ``stream`` (then the caller reads or releases it).
+        ``path`` (with its query) goes out exactly as given (object_path), never
+        normalised. The payload is signed as botocore signs it: its SHA-256, unless it
+        travels over HTTPS with a Content-MD5. Transport failures raise errors.*."""
+        url = self.origin + path
+        # Accept-Encoding: identity, or a server may compress the object on the way and the
+        # copy would store other bytes than the source's.
+        request = AWSRequest(method=method, url=url, data=body,
+                             headers={**(headers or {}), "Accept-Encoding": "identity", "User-Agent": _USER_AGENT})
+        # Over HTTPS with a Content-MD5, TLS and the digest guard the body: botocore's S3
+        # clients then send it unsigned, sparing a SHA-256 of every byte. So do we.
+        request.context["payload_signing_enabled"] = not (self._secure and "Content-MD5" in request.headers)
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region or self.region).add_auth(request)
+        try:
+            return self.pool.urlopen(method, url, body=body, headers=dict(request.headers.items()),
+                                     preload_content=not stream, decode_content=False, redirect=False,
+                                     assert_same_host=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.map_error(op, key, exc) from exc
+
+    def map_error(self, op: str, key: str | None, exc: BaseException) -> StoreError:
+        return map_transport_error(self.side, op, key, self.origin, exc, proxy=self.proxy)
+
+    def error(self, op: str, key: str | None, response, *, bucket_op: bool = False) -> StoreError:
+        """errors.* for an error response to one of our requests (raw_error), naming
+        the proxy when one stands between and the answer isn't S3's: a proxy's own
+        refusal looks like any 403 otherwise, and would send the reader to the keys."""
+        error = raw_error(self.side, op, key, response, bucket_op=bucket_op)
+        if error.server_message is None:
+            error = self.unproven(error, response.status, response.headers.get("Content-Type"))
+        return error
+
+    def unproven(self, error: StoreError, status: int | None, content_type: str | None) -> StoreError:
+        """``error``, for an answer without an S3 error document, with the proxy named."""
+        if not self.proxy:
+            return error
+        return annotated(error, f"; the answer (HTTP {status}, {content_type or 'no content type'}) is not S3's and "
+                                f"came through proxy {redact(self.proxy)}, which may have given it")
+
+
+def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc: BaseException, *,
+                        proxy: str | None = None) -> StoreError:
+    """Connection-level failures: the endpoint (or the proxy before it), not the object,
+    is the subject."""
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
-        exc = exc.reason  # type: ignore[assignment]
+        exc = exc.reason
+    if isinstance(exc, ProxyError):
+        cause = next((a for a in exc.args if isinstance(a, BaseException)), None)
+        return TransientError(side, op, key, f"proxy {redact(proxy or 'in the way')} failed to reach {endpoint}: "
+                              f"{_proxy_reason(cause)}")
     if isinstance(exc, (SSLError, ssl.SSLError)):
         return tls_failure(side, op, key, endpoint, exc)
-    if isinstance(exc, (NewConnectionError, ConnectFailed)):
+    if isinstance(exc, NewConnectionError):
         return TransientError(side, op, key, f"cannot connect to {endpoint}: connection refused or unreachable")
     if isinstance(exc, (Urllib3Timeout, TimeoutError)):
         return TransientError(side, op, key, f"{endpoint} timed out ({type(exc).__name__})")
     if isinstance(exc, (ProtocolError, ConnectionError)):
         return TransientError(side, op, key, f"connection to {endpoint} broke: {type(exc).__name__}")
     return TransientError(side, op, key, f"{endpoint}: {type(exc).__name__}")
+
+
+def _proxy_reason(cause: BaseException | None) -> str:
+    """"Tunnel connection failed: 403 Access denied", or what kept us from the proxy."""
+    if cause is None:
+        return "no reason given"
+    if isinstance(cause, NewConnectionError):
+        return "cannot connect to the proxy: connection refused or unreachable"
+    text = str(cause)
+    return text if text and len(text) < 200 else type(cause).__name__
 
 
 _CA_BUNDLE_SETTING = {"source": "MINIO_CA_BUNDLE", "destination": "S3_SYNC_CA_BUNDLE"}
@@ -93,43 +195,23 @@ def object_path(bucket_path: str, key: str, query: str = "") -> str:
     return f"{bucket_path}/{quote(key, safe='/~')}{query}"
 
 
-def signed_request(client: HttpClient, method: str, path: str, *, region: str, credentials: Credentials,
-                   headers: dict[str, str] | None = None, body: bytes | None = None,
-                   sha256: str | None = None) -> Response:
-    """Send one SigV4-signed request on ``client`` (http_client.HttpClient, one origin)
-    and return the response, whatever its status, its body unread: the caller reads or
-    releases it. Payload as both SDKs sign it: UNSIGNED-PAYLOAD over HTTPS, its SHA-256
-    over plain HTTP (``sha256``, hex, if the caller has it already). ``path`` goes out
-    exactly as given (object_path), never normalised. Transport failures propagate as
-    OSError/ConnectionError, for the caller to map with its endpoint's name."""
-    now = minio_time.utcnow()
-    origin = client.origin
-    if origin.startswith("https:"):
-        sha256 = "UNSIGNED-PAYLOAD"
-    elif sha256 is None:
-        sha256 = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
-    # Accept-Encoding: identity, or a server may compress the object on the way and the
-    # copy would store other bytes than the source's.
-    headers = {**(headers or {}), "Host": origin.split("://", 1)[1], "x-amz-content-sha256": sha256,
-               "x-amz-date": minio_time.to_amz_date(now), "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
-    if body is not None:
-        headers["Content-Length"] = str(len(body))
-    sign_v4_s3(method=method, url=urlsplit(origin + path), region=region, headers=headers,
-               credentials=credentials, content_sha256=sha256, date=now)
-    headers.pop("Content-Length", None)  # signed; the client writes it
-    return client.request(method, path, headers, body)
+def query_string(params: dict[str, str]) -> str:
+    """``params`` in SigV4's canonical encoding, so the query is signed exactly as sent."""
+    return "&".join(f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}" for name, value in params.items())
+
+
+# What S3 means by a status when there is no error document to say it.
+_BODILESS_CODES = {403: "AccessDenied", 404: "NotFound", 412: "PreconditionFailed"}
 
 
 def raw_error(side: str, op: str, key: str | None, response, *, bucket_op: bool = False) -> StoreError:
-    """errors.* for an S3 error response read raw. The server's own message is kept
-    as ``server_message`` ("Bucket is missing ObjectLockConfiguration")."""
+    """errors.* for an S3 error response read raw, with the server's own message
+    ("Bucket is missing ObjectLockConfiguration") as ``server_message``."""
     code = message = None
     try:
         body = ElementTree.fromstring(response.data)
         code, message = body.findtext("Code"), body.findtext("Message")
     except ElementTree.ParseError:
-        pass
-    error = classify(side, op, key, code, response.status, bucket_op=bucket_op,
-                     retry_after=parse_retry_after(response.headers.get("Retry-After")))
-    error.server_message = message  # type: ignore[attr-defined]
-    return error
+        code = _BODILESS_CODES.get(response.status)  # a HEAD's answer: the status is all there is
+    return classify(side, op, key, code, response.status, bucket_op=bucket_op, server_message=message,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")))

@@ -30,7 +30,7 @@ def problem(**env: str) -> str:
 EXPECTED_DEFAULTS = {
     "dest_bucket": "mirror",
     "dest_endpoint": Endpoint("https", "s3.amazonaws.com"),
-    "dest_region": "us-east-1",
+    "dest_region": None,  # the bucket's own
     "dest_path_style": False,  # AWS: virtual-hosted
     "dest_verify_tls": True,
     "dest_ca_bundle": None,
@@ -40,6 +40,9 @@ EXPECTED_DEFAULTS = {
     "source_bucket": "relics",
     "source_verify_tls": True,
     "source_ca_bundle": None,
+    "source_proxy": None,
+    "dest_session_token": None,
+    "dest_proxy": None,
     "enabled": False,
     "interval": 1800.0,
     "max_retries": 3,
@@ -96,20 +99,40 @@ def test_empty_optional_values_mean_the_default():
 # --- missing required variables ---------------------------------------------------
 
 @pytest.mark.parametrize(
-    "missing",
+    "missing, named",
     [
-        ("S3_SYNC_ACCESS_KEY",),
-        ("S3_SYNC_SECRET_KEY",),
-        ("S3_SYNC_BUCKET",),
-        ("S3_SYNC_ACCESS_KEY", "S3_SYNC_BUCKET"),
-        ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "S3_SYNC_BUCKET"),
+        # One key of the pair is a mistake: the other is named missing.
+        (("S3_SYNC_ACCESS_KEY",), ("S3_SYNC_ACCESS_KEY",)),
+        (("S3_SYNC_SECRET_KEY",), ("S3_SYNC_SECRET_KEY",)),
+        (("S3_SYNC_BUCKET",), ("S3_SYNC_BUCKET",)),
+        (("S3_SYNC_ACCESS_KEY", "S3_SYNC_BUCKET"), ("S3_SYNC_BUCKET", "S3_SYNC_ACCESS_KEY")),
+        # Neither key: the credential chain's turn (stores/destination.py), not a config error.
+        (("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY", "S3_SYNC_BUCKET"), ("S3_SYNC_BUCKET",)),
     ],
 )
-def test_missing_required_variables_named_in_one_message(missing):
+def test_missing_required_variables_named_in_one_message(missing, named):
     env = {k: v for k, v in REQUIRED.items() if k not in missing}
     with pytest.raises(ConfigError) as caught:
         config.load(env)
-    assert str(caught.value) == f"Missing required environment variables: {', '.join(missing)}"
+    assert str(caught.value) == f"Missing required environment variables: {', '.join(named)}"
+
+
+def test_without_either_key_the_destination_uses_the_credential_chain():
+    s = config.load({"S3_SYNC_BUCKET": "mirror"})
+    assert (s.dest_access_key, s.dest_secret_key, s.dest_session_token) == (None, None, None)
+
+
+def test_a_session_token_completes_the_keys_and_is_a_secret():
+    s = load(S3_SYNC_SESSION_TOKEN="FwoGZXIvYXdzEXAMPLETOKEN")
+    assert s.dest_session_token.reveal() == "FwoGZXIvYXdzEXAMPLETOKEN"
+    assert "FwoGZXIvYXdzEXAMPLETOKEN" in s.secrets()
+    assert "FwoGZXIvYXdzEXAMPLETOKEN" not in repr(s)
+
+
+def test_a_session_token_without_keys_is_refused_and_not_shown():
+    with pytest.raises(ConfigError) as caught:
+        config.load({"S3_SYNC_BUCKET": "mirror", "S3_SYNC_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLETOKEN"})
+    assert "S3_SYNC_SESSION_TOKEN" in str(caught.value) and "FwoGZXIvYXdzEXAMPLETOKEN" not in str(caught.value)
 
 
 def test_blank_required_variable_counts_as_missing():
@@ -485,7 +508,9 @@ def test_every_variable_load_reads_is_known(env):
 
 def test_every_variable_config_spells_out_is_known():
     spelled = set(re.findall(r"\"((?:S3_SYNC|MINIO)_[A-Z_]+)\"", Path(config.__file__).read_text()))
-    assert spelled == config.known_variables()
+    # Spelled from the endpoint's scheme; and NO_PROXY in both cases.
+    proxies = {"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"}
+    assert spelled | proxies == config.known_variables()
 
 
 # --- valid values ------------------------------------------------------------------
@@ -597,3 +622,66 @@ def test_copy_connections_cover_event_workers_and_reconcile_copies_at_once():
     settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
                                            "S3_SYNC_BUCKET": "mirror"}), workers=16, multipart_concurrency=4)
     assert settings.copy_connections == 16 + 16 + 4 + 4
+
+
+# --- proxies ------------------------------------------------------------------------
+
+PROXY = "http://127.0.0.1:3128"
+
+
+@pytest.mark.parametrize("env, source, dest", [
+    ({}, None, None),
+    # Each side by its own endpoint's scheme: the source is http://minio:9000 by default.
+    ({"HTTPS_PROXY": PROXY}, None, PROXY),
+    ({"HTTP_PROXY": PROXY}, PROXY, None),
+    ({"https_proxy": PROXY, "http_proxy": PROXY}, PROXY, PROXY),
+    # The lower-case name wins, as curl and Python's urllib read them.
+    ({"HTTPS_PROXY": "http://upper:1", "https_proxy": PROXY}, None, PROXY),
+    # curl's shorthand without a scheme.
+    ({"HTTPS_PROXY": "127.0.0.1:3128"}, None, PROXY),
+    ({"HTTP_PROXY": PROXY, "NO_PROXY": "minio"}, None, None),
+    ({"HTTP_PROXY": PROXY, "no_proxy": "minio", "NO_PROXY": ""}, None, None),
+    ({"HTTPS_PROXY": PROXY, "NO_PROXY": ".amazonaws.com"}, None, None),
+    ({"HTTPS_PROXY": PROXY, "NO_PROXY": "*"}, None, None),
+], ids=["none", "https-only", "http-only", "both-lower", "lower-wins", "no-scheme", "no-proxy-host",
+        "no-proxy-lower-wins", "no-proxy-domain", "no-proxy-star"])
+def test_each_side_gets_the_proxy_of_its_scheme_unless_no_proxy_names_it(env, source, dest):
+    settings = load(**env)
+    assert (settings.source_proxy, settings.dest_proxy) == (source, dest)
+
+
+@pytest.mark.parametrize("host, port, no_proxy, expected", [
+    ("minio", 9000, "minio", True),
+    ("minio", 9000, "minio:9000", True),
+    ("minio", 9000, "minio:9001", False),
+    ("s3.eu-central-1.amazonaws.com", 443, "amazonaws.com", True),
+    ("s3.eu-central-1.amazonaws.com", 443, ".amazonaws.com", True),
+    ("notamazonaws.com", 443, "amazonaws.com", False),
+    ("10.1.2.3", 9000, "localhost, 10.0.0.0/8", True),
+    ("10.1.2.3", 9000, "192.168.0.0/16", False),
+    ("::1", 9000, "[::1]:9000", True),
+    ("::1", 9000, "::1", True),
+    ("minio", 9000, "", False),
+    ("MinIO", 9000, "MINIO", True),
+])
+def test_no_proxy_entries(host, port, no_proxy, expected):
+    assert config.bypasses(host, port, no_proxy) is expected
+
+
+@pytest.mark.parametrize("value, why", [
+    ("socks5://127.0.0.1:1080", "SOCKS proxies are not supported"),
+    ("http://:3128", "with a host"),
+    ("http://127.0.0.1:port", "not a proxy URL"),
+])
+def test_a_proxy_that_is_not_one_is_refused_naming_the_variable(value, why):
+    with pytest.raises(ConfigError) as error:
+        load(HTTPS_PROXY=value)
+    assert f"HTTPS_PROXY={value!r}" in str(error.value) and why in str(error.value)
+
+
+def test_a_proxy_password_is_never_shown_and_is_redacted_from_logs():
+    with pytest.raises(ConfigError) as error:
+        load(HTTPS_PROXY="socks5://user:hunter2-proxy@127.0.0.1:1080")
+    assert "hunter2-proxy" not in str(error.value)
+    assert "socks5://user:***@127.0.0.1:1080" in str(error.value)
+    assert "hunter2-proxy" in load(HTTPS_PROXY="http://user:hunter2-proxy@127.0.0.1:3128").secrets()

@@ -1,14 +1,20 @@
-"""S3Destination's choices that need no server: which digests a PUT will send."""
+"""S3Destination's choices seen on the wire by a scripted loopback peer: what a PUT carries."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ssl
+import threading
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from replicator import config
 from replicator.model import ObjectLock, SourceObject
 from replicator.stores.destination import S3Destination
+from tests.tls import make_ca
 
 ENV = {
     "MINIO_ENDPOINT": "http://127.0.0.1:9",
@@ -22,13 +28,56 @@ ENV = {
 LOCKED = ObjectLock("GOVERNANCE", datetime.now(timezone.utc) + timedelta(days=1), False)
 
 
-@pytest.mark.parametrize("endpoint, lock, wanted", [
-    ("http://127.0.0.1:9", None, {"sha256"}),  # the signed payload is the check
-    ("http://127.0.0.1:9", LOCKED, {"sha256", "md5"}),  # lock settings need Content-MD5 too
-    ("https://127.0.0.1:9", None, {"md5"}),  # unsigned payload: Content-MD5 is the check
-    ("https://s3.eu-west-1.amazonaws.com", None, {"md5"}),
-])
-def test_the_digests_taken_during_the_read_are_the_ones_the_put_sends(endpoint, lock, wanted):
-    dest = S3Destination(config.load({**ENV, "S3_SYNC_ENDPOINT": endpoint}))
-    src = SourceObject("k", 3, "etag", **({"lock": lock} if lock else {}))
-    assert set(dest.digests_for("k", src)) == wanted
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every PUT as S3 does (200 with an ETag) and keeps its headers."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(200)
+        self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(params=["http", "https"])
+def recorder(request, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    env = {}
+    if request.param == "https":
+        authority = make_ca(str(tmp_path))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(authority.certs_dir / "public.crt", authority.certs_dir / "private.key")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        env["S3_SYNC_CA_BUNDLE"] = str(authority.ca_file)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.seen = []
+    yield {**env, "S3_SYNC_ENDPOINT": f"{request.param}://127.0.0.1:{server.server_address[1]}"}
+    server.shutdown()
+
+
+BODY = b"the object's bytes"
+
+
+@pytest.mark.parametrize("lock", [None, LOCKED], ids=["unlocked", "locked"])
+def test_each_put_carries_the_integrity_check_its_transport_needs(recorder, lock):
+    """Over plain HTTP the signed SHA-256 is the check; over HTTPS the payload goes
+    unsigned and Content-MD5 is. A write with lock settings carries Content-MD5 always,
+    as providers demand."""
+    dest = S3Destination(config.load({**ENV, **recorder}))
+    src = SourceObject("k", len(BODY), "etag", **({"lock": lock} if lock else {}))
+    dest.put("k", BODY, src, None)
+    (headers,) = _Recorder.seen
+    md5 = base64.b64encode(hashlib.md5(BODY, usedforsecurity=False).digest()).decode()
+    if recorder["S3_SYNC_ENDPOINT"].startswith("https"):
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert headers["content-md5"] == md5
+    else:
+        assert headers["x-amz-content-sha256"] == hashlib.sha256(BODY).hexdigest()
+        assert headers.get("content-md5") == (md5 if lock else None)
+    assert "x-amz-object-lock-mode" in headers if lock else "x-amz-object-lock-mode" not in headers

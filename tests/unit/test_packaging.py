@@ -37,9 +37,11 @@ REQUIRED_VALUES = {"S3_SYNC_ACCESS_KEY": "AKIDEXAMPLE", "S3_SYNC_SECRET_KEY": "s
 
 
 def variables_config_reads() -> set[str]:
+    """Every name config.py reads; the proxy variables, read in both cases as curl
+    reads them, by their upper-case names, which are the ones documented."""
     env = config.RecordingEnvironment(REQUIRED_VALUES)
     config.load(env)
-    return env.read
+    return {name.upper() if name.lower().endswith("_proxy") else name for name in env.read}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -74,7 +76,7 @@ def readme_table() -> dict[str, str]:
     """The README's configuration table: variable -> the default column, as written."""
     rows = {}
     for line in (ROOT / "README.md").read_text().splitlines():
-        m = re.match(r"^\|\s*`((?:S3_SYNC|MINIO)_[A-Z_]+)`\s*\|\s*([^|]*?)\s*\|", line)
+        m = re.match(r"^\|\s*`((?:S3_SYNC_|MINIO_|HTTPS?_PROXY|NO_PROXY)[A-Z_]*)`\s*\|\s*([^|]*?)\s*\|", line)
         if m:
             assert m.group(1) not in rows, f"{m.group(1)} appears twice in the README's table"
             rows[m.group(1)] = m.group(2)
@@ -84,7 +86,7 @@ def readme_table() -> dict[str, str]:
 def readme_rows() -> dict[str, str]:
     """The README's configuration tables: variable -> its whole row."""
     return {m.group(1): line for line in (ROOT / "README.md").read_text().splitlines()
-            if (m := re.match(r"^\|\s*`((?:S3_SYNC|MINIO)_[A-Z_]+)`\s*\|", line))}
+            if (m := re.match(r"^\|\s*`((?:S3_SYNC_|MINIO_|HTTPS?_PROXY|NO_PROXY)[A-Z_]*)`\s*\|", line))}
 
 
 def env_file_comments(path: Path) -> dict[str, str]:
