@@ -18,7 +18,7 @@ from loguru import logger
 
 from .errors import StoreError, TransientError
 from .observability import metrics
-from .stores.notifications import NotificationSource, Subscription
+from .stores.notifications import Notifications, Subscription
 from .workqueue import KeyedQueue, WorkItem
 
 # Events that change only an object's metadata, not its bytes, and what they change.
@@ -69,7 +69,7 @@ def _kind(item: WorkItem) -> str:
 class Listener:
     """Runs in its own thread; ``stop()`` from any thread ends it promptly."""
 
-    def __init__(self, notifications: NotificationSource, queue: KeyedQueue, stop: threading.Event,
+    def __init__(self, notifications: Notifications, queue: KeyedQueue, stop: threading.Event,
                  on_gap: Callable[[str], None], *, on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
                  rng: random.Random | None = None):

@@ -37,7 +37,7 @@ from .observability.health import Health
 from .observability.http import HttpServer
 from .reconcile import check_endpoints
 from .scheduler import Scheduler
-from .stores.notifications import NotificationSource
+from .stores.notifications import Notifications
 from .sweep import MetadataSweep
 from .workers import Workers
 from .workqueue import KeyedQueue
@@ -135,7 +135,7 @@ class Service:
         if failures:
             logger.info("✓ Endpoints reachable after {} failed attempts", failures)
 
-        notifications = NotificationSource(self.settings)
+        notifications = Notifications(app.source, self.settings)
         self.scheduler = Scheduler(
             lambda: app.reconciler.run(), interval=self.settings.interval, max_retries=self.settings.max_retries,
             retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self.settings.reconcile_cooldown,

@@ -86,23 +86,16 @@ class Subscription:
             pass
 
 
-class NotificationSource(MinioSource):
-    """The source, with a client of its own for subscriptions: the data pool's read
-    timeout is sized for object bodies, the listener's for noticing a dead stream."""
+class Notifications:
+    """The source bucket's notification stream, on the source's own pool. Its read
+    timeout is its own: the data path's is sized for object bodies, this one for
+    noticing a dead stream."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, source: MinioSource, settings: Settings):
+        self.source = source
+        self.bucket = source.bucket
         self.read_timeout = max(settings.listen_timeout, PING + 5)
-        super().__init__(settings, read_timeout=self.read_timeout, pool_size=2)
 
     def subscribe(self) -> Subscription:
-        try:
-            # _execute is minio-py's signed-request primitive (stable through 7.x); the
-            # public wrapper can't be stopped or told apart from a reconnect.
-            response = self.client._execute(  # noqa: SLF001
-                "GET", self.bucket,
-                query_params={"events": list(EVENTS), "prefix": "", "suffix": "", "ping": str(PING)},
-                preload_content=False,
-            )
-        except Exception as exc:
-            raise self._map(exc, "listen", self.bucket, bucket_op=True) from exc
-        return Subscription(response, self.endpoint)
+        query = [*(("events", event) for event in EVENTS), ("ping", str(PING)), ("prefix", ""), ("suffix", "")]
+        return Subscription(self.source.listen(query, self.read_timeout), self.source.endpoint)

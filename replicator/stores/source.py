@@ -5,7 +5,7 @@ too. Maps every exception into errors.*."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -108,7 +108,7 @@ def _release(response) -> None:
 class MinioSource:
     side = "source"
 
-    def __init__(self, settings: Settings, *, read_timeout: float | None = None, pool_size: int | None = None):
+    def __init__(self, settings: Settings):
         self.bucket = settings.source_bucket
         self.endpoint = settings.source_endpoint.url
         self.list_concurrency = settings.list_concurrency
@@ -118,9 +118,10 @@ class MinioSource:
         self._transport = Transport(
             self.side, settings.source_endpoint.url, region="us-east-1", credentials=Credentials(access, secret),
             verify=settings.source_verify_tls, ca_bundle=settings.source_ca_bundle,
-            connect_timeout=settings.connect_timeout, read_timeout=read_timeout or settings.read_timeout,
-            # Listings, the copies' GETs, and the event workers' HEADs and tag reads.
-            maxsize=pool_size or settings.copy_connections + settings.workers + settings.list_concurrency + 4,
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            # Listings, the copies' GETs, the event workers' HEADs and tag reads, and the
+            # notification stream.
+            maxsize=settings.copy_connections + settings.workers + settings.list_concurrency + 4,
             proxy=settings.source_proxy)
         self.client = Minio(
             settings.source_endpoint.host, access_key=access, secret_key=secret,
@@ -175,8 +176,24 @@ class MinioSource:
         return self._transport.region
 
     def _request(self, op: str, key: str | None, path: str, *, headers: dict[str, str] | None = None,
-                 stream: bool = False):
-        return self._transport.request(op, key, "GET", path, headers=headers, stream=stream, region=self._region())
+                 stream: bool = False, read_timeout: float | None = None):
+        return self._transport.request(op, key, "GET", path, headers=headers, stream=stream, region=self._region(),
+                                       read_timeout=read_timeout)
+
+    def listen(self, query: Sequence[tuple[str, str]], read_timeout: float):
+        """MinIO's ListenBucketNotification stream for the bucket (notifications.py
+        reads it): the response, streaming, its own read timeout."""
+        response = self._request("listen", self.bucket, f"/{self.bucket}?{query_string(query)}", stream=True,
+                                 read_timeout=read_timeout)
+        if response.status != 200:
+            try:
+                response.data  # read whole, for the error  # noqa: B018
+            except (Urllib3Error, OSError) as exc:
+                raise self._transport.map_error("listen", self.bucket, exc) from exc
+            finally:
+                response.release_conn()
+            raise self._transport.error("listen", self.bucket, response, bucket_op=True)
+        return response
 
     # -- SourceStore -------------------------------------------------------------
 

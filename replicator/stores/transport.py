@@ -16,6 +16,7 @@ libraries' work.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
@@ -80,6 +81,7 @@ class Transport:
         self.origin = origin.rstrip("/")
         self.region = region  # may change once the bucket says where it lives
         self.proxy = proxy
+        self._connect_timeout = connect_timeout
         self._credentials = credentials
         self._secure = self.origin.startswith("https:")
         self.pool = pool_manager(verify=verify, ca_bundle=ca_bundle, connect_timeout=connect_timeout,
@@ -90,10 +92,11 @@ class Transport:
         return self._secure
 
     def request(self, op: str, key: str | None, method: str, path: str, *, headers: dict[str, str] | None = None,
-                body: bytes | None = None, stream: bool = False, region: str | None = None
-                ) -> urllib3.BaseHTTPResponse:
+                body: bytes | None = None, stream: bool = False, region: str | None = None,
+                read_timeout: float | None = None) -> urllib3.BaseHTTPResponse:
         """Send one SigV4-signed request and return the response, whatever its status;
-        its body read unless ``stream`` (then the caller reads or releases it).
+        its body read unless ``stream`` (then the caller reads or releases it), and
+        ``read_timeout`` for this request only if given.
         ``path`` (with its query) goes out exactly as given (object_path), never
         normalised. The payload is signed as botocore signs it: its SHA-256, unless it
         travels over HTTPS with a Content-MD5. Transport failures raise errors.*."""
@@ -106,10 +109,13 @@ class Transport:
         # clients then send it unsigned, sparing a SHA-256 of every byte. So do we.
         request.context["payload_signing_enabled"] = not (self._secure and "Content-MD5" in request.headers)
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region or self.region).add_auth(request)
+        options = {}
+        if read_timeout is not None:
+            options["timeout"] = urllib3.Timeout(connect=self._connect_timeout, read=read_timeout)
         try:
             return self.pool.urlopen(method, url, body=body, headers=dict(request.headers.items()),
                                      preload_content=not stream, decode_content=False, redirect=False,
-                                     assert_same_host=False)
+                                     assert_same_host=False, **options)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.map_error(op, key, exc) from exc
 
@@ -195,9 +201,11 @@ def object_path(bucket_path: str, key: str, query: str = "") -> str:
     return f"{bucket_path}/{quote(key, safe='/~')}{query}"
 
 
-def query_string(params: dict[str, str]) -> str:
-    """``params`` in SigV4's canonical encoding, so the query is signed exactly as sent."""
-    return "&".join(f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}" for name, value in params.items())
+def query_string(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> str:
+    """``params`` (a mapping, or pairs where a name repeats) in SigV4's canonical
+    encoding, so the query is signed exactly as sent."""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    return "&".join(f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}" for name, value in pairs)
 
 
 # What S3 means by a status when there is no error document to say it.
