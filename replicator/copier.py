@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from .config import MiB, Settings
+from .diff import is_multipart_etag
 from .errors import NotFound, ReplicatorError, SourceChanged, TransientError
 from .model import SourceObject
 from .observability import metrics
@@ -54,7 +55,8 @@ class CopyResult:
 
 
 class _Large(Exception):
-    """Internal: the object is above the threshold; carries its description."""
+    """Internal: the object goes up in parts (above the threshold, or multipart at the
+    source); carries its description."""
 
     def __init__(self, src: SourceObject):
         self.src = src
@@ -67,6 +69,31 @@ def part_size(size: int, configured: int) -> int:
     if needed <= configured:
         return configured
     return -(-needed // MiB) * MiB
+
+
+MIN_PART = 5 * MiB  # S3's smallest part, the last one aside
+
+
+def source_layout(sizes: list[int] | None, size: int, etag: str, largest: int) -> str | None:
+    """PURE: why the source's own part sizes can't be the copy's, or None if they can.
+
+    Copied part for part, a multipart object gets the source's ETag at the destination
+    wherever the provider computes multipart ETags as S3 does, and the listings alone
+    then show the pair in sync. ``largest`` bounds the memory a part may take."""
+    if sizes is None:
+        return "the source doesn't list its parts"
+    expected = etag.rpartition("-")[2]
+    if not expected.isdigit() or int(expected) != len(sizes):
+        return f"{len(sizes)} parts listed for an ETag of {expected or 'no'} parts"
+    if sum(sizes) != size:
+        return f"parts adding up to {sum(sizes)} bytes for an object of {size}"
+    if len(sizes) > MAX_PARTS:
+        return f"{len(sizes)} parts, above S3's {MAX_PARTS}"
+    if any(part < MIN_PART for part in sizes[:-1]):
+        return "parts below S3's 5 MiB minimum"
+    if max(sizes) > largest:
+        return f"parts of up to {max(sizes)} bytes, above S3_SYNC_MULTIPART_THRESHOLD ({largest})"
+    return None
 
 
 class Copier:
@@ -128,7 +155,10 @@ class Copier:
     def _copy_small(self, key: str) -> CopyResult:
         with ExitStack() as held:
             with self.source.open(key) as (src, body):
-                if src.size > self.threshold:
+                if src.size > self.threshold or is_multipart_etag(src.etag):
+                    # A multipart object at any size goes up in its own parts, so that
+                    # its copy has its ETag (_layout): one PUT would cost a HEAD at every
+                    # reconcile after, to compare the recorded source ETag.
                     raise _Large(src)
                 held.enter_context(self._memory.hold(src.size, self.abort))  # before the body is read
                 data = body.read()
@@ -142,7 +172,7 @@ class Copier:
     def _copy_multipart(self, src: SourceObject) -> CopyResult:
         key = src.key
         tags = self.policy.call(lambda: self._tags(src))
-        chunk = part_size(src.size, self.chunk)
+        layout = self._layout(src)
         upload_id = self.policy.call(lambda: self.dest.start_multipart(key, src, tags))
         # On disk before the first part goes: from here on a crash leaves an upload the
         # next start knows to be replicator's (uploads.py).
@@ -150,13 +180,14 @@ class Copier:
         futures: list[Future] = []
         completed = False
         try:
-            for number, offset in enumerate(range(0, src.size, chunk), start=1):
+            offset = 0
+            for number, length in enumerate(layout, start=1):
                 if self.abort.is_set():
                     raise Stopped()
                 if any(f.done() and f.exception() for f in futures[-4:]):
                     break  # a part failed for good; stop feeding the pool
-                length = min(chunk, src.size - offset)
                 futures.append(self._parts.submit(self._copy_part, src, upload_id, number, offset, length))
+                offset += length
             parts = [f.result() for f in futures]
             self.policy.call(lambda: self.dest.complete_multipart(key, upload_id, parts))
             completed = True
@@ -172,6 +203,21 @@ class Copier:
         metrics.bytes_copied.inc(src.size)
         logger.debug("{}: uploaded in {} parts", key, len(parts))
         return CopyResult(key, src.size, src.etag, multipart=True)
+
+    def _layout(self, src: SourceObject) -> list[int]:
+        """The copy's part sizes: the source's own where they can be (source_layout),
+        else the configured part size. Re-cut, the copy's ETag differs from the
+        source's, and the source ETag recorded with it decides in later reconciles (a
+        HEAD each)."""
+        if is_multipart_etag(src.etag):
+            sizes = self.policy.call(lambda: self.source.part_sizes(src.key, src.etag))
+            why = source_layout(sizes, src.size, src.etag, self.threshold)
+            if why is None:
+                return sizes  # type: ignore[return-value]
+            logger.debug("{}: parts of {} bytes, not the source's ({})", src.key, self.chunk, why)
+        chunk = part_size(src.size, self.chunk)
+        # An empty object uploaded in parts (one part of 0 bytes) still needs one.
+        return [min(chunk, src.size - offset) for offset in range(0, src.size, chunk)] or [0]
 
     def _copy_part(self, src: SourceObject, upload_id: str, number: int, offset: int, length: int) -> tuple[int, str]:
         if self.abort.is_set():

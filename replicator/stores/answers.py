@@ -93,6 +93,35 @@ def error_region(body: bytes) -> str | None:
     return (_text(root, "Region") or "").strip() or None
 
 
+def object_parts(body: bytes) -> tuple[str, list[tuple[int, int]], int | None]:
+    """A GetObjectAttributes answer asked for ObjectParts: the object's ETag, its parts
+    on this page as (number, size), and the marker of the next page (None on the
+    last). MinIO names the root ``getObjectAttributesResponse``, AWS
+    ``GetObjectAttributesResponse``."""
+    root = _parse(body, "the answer is not XML")
+    if local_name(root.tag).lower() != "getobjectattributesresponse":
+        raise MalformedAnswer(f"the answer is not a <GetObjectAttributesResponse> (root <{local_name(root.tag)}>)")
+    etag = (_text(root, "ETag") or "").strip('"').lower()
+    if not etag:
+        raise MalformedAnswer("the object's attributes have no ETag")
+    [objects] = _children(root, "ObjectParts") or [None]
+    if objects is None:
+        return etag, [], None
+    parts = []
+    for part in _children(objects, "Part"):
+        try:
+            parts.append((int(_text(part, "PartNumber") or ""), int(_text(part, "Size") or "")))
+        except ValueError as exc:
+            raise MalformedAnswer("a part without a number or a size") from exc
+    truncated = (_text(objects, "IsTruncated") or "").strip().lower() == "true"
+    marker = _text(objects, "NextPartNumberMarker")
+    if not truncated:
+        return etag, parts, None
+    if not (marker or "").strip().isdigit():
+        raise MalformedAnswer("a truncated list of parts without its NextPartNumberMarker")
+    return etag, parts, int(marker)
+
+
 def no_document(body: bytes) -> None:
     """An answer that carries no document on success (PutObjectTagging, DeleteObject,
     …). Some providers send one anyway, so any XML but an error document or an HTML

@@ -39,6 +39,9 @@ class SourceStore(Protocol):
     def stat(self, key: str) -> SourceObject | None:
         """The object's description, or None if it doesn't exist."""
 
+    def part_sizes(self, key: str, etag: str) -> list[int] | None:
+        """The sizes of a multipart object's parts, in order; None where unknown."""
+
     def get_tags(self, key: str) -> dict[str, str]:
         ...
 

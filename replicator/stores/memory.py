@@ -46,6 +46,7 @@ class StoredObject:
     metadata: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     lock: ObjectLock = NO_LOCK
+    part_sizes: tuple[int, ...] = ()  # as uploaded, for a multipart object
 
 
 class _Body:
@@ -194,6 +195,13 @@ class MemoryStore:
         obj = self.objects.get(key)
         return self._describe(key, obj) if obj is not None else None
 
+    def part_sizes(self, key: str, etag: str) -> list[int] | None:
+        self._enter("get attributes", key)
+        obj = self._get("get attributes", key)
+        if obj.etag != etag:
+            raise SourceChanged(self.side, "get attributes", key, "object changed during the copy")
+        return list(obj.part_sizes) or None
+
     def get_tags(self, key: str) -> dict[str, str]:
         self._enter("get tags", key)
         obj = self.objects.get(key)
@@ -240,7 +248,9 @@ class MemoryStore:
         if numbers != sorted(numbers) or set(numbers) != set(upload.parts):
             raise StoreError(self.side, "complete multipart", key, "InvalidPart", code="InvalidPart")
         chunks = [upload.parts[n] for n in numbers]
-        self.objects[key] = self._written(b"".join(chunks), multipart_etag(chunks), upload.src, upload.tags)
+        written = self._written(b"".join(chunks), multipart_etag(chunks), upload.src, upload.tags)
+        written.part_sizes = tuple(len(c) for c in chunks)
+        self.objects[key] = written
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         self._enter("abort multipart", key)

@@ -15,7 +15,16 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
-from ..errors import FatalError, NotFound, PermanentError, StoreError, TransientError, classify, parse_retry_after
+from ..errors import (
+    FatalError,
+    NotFound,
+    PermanentError,
+    SourceChanged,
+    StoreError,
+    TransientError,
+    classify,
+    parse_retry_after,
+)
 from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
 from .transport import Transport, object_path, query_string
@@ -279,6 +288,36 @@ class MinioSource:
             raise TransientError(self.side, "stat", key, f"{self.endpoint} answered a HEAD without an ETag: "
                                  "not an S3 answer")
         return describe(key, obj.metadata)  # minio-py puts the raw response headers there
+
+    def part_sizes(self, key: str, etag: str) -> list[int] | None:
+        """The sizes of the object's parts as it was uploaded, in order (S3's
+        GetObjectAttributes, paged); None where the source won't say. The ETag pins
+        the version: another one is SourceChanged, and the copy starts again."""
+        sizes: list[int] = []
+        marker = 0
+        while True:
+            query = "?attributes=" + (f"&part-number-marker={marker}" if marker else "")
+            response = self._request("get attributes", key, object_path(f"/{self.bucket}", key, query),
+                                     headers={"x-amz-object-attributes": "ETag,ObjectParts",
+                                              "x-amz-max-parts": "1000"})
+            if response.status != 200:
+                error = self._transport.error("get attributes", key, response)
+                if isinstance(error, PermanentError) and not isinstance(error, NotFound):
+                    return None  # not offered here (NotImplemented, AccessDenied): parts of our own then
+                raise error
+            try:
+                seen, parts, marker_next = answers.object_parts(response.data)
+            except answers.MalformedAnswer as exc:
+                raise TransientError(self.side, "get attributes", key, f"{self.endpoint}: {exc}") from exc
+            if seen != etag:
+                raise SourceChanged(self.side, "get attributes", key, f"object changed during the copy: ETag {seen}")
+            for number, size in parts:
+                if number != len(sizes) + 1:
+                    return None  # parts missing from the list: not a layout to copy
+                sizes.append(size)
+            if marker_next is None:
+                return sizes or None
+            marker = marker_next
 
     def get_tags(self, key: str) -> dict[str, str]:
         # Raw, and proven (answers.py): minio-py's get_object_tags reads an HTML page at

@@ -92,3 +92,49 @@ def test_a_source_that_never_holds_still_leaves_no_torn_copy(pair, make_app):
     assert (stats.copied, stats.failed) == (0, 1)
     assert KEY not in pair.dest_keys()  # nothing rather than a mix
     assert pending_uploads(pair) == []
+
+
+# -- part for part: the copy's ETag is the source's ----------------------------------
+
+def upload_in_parts(pair, key: str, parts: list[bytes]) -> str:
+    """A multipart upload at the source with exactly these parts; returns its ETag."""
+    import boto3
+
+    source = boto3.client("s3", endpoint_url=pair.env["MINIO_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id=pair.env["MINIO_ACCESS_KEY"],
+                          aws_secret_access_key=pair.env["MINIO_SECRET_KEY"])
+    upload = source.create_multipart_upload(Bucket=pair.source_bucket, Key=key)["UploadId"]
+    done = [{"PartNumber": n, "ETag": source.upload_part(Bucket=pair.source_bucket, Key=key, UploadId=upload,
+                                                         PartNumber=n, Body=part)["ETag"]}
+            for n, part in enumerate(parts, start=1)]
+    result = source.complete_multipart_upload(Bucket=pair.source_bucket, Key=key, UploadId=upload,
+                                              MultipartUpload={"Parts": done})
+    return result["ETag"].strip('"')
+
+
+def test_multipart_objects_copied_part_for_part_need_no_head_once_in_sync(pair, make_app):
+    from tests.conftest import run_cli
+    from tests.faultproxy import FaultProxy
+
+    layouts = {
+        "unequal.bin": [os.urandom(5 * MiB), os.urandom(7 * MiB), os.urandom(1000)],
+        "one-part.bin": [os.urandom(2000)],  # multipart, yet below every threshold
+        "equal.bin": [os.urandom(6 * MiB), os.urandom(6 * MiB), os.urandom(6 * MiB)],
+    }
+    etags = {key: upload_in_parts(pair, key, parts) for key, parts in layouts.items()}
+    stats = make_app().reconciler.run()  # the default threshold (16 MiB) and part size (8 MiB)
+    assert (stats.copied, stats.failed) == (3, 0)
+    listed = {o["Key"]: o["ETag"].strip('"') for o in pair.dest.list_objects_v2(Bucket=pair.dest_bucket)["Contents"]}
+    assert listed == etags  # the source's multipart ETags, as S3 computes them
+    for key, parts in layouts.items():
+        assert pair.dest_body(key) == b"".join(parts)
+
+    requests = []
+    proxy = FaultProxy(pair.servers["dest"].port, lambda request: requests.append(request) or None)
+    try:
+        result = run_cli({**pair.env, "S3_SYNC_ENDPOINT": proxy.endpoint}, "reconcile")
+    finally:
+        proxy.close()
+    assert result.code == 0 and "3 unchanged" in result.stderr, result.output
+    object_heads = [r for r in requests if r.method == "HEAD" and r.path.strip("/").count("/") >= 1]
+    assert object_heads == []  # the listings decided: no HEAD per multipart object

@@ -2,6 +2,7 @@
 
 import pytest
 
+from replicator.stores import answers
 from replicator.stores.answers import MalformedAnswer, prove, tag_set
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
@@ -95,3 +96,38 @@ def test_a_tag_set_that_is_not_one_is_refused_not_read_as_no_tags(body, why):
     with pytest.raises(MalformedAnswer) as caught:
         tag_set(body)
     assert why in str(caught.value)
+
+
+# -- GetObjectAttributes (ObjectParts) ----------------------------------------------
+
+MINIO_ATTRIBUTES = (b'<?xml version="1.0" encoding="UTF-8"?>\n<getObjectAttributesResponse><ETag>e5c6-3</ETag>'
+                    b'<ObjectParts><IsTruncated>false</IsTruncated><MaxParts>10000</MaxParts><NextPartNumberMarker>3'
+                    b'</NextPartNumberMarker><PartNumberMarker>0</PartNumberMarker><PartsCount>3</PartsCount>'
+                    b'<Part><PartNumber>1</PartNumber><Size>5242880</Size></Part><Part><PartNumber>2</PartNumber>'
+                    b'<Size>7340032</Size></Part><Part><PartNumber>3</PartNumber><Size>1000</Size></Part>'
+                    b'</ObjectParts><ObjectSize>12583912</ObjectSize></getObjectAttributesResponse>')
+
+
+def test_object_parts_as_minio_answers():
+    assert answers.object_parts(MINIO_ATTRIBUTES) == ("e5c6-3", [(1, 5242880), (2, 7340032), (3, 1000)], None)
+
+
+def test_object_parts_of_a_truncated_page_give_the_next_marker():
+    body = (b'<GetObjectAttributesResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ETag>"ab-2"</ETag>'
+            b'<ObjectParts><IsTruncated>true</IsTruncated><NextPartNumberMarker>1</NextPartNumberMarker>'
+            b'<Part><PartNumber>1</PartNumber><Size>5242880</Size></Part></ObjectParts></GetObjectAttributesResponse>')
+    assert answers.object_parts(body) == ("ab-2", [(1, 5242880)], 1)
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"<html><body>sign in</body></html>", "not a <GetObjectAttributesResponse>"),
+    (b"<Error><Code>InternalError</Code></Error>", "S3 error document"),
+    (b"<GetObjectAttributesResponse><ObjectParts/></GetObjectAttributesResponse>", "no ETag"),
+    (b"<GetObjectAttributesResponse><ETag>x-1</ETag><ObjectParts><Part><PartNumber>1</PartNumber></Part>"
+     b"</ObjectParts></GetObjectAttributesResponse>", "without a number or a size"),
+    (b"<GetObjectAttributesResponse><ETag>x-1</ETag><ObjectParts><IsTruncated>true</IsTruncated>"
+     b"</ObjectParts></GetObjectAttributesResponse>", "without its NextPartNumberMarker"),
+])
+def test_object_parts_that_are_not_are_malformed(body, why):
+    with pytest.raises(answers.MalformedAnswer, match=why):
+        answers.object_parts(body)

@@ -1,5 +1,5 @@
-"""copier.py pieces that need no server: the part-size rule, and the memory bound of
-small copies over the in-memory store."""
+"""copier.py pieces that need no server: the part-size rules (our own, and when the
+source's may be copied), and the memory bound of small copies over the in-memory store."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 from replicator import config
 from replicator.config import MiB
-from replicator.copier import MAX_PARTS, Copier, part_size
+from replicator.copier import MAX_PARTS, Copier, part_size, source_layout
 from replicator.errors import NotFound, TransientError
 from replicator.retry import RetryPolicy
-from replicator.stores.memory import MemoryStore
+from replicator.stores.memory import MemoryStore, multipart_etag
 
 GiB = 1024 * MiB
 
@@ -113,3 +113,48 @@ def test_only_the_sources_404_means_gone_a_destinations_is_a_failed_copy(side, f
             assert copier.copy("k") is None
     finally:
         copier.close()
+
+
+FIVE, EIGHT, SIXTEEN = 5 * MiB, 8 * MiB, 16 * MiB
+
+
+@pytest.mark.parametrize(("sizes", "size", "etag", "why"), [
+    ([EIGHT, EIGHT, 100], 2 * EIGHT + 100, "abc-3", None),
+    ([FIVE, 7 * MiB, 1], 12 * MiB + 1, "abc-3", None),  # unequal parts copy as they are
+    ([SIXTEEN], SIXTEEN, "abc-1", None),  # one part, at the largest allowed
+    (None, 20 * MiB, "abc-3", "the source doesn't list its parts"),
+    ([EIGHT, EIGHT, 100], 2 * EIGHT + 100, "abc-2", "3 parts listed for an ETag of 2 parts"),
+    ([EIGHT, EIGHT], 3 * EIGHT, "abc-2", "parts adding up to"),
+    ([MiB, EIGHT], 9 * MiB, "abc-2", "below S3's 5 MiB minimum"),
+    ([FIVE] * (MAX_PARTS + 1), FIVE * (MAX_PARTS + 1), f"abc-{MAX_PARTS + 1}", "above S3's 10000"),
+    ([32 * MiB, 100], 32 * MiB + 100, "abc-2", "above S3_SYNC_MULTIPART_THRESHOLD"),
+], ids=["equal", "unequal", "single", "unlisted", "count", "sum", "small", "too-many", "too-large"])
+def test_source_layout(sizes, size, etag, why):
+    found = source_layout(sizes, size, etag, SIXTEEN)
+    assert (found is None) if why is None else (why in found)
+
+
+def _multipart_source(parts: list[bytes]) -> MemoryStore:
+    source = MemoryStore("source")
+    stored = source.add("big", b"".join(parts), etag=multipart_etag(parts))
+    stored.part_sizes = tuple(len(p) for p in parts)
+    return source
+
+
+@pytest.mark.parametrize(("parts", "same_etag"), [
+    ([b"a" * FIVE, b"b" * (7 * MiB), b"c" * 1000], True),  # the source's layout: its ETag too
+    ([b"a" * (20 * MiB), b"b" * 1000], False),  # parts above the threshold: ours, 8 MiB each
+])
+def test_a_multipart_copy_takes_the_sources_parts_where_it_can(parts, same_etag):
+    settings = config.replace(config.load({"S3_SYNC_BUCKET": "mirror"}), multipart_threshold=SIXTEEN,
+                              multipart_chunk_size=EIGHT, retry_delay=0.0)
+    source, dest = _multipart_source(parts), MemoryStore("destination")
+    copier = Copier(source, dest, settings, RetryPolicy(1, 0.0, stop=threading.Event()))
+    try:
+        assert copier.copy("big").multipart
+    finally:
+        copier.close()
+    copied = dest.objects["big"]
+    assert copied.data == b"".join(parts)
+    assert (copied.etag == source.objects["big"].etag) is same_etag
+    assert list(copied.part_sizes) == ([len(p) for p in parts] if same_etag else [EIGHT, EIGHT, 4 * MiB + 1000])
