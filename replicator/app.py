@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .converge import Converger
 from .copier import Copier
 from .observability import metrics
 from .reconcile import KeyLock, Reconciler, _no_lock
@@ -19,6 +20,8 @@ from .retry import RetryPolicy
 from .stores.destination import S3Destination
 from .stores.source import MinioSource
 from .uploads import Registry
+from .workers import Workers
+from .workqueue import KeyedQueue
 
 
 @dataclass
@@ -28,9 +31,14 @@ class App:
     dest: S3Destination
     policy: RetryPolicy
     copier: Copier
+    converger: Converger  # one operation per key, for the reconcile and the event workers
     reconciler: Reconciler
     stop: threading.Event  # stop waiting and taking new work
     abort: threading.Event  # abandon work in flight (shutdown deadline passed)
+
+    def workers(self, queue: KeyedQueue, **kwargs) -> Workers:
+        """Event workers over this graph's converger."""
+        return Workers(self.converger, queue, threads=self.settings.workers, delete=self.settings.delete, **kwargs)
 
     def close(self) -> None:
         self.copier.close()
@@ -46,5 +54,6 @@ def build(settings: Settings, *, key_lock: KeyLock = _no_lock, stop: threading.E
     # The endpoint and bucket as configured: a record names where its upload lives.
     uploads = Registry(Path(settings.state_dir) / "uploads", f"{settings.dest_endpoint.url}/{settings.dest_bucket}")
     copier = Copier(source, dest, settings, policy, abort=abort, uploads=uploads)
-    reconciler = Reconciler(source, dest, copier, settings, policy, key_lock=key_lock)
-    return App(settings, source, dest, policy, copier, reconciler, stop, abort)
+    converger = Converger(source, dest, copier, policy, threshold=settings.multipart_threshold)
+    reconciler = Reconciler(source, dest, copier, converger, settings, policy, key_lock=key_lock)
+    return App(settings, source, dest, policy, copier, converger, reconciler, stop, abort)

@@ -30,8 +30,9 @@ from typing import TextIO
 
 from loguru import logger
 
-from . import diff, drift
+from . import diff
 from .config import Settings
+from .converge import Converger, Hint, Outcome
 from .copier import Copier
 from .errors import FatalError, GuardRefused, ReplicatorError, StoreError
 from .model import Action, Change, ObjectInfo, RunStats
@@ -83,11 +84,12 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
 
 
 class Reconciler:
-    def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, settings: Settings,
-                 policy: RetryPolicy, *, key_lock: KeyLock = _no_lock, out: TextIO | None = None):
+    def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, converger: Converger,
+                 settings: Settings, policy: RetryPolicy, *, key_lock: KeyLock = _no_lock, out: TextIO | None = None):
         self.source = source
         self.dest = dest
         self.copier = copier
+        self.converger = converger
         self.settings = settings
         self.policy = policy
         self.stop = policy.stop
@@ -191,30 +193,18 @@ class _Run:
         return self.stats
 
     def _apply(self, change: Change) -> None:
-        """Copy (or, in a dry run, report) one change. Runs on a pool thread."""
+        """Converge one key the diff found different (or, in a dry run, report it).
+        Runs on a pool thread."""
         key = change.key
         o = self.o
+        listed = (change.source, change.dest) if change.action is Action.VERIFY else None
         try:
             with o.key_lock([key]):
-                action = change.action
-                if action is Action.VERIFY:
-                    recorded = o.policy.call(lambda: o.dest.head_source_etag(key))
-                    if recorded == change.source.etag and drift.listed_alike(  # type: ignore[union-attr]
-                            change.source.attributes, change.dest.attributes):  # type: ignore[union-attr]
-                        with self.lock:
-                            self.stats.unchanged += 1
-                        return
-                    action = Action.UPDATE
                 if self.dry_run:
-                    with self.lock:
-                        self.stats.planned_bytes += change.size
-                        if action is Action.COPY:
-                            self.stats.copied += 1
-                        else:
-                            self.stats.updated += 1
-                    self._print(action.value, key, change.size)
+                    self._plan(change, listed)
                     return
-                result = o.copier.copy(key)
+                result = o.converger.converge(key, Hint(missing=change.action is Action.COPY,
+                                                        listed=listed))  # type: ignore[arg-type]
         except (ReplicatorError, Stopped) as error:
             if not isinstance(error, Stopped):
                 self._failed(key, error)
@@ -223,18 +213,38 @@ class _Run:
             logger.exception("{}: unexpected error", key)
             self._failed(key, error)
             return
-        with self.lock:
-            if result is None:
+        if result.outcome is Outcome.IN_SYNC:
+            with self.lock:
+                self.stats.unchanged += 1
+            return
+        if result.outcome is not Outcome.COPIED:  # gone from the source since it was listed
+            with self.lock:
                 self.stats.skipped += 1
-                return
-            if action is Action.COPY:
+            return
+        with self.lock:
+            if change.action is Action.COPY:
                 self.stats.copied += 1
             else:
                 self.stats.updated += 1
             self.stats.bytes_copied += result.size
         metrics.objects_copied.labels("reconcile").inc()
         metrics.reconcile_repaired.inc()
-        logger.debug("{}: {} ({} bytes)", key, "copied" if action is Action.COPY else "updated", result.size)
+        logger.debug("{}: {} ({} bytes)", key, "copied" if change.action is Action.COPY else "updated", result.size)
+
+    def _plan(self, change: Change, listed) -> None:
+        """A dry run's line for ``change``, after the HEAD that tells a pair in sync."""
+        if listed is not None and self.o.converger.in_sync_by_record(change.key, listed):
+            with self.lock:
+                self.stats.unchanged += 1
+            return
+        action = Action.COPY if change.action is Action.COPY else Action.UPDATE
+        with self.lock:
+            self.stats.planned_bytes += change.size
+            if action is Action.COPY:
+                self.stats.copied += 1
+            else:
+                self.stats.updated += 1
+        self._print(action.value, change.key, change.size)
 
     # -- deletions ---------------------------------------------------------------------
 

@@ -147,15 +147,15 @@ class Service:
                                        interval=s.metadata_sweep_interval, rate=s.metadata_sweep_rate,
                                        concurrency=min(s.workers, 16), min_gap=s.reconcile_cooldown)
             self.health.sweep = self.sweep.status
-        self.workers = Workers(app, self.queue, on_failure=self.scheduler.request)
+        self.workers = app.workers(self.queue, on_failure=self.scheduler.request)
         self.listener = Listener(notifications, self.queue, self.stop_event, on_gap=self._gap,
-                                 on_dropped=self.workers.keep)
+                                 on_dropped=self.workers.waiting_room.keep)
         self.health.listener_connected = self.listener.connected.is_set
         self.health.listener_reconnects = lambda: self.listener.reconnects if self.listener else 0
         self.health.queue_depth = self.queue.depth
         self.health.in_flight = self.queue.in_flight
         self.health.oldest_event = self.queue.oldest_event
-        self.health.metadata_waiting = self.workers.waiting
+        self.health.metadata_waiting = lambda: len(self.workers.waiting_room) if self.workers else 0
         metrics.queue_depth.set_function(self.queue.depth)
         metrics.in_flight.set_function(self.queue.in_flight)
 
@@ -189,7 +189,7 @@ class Service:
     def _reconciled(self, stats, error: BaseException | None) -> None:
         self.health.record_reconcile(stats, error)
         if error is None and stats is not None and self.workers is not None:
-            self.workers.retry_waiting()  # it completed, so the destination answers again
+            self.workers.waiting_room.retry()  # it completed, so the destination answers again
             if self.sweep is not None and not self._swept_after_start:
                 # Whatever changed while no process was listening (stopped, killed,
                 # never started) is a gap of its own: tags and metadata the events of
@@ -219,7 +219,7 @@ class Service:
             if not finished:
                 logger.error("Some copies did not stop in time; single-part uploads are atomic, and the "
                              "reconcile at the next start repairs anything unfinished")
-        unseen = metadata_left + (self.workers.waiting() if self.workers else 0)
+        unseen = metadata_left + (len(self.workers.waiting_room) if self.workers else 0)
         if unseen and self.sweep is not None:
             logger.warning("{} possible metadata changes (queued, or waiting for a reconcile) are left for the "
                            "metadata sweep after the next start: a reconcile can't see them", unseen)

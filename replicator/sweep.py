@@ -40,7 +40,6 @@ from .retry import RetryPolicy, Stopped
 from .scheduler import Trigger
 from .app import App
 from .stores.base import DestinationStore, SourceStore
-from .workers import Workers
 from .workqueue import KeyedQueue, WorkItem
 
 MAX_LOGGED = 20
@@ -204,7 +203,7 @@ def sweep_and_repair(app: App, queue: KeyedQueue) -> tuple[PassStats, int]:
     finds, then stop. ``app`` must have been built with ``key_lock=queue.claim``.
     Returns the pass's counters and the repairs that failed."""
     settings = app.settings
-    workers = Workers(app, queue)
+    workers = app.workers(queue)
     sweep = MetadataSweep(app.source, app.dest, queue, app.policy, interval=settings.metadata_sweep_interval,
                           rate=settings.metadata_sweep_rate, concurrency=min(settings.workers, 16))
     workers.start()

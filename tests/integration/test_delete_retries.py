@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from replicator.workers import Workers
 from replicator.workqueue import KeyedQueue, WorkItem
 from tests.conftest import run_cli
 from tests.faultproxy import Canned, FaultProxy, Request, s3_error_document
@@ -81,7 +80,7 @@ def test_an_event_worker_copies_a_key_uploaded_again_while_its_delete_was_retrie
     proxy = FaultProxy(pair.servers["dest"].port, rule)
     try:
         app = make_app(S3_SYNC_ENDPOINT=proxy.endpoint, S3_SYNC_MAX_RETRIES=3)
-        workers = Workers(app, KeyedQueue(10))
+        workers = app.workers(KeyedQueue(10))
         workers.handle(WorkItem("back", content=True, tags=False, event_time=time.time(), removed=True))
     finally:
         proxy.close()

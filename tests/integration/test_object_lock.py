@@ -213,7 +213,7 @@ def test_a_compliance_retention_the_destination_holds_longer_is_never_shortened(
     line = next(line for line in sidecar.log().splitlines() if "refuses GOVERNANCE until" in line)
     assert "kept.txt: destination: put retention kept.txt: InvalidRequest (HTTP 400)" in line
     assert "a COMPLIANCE retention can never be shortened or removed" in line
-    assert "a reconcile can't see them" in line
+    assert "refused for good (a reconcile can't see metadata changes" in line
     assert sidecar.metrics()['replicator_failures_total{reason="InvalidRequest"}'] == 1
 
 

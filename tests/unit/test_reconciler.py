@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from replicator import config
+from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import PermanentError, StoreError, TransientError
 from replicator.model import SOURCE_ETAG_META, ObjectInfo, RunStats
@@ -37,7 +38,10 @@ class Harness:
         self.policy = RetryPolicy(self.settings.max_retries, self.settings.retry_delay, stop=self.stop)
         self.copier = Copier(self.source, self.dest, self.settings, self.policy)
         self.out = io.StringIO()
-        self.reconciler = Reconciler(self.source, self.dest, self.copier, self.settings, self.policy, out=self.out)
+        converger = Converger(self.source, self.dest, self.copier, self.policy,
+                              threshold=self.settings.multipart_threshold)
+        self.reconciler = Reconciler(self.source, self.dest, self.copier, converger, self.settings, self.policy,
+                                     out=self.out)
 
     def run(self, **kwargs) -> RunStats:
         return self.reconciler.run(**kwargs)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from replicator import config, drift
-from replicator.app import App
+from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import TransientError
 from replicator.model import NO_LOCK, SOURCE_ETAG_META, ObjectLock, SourceObject
@@ -77,9 +77,9 @@ class Harness:
         self.stop = threading.Event()
         policy = RetryPolicy(settings.max_retries, settings.retry_delay, stop=self.stop)
         self.copier = Copier(self.source, self.dest, settings, policy)
-        app = App(settings, self.source, self.dest, policy, self.copier, None, self.stop, threading.Event())
+        converger = Converger(self.source, self.dest, self.copier, policy, threshold=settings.multipart_threshold)
         self.queue = KeyedQueue(100)
-        self.workers = Workers(app, self.queue)
+        self.workers = Workers(converger, self.queue, threads=1, delete=settings.delete)
         self.sweep = MetadataSweep(self.source, self.dest, self.queue, policy, interval=3600, rate=10_000,
                                    concurrency=2)
 

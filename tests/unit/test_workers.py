@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from replicator import config
-from replicator.app import App
+from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import PermanentError, TransientError
 from replicator.model import NO_LOCK, ObjectLock
@@ -32,10 +32,11 @@ class Harness:
         stop = threading.Event()
         policy = RetryPolicy(settings.max_retries, settings.retry_delay, stop=stop)
         self.copier = Copier(self.source, self.dest, settings, policy)
-        app = App(settings, self.source, self.dest, policy, self.copier, None, stop, threading.Event())
+        converger = Converger(self.source, self.dest, self.copier, policy, threshold=settings.multipart_threshold)
         self.reconciles: list[str] = []
         self.queue = KeyedQueue(10)
-        self.workers = Workers(app, self.queue, on_failure=self.reconciles.append)
+        self.workers = Workers(converger, self.queue, threads=1, delete=settings.delete,
+                               on_failure=self.reconciles.append)
 
     def event(self, key: str, **flags) -> None:
         self.workers.process(item(key, **flags))
@@ -115,7 +116,7 @@ def test_a_refused_change_is_a_failure_but_no_reconcile_is_asked_for(h):
     h.dest.add("k", b"data", lock=ObjectLock("COMPLIANCE", LATE, False))
     h.dest.fail("put retention", "k", PermanentError("destination", "put retention", "k", "InvalidRequest",
                                                      code="InvalidRequest"))
-    h.event("k", retention=True)
+    h.handle("k", retention=True)
     assert h.workers.failed == 1
     assert h.reconciles == []
     assert h.dest.objects["k"].lock == ObjectLock("COMPLIANCE", LATE, False)  # untouched
@@ -136,10 +137,10 @@ def test_a_tag_refresh_the_destination_missed_waits_for_the_next_reconcile(h):
     h.dest.add("k", b"data")
     h.dest.fail("put tags", "k", down("destination", "put tags", "k"), times=2)  # both attempts
     h.handle("k", tags=True)
-    assert h.dest.objects["k"].tags == {} and h.workers.waiting() == 1
+    assert h.dest.objects["k"].tags == {} and len(h.workers.waiting_room) == 1
     assert h.reconciles == ["event copies failed"]  # the reconcile that brings it back
-    h.workers.retry_waiting()  # that reconcile completed
-    assert h.workers.waiting() == 0
+    h.workers.waiting_room.retry()  # that reconcile completed
+    assert len(h.workers.waiting_room) == 0
     h.drain()
     assert h.dest.objects["k"].tags == {"t": "1"}
 
@@ -154,8 +155,8 @@ def test_a_retention_the_destination_missed_waits_too_and_a_refusal_does_not(h):
                                                            "InvalidRequest", code="InvalidRequest"))
     h.handle("k", retention=True)
     h.handle("refused", retention=True)
-    assert h.workers.waiting() == 1 and h.workers.failed == 2
-    h.workers.retry_waiting()
+    assert len(h.workers.waiting_room) == 1 and h.workers.failed == 2
+    h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.objects["k"].lock == ObjectLock("GOVERNANCE", LATE, False)
     assert h.dest.objects["refused"].lock == ObjectLock("COMPLIANCE", LATE, False)  # untouched, not retried
@@ -171,9 +172,9 @@ def test_waiting_refreshes_fold_per_key_and_stay_bounded(h):
     h.handle("k0", legal_hold=True)  # the same key again: one waiting item, both changes
     for n in range(1, 12):
         h.handle(f"k{n}", tags=True)
-    assert h.workers.waiting() == 10  # S3_SYNC_QUEUE_SIZE (10 here); the two beyond it are reported lost
+    assert len(h.workers.waiting_room) == 10  # S3_SYNC_QUEUE_SIZE (10 here); the two beyond it are reported lost
     h.dest.heal()  # the destination is back
-    h.workers.retry_waiting()
+    h.workers.waiting_room.retry()
     h.drain()
     assert {n for n in range(12) if h.dest.objects[f"k{n}"].tags} == set(range(10))
     assert h.dest.ops("put legal hold") == ["k0"]
@@ -186,10 +187,10 @@ def test_what_the_queue_cannot_take_waits_for_the_next_reconcile(h):
     h.handle("k", tags=True)
     for n in range(10):  # the queue is full of new events
         assert h.queue.put(item(f"other{n}", content=True))
-    h.workers.retry_waiting()
-    assert h.workers.waiting() == 1  # not dropped: still waiting
+    h.workers.waiting_room.retry()
+    assert len(h.workers.waiting_room) == 1  # not dropped: still waiting
     h.drain()
-    h.workers.retry_waiting()
+    h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.objects["k"].tags == {"t": "1"}
 
@@ -198,16 +199,16 @@ def test_a_failed_copy_is_left_to_the_reconcile_not_kept_waiting(h):
     h.source.add("k", b"data")
     h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
     h.handle("k", content=True)
-    assert h.workers.waiting() == 0 and h.reconciles == ["event copies failed"]
+    assert len(h.workers.waiting_room) == 0 and h.reconciles == ["event copies failed"]
 
 
 def test_an_event_the_listener_dropped_is_kept_only_for_its_metadata(h):
     h.source.add("k", b"data", tags={"t": "1"})
     h.dest.add("k", b"data")
-    h.workers.keep(item("new", content=True), "work queue full")  # the reconcile copies it
-    h.workers.keep(item("k", tags=True), "work queue full")
-    assert h.workers.waiting() == 1
-    h.workers.retry_waiting()
+    h.workers.waiting_room.keep(item("new", content=True), "work queue full")  # the reconcile copies it
+    h.workers.waiting_room.keep(item("k", tags=True), "work queue full")
+    assert len(h.workers.waiting_room) == 1
+    h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.objects["k"].tags == {"t": "1"}
 
@@ -219,14 +220,14 @@ def test_a_change_that_fails_again_after_a_reconcile_waits_for_the_scheduled_one
     h.dest.fail("put tags", "k", down("destination", "put tags", "k"))  # lasts
     h.handle("k", tags=True)
     for _ in range(5):  # five reconciles complete
-        h.workers.retry_waiting()
+        h.workers.waiting_room.retry()
         h.drain()
     assert h.reconciles == ["event copies failed"]  # the first failure's only
-    assert h.workers.waiting() == 1  # still kept, never dropped
+    assert len(h.workers.waiting_room) == 1  # still kept, never dropped
     h.dest.heal()
-    h.workers.retry_waiting()
+    h.workers.waiting_room.retry()
     h.drain()
-    assert h.dest.objects["k"].tags == {"t": "1"} and h.workers.waiting() == 0
+    assert h.dest.objects["k"].tags == {"t": "1"} and len(h.workers.waiting_room) == 0
 
 
 def test_only_the_metadata_change_of_a_failed_copy_is_kept(h):
@@ -235,9 +236,9 @@ def test_only_the_metadata_change_of_a_failed_copy_is_kept(h):
     h.source.add("k", b"data", tags={"t": "1"})
     h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
     h.handle("k", content=True, tags=True)
-    assert h.workers.waiting() == 1
+    assert len(h.workers.waiting_room) == 1
     assert h.copier.copy("k") is not None  # the reconcile's copy
-    h.workers.retry_waiting()
+    h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.ops("put") == ["k", "k", "k"]  # two failed attempts, the reconcile's copy: no fourth
     assert h.dest.objects["k"].tags == {"t": "1"}
@@ -248,7 +249,7 @@ def test_a_metadata_change_cut_by_shutdown_is_counted_as_lost(h):
     h.dest.add("k", b"data")
     h.dest.fail("put tags", "k", Stopped())
     h.handle("k", tags=True)
-    assert h.workers.lost == 1 and h.workers.waiting() == 0
+    assert h.workers.waiting_room.lost == 1 and len(h.workers.waiting_room) == 0
 
 
 def test_a_metadata_only_rewrite_whose_copy_failed_is_repaired_after_the_next_reconcile(h):
@@ -260,8 +261,8 @@ def test_a_metadata_only_rewrite_whose_copy_failed_is_repaired_after_the_next_re
     h.source.objects["k"].content_type = "application/json"
     h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
     h.handle("k", content=True, attributes=True)
-    assert h.workers.waiting() == 1
-    h.workers.retry_waiting()  # a reconcile completed: it found the pair in sync
+    assert len(h.workers.waiting_room) == 1
+    h.workers.waiting_room.retry()  # a reconcile completed: it found the pair in sync
     h.drain()
     assert h.dest.objects["k"].content_type == "application/json"
 
@@ -271,6 +272,6 @@ def test_a_kept_write_whose_bytes_the_reconcile_copied_is_not_copied_again(h):
     h.dest.fail("put", "k", down("destination", "put", "k"), times=2)
     h.handle("k", content=True, attributes=True)
     assert h.copier.copy("k") is not None  # the reconcile's copy carries the attributes
-    h.workers.retry_waiting()
+    h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.ops("put") == ["k", "k", "k"]  # two failed attempts and the reconcile's: no fourth

@@ -1,0 +1,150 @@
+"""One operation per key for every trigger: make the destination's ``key`` match the
+source's as it is now.
+
+The event workers and the reconcile both call ``Converger.converge(key, hint)``; so
+will a replica taking work from a durable log. A trigger's ``Hint`` says what it saw
+(an event's flags, the two listings' entries) and decides only which requests are
+worth making first: the source is read again, and what it says decides. The retries
+are the copier's and the policy's; the claim on the key is the caller's (the work
+queue's for events, ``key_lock`` for the reconcile).
+
+A deletion the source made is mirrored here for events only: the reconcile deletes in
+guarded batches after a clean run (reconcile.py), never one key at a time.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from loguru import logger
+
+from . import drift
+from .copier import Copier
+from .errors import NotFound, ReplicatorError
+from .model import ObjectInfo, SourceObject
+from .retry import RetryPolicy
+from .stores.base import DestinationStore, SourceStore
+
+
+class Outcome(enum.Enum):
+    COPIED = "copied"  # the bytes written, and with them attributes, tags and lock settings
+    REFRESHED = "refreshed"  # tags, retention or legal hold rewritten over bytes in sync
+    IN_SYNC = "in sync"  # nothing to do
+    DELETED = "deleted"
+    GONE = "gone"  # the source lacks it; the destination keeps it (S3_SYNC_DELETE=false, or not ours to delete)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What a trigger saw of a key. All fields are hints: they choose the cheapest
+    requests, never the outcome."""
+
+    content: bool = True  # the bytes may differ
+    tags: bool = False
+    retention: bool = False
+    legal_hold: bool = False
+    attributes: bool = False  # Content-Type or user metadata may differ over the same bytes
+    removed: bool = False  # the newest event was a removal
+    size: int | None = None  # the object's size, if the trigger saw it
+    # The reconcile's view: the destination lacks the key (``missing``), or the two
+    # listings agree on the size but not the ETag (``listed``: source and destination
+    # entries), which only the copy's recorded source ETag can settle.
+    missing: bool = False
+    listed: tuple[ObjectInfo, ObjectInfo] | None = None
+    may_delete: bool = False  # mirror a deletion the source made (events with S3_SYNC_DELETE)
+
+    @property
+    def refreshes(self) -> bool:
+        """It asks for what is rewritten without a copy: tags, retention, legal hold."""
+        return self.tags or self.retention or self.legal_hold
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    detail: str = ""  # for the log: "12 bytes", "tags", "retention and legal hold"
+    size: int = 0  # bytes copied
+
+
+class Converger:
+    def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, policy: RetryPolicy, *,
+                 threshold: int):
+        self.source = source
+        self.dest = dest
+        self.copier = copier
+        self.policy = policy
+        self.threshold = threshold
+
+    def converge(self, key: str, hint: Hint) -> Result:
+        if hint.listed is not None:
+            if self.in_sync_by_record(key, hint.listed):
+                return Result(Outcome.IN_SYNC)
+            return self._copy(key, hint)
+        if hint.missing or (hint.content and not hint.removed and (hint.size or 0) <= self.threshold):
+            # The common case, a small upload (or a key the destination lacks): copy
+            # straight away. The copy's own GET reads the source as it is now (a newer
+            # version, or nothing), so a HEAD on each side first would only add two
+            # requests, which cost more CPU than the copy's GET (profiled in
+            # docs/benchmarks-events.md). The price is at most one redundant small copy
+            # when another trigger copied the same key moments before.
+            return self._copy(key, hint)
+        current = self.policy.call(lambda: self.source.stat(key))
+        if current is None:
+            return self._gone(key, hint)
+        if hint.content or hint.attributes:
+            # Large objects (and re-uploads after a delete event) are checked first: a
+            # redundant multipart copy is expensive. So are attribute changes: the bytes
+            # may be in sync, and a copy is how Content-Type and user metadata are rewritten.
+            copy = self.policy.call(lambda: self.dest.stat(key))
+            if copy is None or not drift.same_bytes(current, copy) or (
+                    hint.attributes and not drift.same_attributes(current, copy)):
+                return self._copy(key, hint)  # a copy carries tags and lock settings along
+            if not hint.refreshes:
+                return Result(Outcome.IN_SYNC)
+        return self._refresh(key, hint, current)
+
+    def in_sync_by_record(self, key: str, listed: tuple[ObjectInfo, ObjectInfo]) -> bool:
+        """Listings of the same size and other ETags: in sync if the copy records the
+        source's ETag (and, where both listed them, the attributes agree). One HEAD."""
+        source, dest = listed
+        recorded = self.policy.call(lambda: self.dest.head_source_etag(key))
+        return recorded == source.etag and drift.listed_alike(source.attributes, dest.attributes)
+
+    def _copy(self, key: str, hint: Hint) -> Result:
+        copied = self.copier.copy(key)
+        if copied is None:
+            return self._gone(key, hint)
+        return Result(Outcome.COPIED, f"{copied.size} bytes", copied.size)
+
+    def _refresh(self, key: str, hint: Hint, current: SourceObject) -> Result:
+        """Tags, retention and legal hold over bytes in sync. A destination without the
+        object gets all of it: the copy carries them."""
+        done = []
+        try:
+            if hint.tags:
+                self.copier.refresh_tags(key)
+                done.append("tags")
+            if hint.retention or hint.legal_hold:
+                self.copier.refresh_lock(current, retention=hint.retention, legal_hold=hint.legal_hold)
+                done += [name for name, asked in (("retention", hint.retention), ("legal hold", hint.legal_hold))
+                         if asked]
+        except NotFound:  # not at the destination (or only its delete marker): the whole object
+            return self._copy(key, hint)
+        return Result(Outcome.REFRESHED, " and ".join(done))
+
+    def _gone(self, key: str, hint: Hint) -> Result:
+        """The source doesn't have the key (any more)."""
+        if not hint.may_delete:
+            return Result(Outcome.GONE)
+        sent, failed = self.copier.delete_batch([key], recheck=self._still_gone)
+        if failed:
+            raise ReplicatorError(f"destination: delete {key}: {failed[key]}")
+        if not sent:  # uploaded again while a delete was being retried: copy that
+            copied = self.copier.copy(key)
+            return Result(Outcome.COPIED, f"{copied.size} bytes", copied.size) if copied else Result(Outcome.GONE)
+        logger.debug("{}: deleted at the destination", key)
+        return Result(Outcome.DELETED)
+
+    def _still_gone(self, keys: list[str]) -> list[str]:
+        return [key for key in keys if self.policy.call(lambda key=key: self.source.stat(key)) is None]

@@ -1,0 +1,101 @@
+"""converge.py over the in-memory fake: one operation per key, whatever the trigger.
+Each case is a state of both sides and a hint, and the outcome and requests it must
+lead to: the hint picks the cheapest requests, the source as it is now decides."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from replicator import config
+from replicator.config import MiB
+from replicator.converge import Converger, Hint, Outcome
+from replicator.copier import Copier
+from replicator.model import ObjectInfo
+from replicator.retry import RetryPolicy
+from replicator.stores.memory import MemoryStore
+
+SETTINGS = config.replace(config.load({"S3_SYNC_BUCKET": "mirror"}), multipart_threshold=5 * MiB,
+                          multipart_chunk_size=5 * MiB, retry_delay=0.0)
+LARGE = b"L" * (6 * MiB)
+
+
+@pytest.fixture
+def sides():
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    copier = Copier(source, dest, SETTINGS, RetryPolicy(2, 0.0, stop=threading.Event()))
+    yield source, dest, Converger(source, dest, copier, copier.policy, threshold=SETTINGS.multipart_threshold)
+    copier.close()
+
+
+def mirrored(source: MemoryStore, dest: MemoryStore, converger: Converger, key: str, data: bytes, **fields) -> None:
+    source.add(key, data, **fields)
+    converger.copier.copy(key)
+    dest.calls.clear()
+    source.calls.clear()
+
+
+def test_a_small_upload_is_copied_without_a_head(sides):
+    source, dest, converger = sides
+    source.add("k", b"new")
+    result = converger.converge("k", Hint(content=True, size=3))
+    assert (result.outcome, result.size) == (Outcome.COPIED, 3)
+    assert source.ops("stat") == [] and dest.ops("stat") == []
+
+
+def test_a_large_object_already_in_sync_is_not_copied_again(sides):
+    source, dest, converger = sides
+    mirrored(source, dest, converger, "big", LARGE)
+    assert converger.converge("big", Hint(content=True, size=len(LARGE))).outcome is Outcome.IN_SYNC
+    assert dest.ops("start multipart") == []
+
+
+def test_a_tag_change_over_bytes_in_sync_refreshes_only_the_tags(sides):
+    source, dest, converger = sides
+    mirrored(source, dest, converger, "k", b"data")
+    source.objects["k"].tags = {"t": "2"}
+    result = converger.converge("k", Hint(content=False, tags=True))
+    assert (result.outcome, result.detail) == (Outcome.REFRESHED, "tags")
+    assert dest.objects["k"].tags == {"t": "2"} and dest.ops("put") == []
+
+
+def test_a_tag_change_of_an_object_the_destination_lacks_copies_it_whole(sides):
+    source, dest, converger = sides
+    source.add("k", b"data", tags={"t": "1"})
+    assert converger.converge("k", Hint(content=False, tags=True)).outcome is Outcome.COPIED
+    assert dest.objects["k"].tags == {"t": "1"}
+
+
+@pytest.mark.parametrize(("may_delete", "outcome", "kept"), [(True, Outcome.DELETED, False),
+                                                              (False, Outcome.GONE, True)])
+def test_a_key_the_source_lacks_is_deleted_only_where_deletions_are_mirrored(sides, may_delete, outcome, kept):
+    source, dest, converger = sides
+    mirrored(source, dest, converger, "k", b"data")
+    del source.objects["k"]
+    assert converger.converge("k", Hint(removed=True, may_delete=may_delete)).outcome is outcome
+    assert ("k" in dest.objects) is kept
+
+
+def test_a_delete_event_for_a_key_uploaded_again_copies_it(sides):
+    source, dest, converger = sides
+    source.add("k", b"back again")
+    assert converger.converge("k", Hint(removed=True, may_delete=True)).outcome is Outcome.COPIED
+    assert dest.objects["k"].data == b"back again"
+
+
+@pytest.mark.parametrize(("recorded_matches", "outcome"), [(True, Outcome.IN_SYNC), (False, Outcome.COPIED)])
+def test_listings_that_disagree_on_the_etag_are_settled_by_the_recorded_one(sides, recorded_matches, outcome):
+    source, dest, converger = sides
+    mirrored(source, dest, converger, "k", b"data")
+    if not recorded_matches:
+        source.add("k", b"DATA")  # same size, other bytes
+    listed = (ObjectInfo("k", 4, source.objects["k"].etag), ObjectInfo("k", 4, "not-comparable"))
+    assert converger.converge("k", Hint(listed=listed)).outcome is outcome
+    assert dest.objects["k"].data == source.objects["k"].data
+
+
+def test_a_key_the_reconcile_found_missing_but_gone_since_is_gone(sides):
+    _, dest, converger = sides
+    assert converger.converge("k", Hint(missing=True)).outcome is Outcome.GONE
+    assert dest.objects == {}
