@@ -17,36 +17,17 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 from loguru import logger
 from urllib3 import HTTPHeaderDict
 
 from ..config import Settings
 from ..drift import recorded_etag
-from ..errors import (
-    ConfigError,
-    FatalError,
-    NotFound,
-    PermanentError,
-    StoreError,
-    TransientError,
-    classify,
-    parse_retry_after,
-)
+from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
 from .source import describe
-from .transport import Transport, object_path, query_string, redact, tls_failure
+from .transport import Transport, object_path, prove_answer, query_string
 
 # SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
 _HEADER_PARAMS = {
@@ -125,23 +106,6 @@ def _lock_params(lock: ObjectLock) -> dict:
 def _server_message(error: StoreError) -> str:
     """The server's own words for an error ("Bucket is missing ObjectLockConfiguration"), if any."""
     return f": {error.server_message}" if error.server_message else ""
-
-
-class UnprovenAnswer(BotoCoreError):
-    """A 2xx answer to a boto3 call that is not what the call answers (answers.py)."""
-
-    fmt = "{detail}"
-
-
-def _prove_answer(operation_model, response_dict, **kwargs) -> None:
-    """botocore's before-parse hook: an answer botocore would parse into an empty result
-    (an HTML page at 200, an error document at 200) is refused before it can be."""
-    body = response_dict.get("body")
-    if 200 <= response_dict.get("status_code", 0) < 300 and isinstance(body, bytes):
-        try:
-            answers.prove(operation_model.name, response_dict.get("headers") or {}, body)
-        except answers.MalformedAnswer as exc:
-            raise UnprovenAnswer(detail=str(exc)) from exc
 
 
 def client_config(settings: Settings, region: str) -> Config:
@@ -249,43 +213,13 @@ class S3Destination:
         verify: bool | str = self._settings.dest_ca_bundle or self._settings.dest_verify_tls
         client = self._session.client("s3", endpoint_url=endpoint_url, verify=verify, region_name=region,
                                       config=client_config(self._settings, region))
-        client.meta.events.register("before-parse.s3.*", _prove_answer)
+        client.meta.events.register("before-parse.s3.*", prove_answer)
         return client
 
     # -- error mapping ---------------------------------------------------------
 
     def _map(self, exc: Exception, op: str, key: str | None, *, bucket_op: bool = False) -> StoreError:
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            meta = exc.response.get("ResponseMetadata", {})
-            headers = meta.get("HTTPHeaders", {})
-            code = error.get("Code")
-            status = meta.get("HTTPStatusCode")
-            if code and code.isdigit():
-                # No S3 error document (a HEAD's answer has no body, and neither has a
-                # proxy's page an S3 code): botocore gives the status as the code.
-                code = {"404": "NotFound", "403": "AccessDenied", "412": "PreconditionFailed"}.get(code, None)
-                mapped = classify(self.side, op, key, code, status, bucket_op=bucket_op,
-                                  retry_after=parse_retry_after(headers.get("retry-after")))
-                return self._transport.unproven(mapped, status, headers.get("content-type"))
-            return classify(self.side, op, key, code, status, bucket_op=bucket_op, server_message=error.get("Message"),
-                            retry_after=parse_retry_after(headers.get("retry-after")))
-        if isinstance(exc, UnprovenAnswer):
-            return TransientError(self.side, op, key, f"{self.endpoint}: {exc}")
-        if isinstance(exc, ProxyConnectionError):
-            return TransientError(self.side, op, key, f"proxy {redact(self._transport.proxy or '')} failed to reach "
-                                  f"{self.endpoint}: {type(exc).__name__}")
-        if isinstance(exc, SSLError):
-            return tls_failure(self.side, op, key, self.endpoint, exc)
-        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
-            return TransientError(self.side, op, key, f"cannot connect to {self.endpoint}: {type(exc).__name__}")
-        if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
-            return TransientError(self.side, op, key, f"{self.endpoint}: {type(exc).__name__}")
-        if isinstance(exc, NoCredentialsError):
-            return FatalError(self.side, op, key, "no credentials")
-        if isinstance(exc, BotoCoreError):
-            return TransientError(self.side, op, key, f"{self.endpoint}: {type(exc).__name__}")
-        raise exc
+        return self._transport.map_error(op, key, exc, bucket_op=bucket_op)
 
     def _call(self, op: str, key: str | None, fn, /, *, bucket_op: bool = False, **kwargs):
         try:

@@ -11,20 +11,11 @@ from datetime import datetime, timezone
 
 from botocore.credentials import Credentials
 from minio import Minio
-from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.error import S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
-from ..errors import (
-    FatalError,
-    NotFound,
-    PermanentError,
-    SourceChanged,
-    StoreError,
-    TransientError,
-    classify,
-    parse_retry_after,
-)
+from ..errors import FatalError, NotFound, PermanentError, SourceChanged, StoreError, TransientError
 from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
 from .transport import Transport, object_path, query_string
@@ -143,25 +134,7 @@ class MinioSource:
     # -- error mapping ---------------------------------------------------------
 
     def _map(self, exc: Exception, op: str, key: str | None, *, bucket_op: bool = False) -> StoreError:
-        """errors.* for what minio-py raised."""
-        if isinstance(exc, StoreError):
-            return exc
-        if isinstance(exc, S3Error):
-            headers = exc.response.headers if exc.response is not None else {}
-            status = exc.response.status if exc.response is not None else None
-            return classify(self.side, op, key, exc.code, status, bucket_op=bucket_op, server_message=exc.message,
-                            retry_after=parse_retry_after(headers.get("Retry-After")))
-        if isinstance(exc, ServerError):
-            return classify(self.side, op, key, None, exc.status_code, bucket_op=bucket_op)
-        if isinstance(exc, InvalidResponseError):
-            # A non-XML answer: a proxy's error page, or not an S3 endpoint at all.
-            status, content_type = exc._code, exc._content_type  # noqa: SLF001 - its only record of them
-            error = TransientError(self.side, op, key, f"{self.endpoint} gave a non-S3 response (HTTP {status}, "
-                                   f"{content_type or 'no content type'})")
-            return self._transport.unproven(error, status, content_type)
-        if isinstance(exc, (Urllib3Error, OSError)):
-            return self._transport.map_error(op, key, exc)
-        raise exc
+        return self._transport.map_error(op, key, exc, bucket_op=bucket_op)
 
     # -- raw requests ------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """One side's HTTP: one urllib3 pool (through the side's proxy, if it has one), one
-SigV4 signer (botocore's), the side's credentials, and the mapping of what goes wrong
-on the wire into errors.*.
+SigV4 signer (botocore's), the side's credentials, and the one place where what goes
+wrong, on the wire or in either SDK, becomes errors.* (``Transport.map_error``).
 
 Both adapters send their raw requests here: listing pages (parsed by listing.py), the
 copies' GETs and PUTs, and a few small answers proven by answers.py. minio-py, for the
@@ -23,14 +23,17 @@ from xml.etree import ElementTree
 
 import certifi
 import urllib3
+from botocore import exceptions as boto
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from .. import __version__
 from ..errors import FatalError, StoreError, TransientError, annotated, classify, parse_retry_after
+from . import answers
 
 _USER_AGENT = f"replicator/{__version__}"
 
@@ -119,8 +122,60 @@ class Transport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.map_error(op, key, exc) from exc
 
-    def map_error(self, op: str, key: str | None, exc: BaseException) -> StoreError:
-        return map_transport_error(self.side, op, key, self.origin, exc, proxy=self.proxy)
+    def map_error(self, op: str, key: str | None, exc: BaseException, *, bucket_op: bool = False) -> StoreError:
+        """errors.* for anything a request of this side raised: the transport's
+        failures, minio-py's errors and botocore's. Anything else is a bug, raised as it is."""
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, S3Error):  # minio-py, an S3 error document
+            headers = exc.response.headers if exc.response is not None else {}
+            status = exc.response.status if exc.response is not None else None
+            return classify(self.side, op, key, exc.code, status, bucket_op=bucket_op, server_message=exc.message,
+                            retry_after=parse_retry_after(headers.get("Retry-After")))
+        if isinstance(exc, ServerError):
+            return classify(self.side, op, key, None, exc.status_code, bucket_op=bucket_op)
+        if isinstance(exc, InvalidResponseError):
+            # A non-XML answer: a proxy's error page, or not an S3 endpoint at all.
+            status, content_type = exc._code, exc._content_type  # noqa: SLF001 - its only record of them
+            error = TransientError(self.side, op, key, f"{self.origin} gave a non-S3 response (HTTP {status}, "
+                                   f"{content_type or 'no content type'})")
+            return self.unproven(error, status, content_type)
+        if isinstance(exc, boto.ClientError):
+            return self._client_error(exc, op, key, bucket_op)
+        if isinstance(exc, boto.BotoCoreError):
+            return self._botocore_error(exc, op, key)
+        if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+            return map_transport_error(self.side, op, key, self.origin, exc, proxy=self.proxy)
+        raise exc
+
+    def _client_error(self, exc: boto.ClientError, op: str, key: str | None, bucket_op: bool) -> StoreError:
+        error = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        headers = meta.get("HTTPHeaders", {})
+        code, status = error.get("Code"), meta.get("HTTPStatusCode")
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        if code and code.isdigit():
+            # No S3 error document (a HEAD's answer has no body, and neither has a
+            # proxy's page an S3 code): botocore gives the status as the code.
+            mapped = classify(self.side, op, key, _BODILESS_CODES.get(int(code)), status, bucket_op=bucket_op,
+                              retry_after=retry_after)
+            return self.unproven(mapped, status, headers.get("content-type"))
+        return classify(self.side, op, key, code, status, bucket_op=bucket_op, server_message=error.get("Message"),
+                        retry_after=retry_after)
+
+    def _botocore_error(self, exc: boto.BotoCoreError, op: str, key: str | None) -> StoreError:
+        if isinstance(exc, UnprovenAnswer):
+            return TransientError(self.side, op, key, f"{self.origin}: {exc}")
+        if isinstance(exc, boto.ProxyConnectionError):
+            return TransientError(self.side, op, key, f"proxy {redact(self.proxy or 'in the way')} failed to reach "
+                                  f"{self.origin}: {type(exc).__name__}")
+        if isinstance(exc, boto.SSLError):
+            return tls_failure(self.side, op, key, self.origin, exc)
+        if isinstance(exc, (boto.EndpointConnectionError, boto.ConnectTimeoutError)):
+            return TransientError(self.side, op, key, f"cannot connect to {self.origin}: {type(exc).__name__}")
+        if isinstance(exc, boto.NoCredentialsError):
+            return FatalError(self.side, op, key, "no credentials")
+        return TransientError(self.side, op, key, f"{self.origin}: {type(exc).__name__}")
 
     def error(self, op: str, key: str | None, response, *, bucket_op: bool = False) -> StoreError:
         """errors.* for an error response to one of our requests (raw_error), naming
@@ -137,6 +192,23 @@ class Transport:
             return error
         return annotated(error, f"; the answer (HTTP {status}, {content_type or 'no content type'}) is not S3's and "
                                 f"came through proxy {redact(self.proxy)}, which may have given it")
+
+
+class UnprovenAnswer(boto.BotoCoreError):
+    """A 2xx answer to a boto3 call that is not what the call answers (answers.py)."""
+
+    fmt = "{detail}"
+
+
+def prove_answer(operation_model, response_dict, **kwargs) -> None:
+    """botocore's before-parse hook: an answer botocore would parse into an empty result
+    (an HTML page at 200, an error document at 200) is refused before it can be."""
+    body = response_dict.get("body")
+    if 200 <= response_dict.get("status_code", 0) < 300 and isinstance(body, bytes):
+        try:
+            answers.prove(operation_model.name, response_dict.get("headers") or {}, body)
+        except answers.MalformedAnswer as exc:
+            raise UnprovenAnswer(detail=str(exc)) from exc
 
 
 def map_transport_error(side: str, op: str, key: str | None, endpoint: str, exc: BaseException, *,
