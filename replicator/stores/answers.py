@@ -75,6 +75,15 @@ def tag_set(body: bytes) -> dict[str, str]:
     return tags
 
 
+def upload_id(body: bytes) -> str:
+    """A CreateMultipartUpload answer's UploadId."""
+    root = document(body, "InitiateMultipartUploadResult")
+    found = (_text(root, "UploadId") or "").strip()
+    if not found:
+        raise MalformedAnswer("the InitiateMultipartUploadResult has no UploadId")
+    return found
+
+
 def location_constraint(body: bytes) -> str:
     """A GetBucketLocation answer's region; an empty one is us-east-1, as S3 defines it."""
     root = document(body, "LocationConstraint")

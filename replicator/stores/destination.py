@@ -11,7 +11,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,27 +25,15 @@ from ..drift import recorded_etag
 from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
+from .object_lock import RETENTION_MARGIN, iso8601, lock_headers, sendable_lock
 from .source import describe
 from .transport import Transport, object_path, prove_answer, query_string
 
-# SourceObject.headers name -> boto3 parameter (CreateMultipartUpload still goes through boto3).
-_HEADER_PARAMS = {
-    "Cache-Control": "CacheControl",
-    "Content-Disposition": "ContentDisposition",
-    "Content-Encoding": "ContentEncoding",
-    "Content-Language": "ContentLanguage",
-    "Expires": "Expires",
-}
 _UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "NotSupported", "XNotImplemented"})
 
 # What XML 1.0 can't carry: every C0 control but tab, newline and carriage return.
 _XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
-# A retention ending sooner than this is not sent with a copy. S3 refuses a retain-until
-# date in the past with InvalidRequest, the very code it gives a bucket without object
-# lock, and it tolerates 15 minutes of clock skew between client and server. A retention
-# that ends within that window protects nothing worth a refused write.
-RETENTION_MARGIN = 15 * 60
 # How a destination refuses the lock settings of a write: a bucket without object lock
 # (InvalidRequest "Bucket is missing ObjectLockConfiguration", from AWS, MinIO and moto
 # alike), credentials without s3:PutObjectRetention or s3:PutObjectLegalHold
@@ -64,43 +51,6 @@ def _md5_b64(data: bytes) -> str:
 
 def _etag(value: str | None) -> str:
     return (value or "").strip('"').lower()
-
-
-def sendable_lock(lock: ObjectLock, now: float) -> ObjectLock:
-    """PURE: what of ``lock`` a write should carry at ``now`` (epoch seconds): the legal
-    hold when it is on, and the retention unless it ends within RETENTION_MARGIN."""
-    if lock.retain_until is not None and lock.retain_until.timestamp() - now < RETENTION_MARGIN:
-        lock = ObjectLock(legal_hold=lock.legal_hold)
-    return lock if lock else NO_LOCK
-
-
-def iso8601(when: datetime) -> str:
-    """``2026-11-27T21:01:23.000Z``: the form S3 documents for a retain-until date."""
-    utc = when.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def lock_headers(lock: ObjectLock) -> dict[str, str]:
-    """PURE: the HTTP headers that give an object written by PutObject or
-    CreateMultipartUpload the settings ``lock``: the raw-request twin of the boto3
-    parameters ``_object_params`` adds. Pass it ``S3Destination.lock_for(key, src)``,
-    which has already dropped what must not be sent."""
-    headers = {}
-    if lock.mode is not None and lock.retain_until is not None:
-        headers["x-amz-object-lock-mode"] = lock.mode
-        headers["x-amz-object-lock-retain-until-date"] = iso8601(lock.retain_until)
-    if lock.legal_hold:
-        headers["x-amz-object-lock-legal-hold"] = "ON"
-    return headers
-
-
-def _lock_params(lock: ObjectLock) -> dict:
-    params: dict = {}
-    if lock.mode is not None and lock.retain_until is not None:
-        params.update(ObjectLockMode=lock.mode, ObjectLockRetainUntilDate=lock.retain_until)
-    if lock.legal_hold:
-        params["ObjectLockLegalHoldStatus"] = "ON"
-    return params
 
 
 def _server_message(error: StoreError) -> str:
@@ -360,19 +310,6 @@ class S3Destination:
             return None
         return sendable_lock(src.lock, time.time())
 
-    def _object_params(self, key: str, src: SourceObject, tags: dict[str, str] | None,
-                       lock: ObjectLock = NO_LOCK) -> dict:
-        params: dict = {"Key": key, "Metadata": {**src.metadata, SOURCE_ETAG_META: src.etag}}
-        if src.content_type:
-            params["ContentType"] = src.content_type
-        for header, param in _HEADER_PARAMS.items():
-            if header in src.headers:
-                params[param] = src.headers[header]
-        if tags and self._tagging:
-            params["Tagging"] = urlencode(tags)
-        params.update(_lock_params(lock))
-        return params
-
     # -- object lock ---------------------------------------------------------------
 
     def lock_for(self, key: str, src: SourceObject) -> ObjectLock:
@@ -482,8 +419,11 @@ class S3Destination:
             self._tags_unsupported(error)
             return send(None)
 
-    def _object_headers(self, src: SourceObject, tags: dict[str, str] | None) -> dict[str, str]:
-        """_object_params as raw PutObject headers."""
+    def _object_headers(self, src: SourceObject, tags: dict[str, str] | None,
+                        lock: ObjectLock = NO_LOCK) -> dict[str, str]:
+        """The one encoding of what a write of ``src`` carries beside its bytes, for a
+        PutObject and a CreateMultipartUpload alike: Content-Type, the copied headers,
+        user metadata with the source ETag, tags, and the lock settings."""
         headers = {f"x-amz-meta-{name}": value for name, value in src.metadata.items()}
         headers[f"x-amz-meta-{SOURCE_ETAG_META}"] = src.etag
         if src.content_type:
@@ -491,6 +431,7 @@ class S3Destination:
         headers.update(src.headers)  # Cache-Control, Expires, ... verbatim, as the source sent them
         if tags and self._tagging:
             headers["x-amz-tagging"] = urlencode(tags)
+        headers.update(lock_headers(lock))
         return headers
 
     def _needs_md5(self, headers: dict[str, str]) -> bool:
@@ -528,18 +469,27 @@ class S3Destination:
     def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
         def send(lock: ObjectLock) -> None:
             self._without_tags_if_unsupported(
-                lambda tagging: self._send("put", key, "", {**self._object_headers(src, tagging),
-                                                            **lock_headers(lock)}, data), tags)
+                lambda tagging: self._send("put", key, "", self._object_headers(src, tagging, lock), data), tags)
 
         self._without_lock_if_refused(key, src, send)
 
     def start_multipart(self, key: str, src: SourceObject, tags: dict[str, str] | None) -> str:
         def send(lock: ObjectLock) -> str:
             return self._without_tags_if_unsupported(
-                lambda tagging: self._call("start multipart", key, self.client.create_multipart_upload,
-                                           **self._object_params(key, src, tagging, lock))["UploadId"], tags)
+                lambda tagging: self._start_upload(key, self._object_headers(src, tagging, lock)), tags)
 
         return self._without_lock_if_refused(key, src, send)
+
+    def _start_upload(self, key: str, headers: dict[str, str]) -> str:
+        response = self._transport.request("start multipart", key, "POST",
+                                           object_path(self._bucket_path, key, "?uploads="), headers=headers,
+                                           body=b"")
+        if response.status != 200:
+            raise self._transport.error("start multipart", key, response)
+        try:
+            return answers.upload_id(response.data)
+        except answers.MalformedAnswer as exc:
+            raise TransientError(self.side, "start multipart", key, f"{self.endpoint}: {exc}") from exc
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"

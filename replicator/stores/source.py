@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 from botocore.credentials import Credentials
 from minio import Minio
@@ -16,13 +15,13 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..config import Settings
 from ..errors import FatalError, NotFound, PermanentError, SourceChanged, StoreError, TransientError
-from ..model import NO_LOCK, ObjectInfo, ObjectLock, SourceObject
+from ..model import ObjectInfo, SourceObject
 from . import answers, listing, parallel_listing
+from .object_lock import object_lock
 from .transport import Transport, object_path, query_string
 
 # Headers a copy carries over besides Content-Type and user metadata.
 COPIED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
-LOCK_MODES = frozenset({"GOVERNANCE", "COMPLIANCE"})
 
 
 def _etag(value: str | None) -> str:
@@ -47,33 +46,6 @@ def describe(key: str, headers) -> SourceObject:
         tag_count=int(headers.get("x-amz-tagging-count") or 0),
         lock=object_lock(headers),
     )
-
-
-def object_lock(headers) -> ObjectLock:
-    """PURE: the Object Lock settings in a GET/HEAD response's headers.
-
-    MinIO sends them only to a user allowed ``s3:GetObjectRetention`` and
-    ``s3:GetObjectLegalHold``; to anyone else an object looks unlocked. A retention
-    without a readable date is ignored rather than guessed."""
-    mode = (headers.get("x-amz-object-lock-mode") or "").strip().upper()
-    until = _datetime(headers.get("x-amz-object-lock-retain-until-date"))
-    hold = (headers.get("x-amz-object-lock-legal-hold") or "").strip().upper() == "ON"
-    if mode not in LOCK_MODES or until is None:
-        mode, until = None, None
-    if mode is None and not hold:
-        return NO_LOCK
-    return ObjectLock(mode, until, hold)
-
-
-def _datetime(value: str | None) -> datetime | None:
-    """An ISO-8601 timestamp (MinIO: ``2026-11-27T21:01:23.000Z``), timezone-aware."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 def holdable(key: str) -> bool:
