@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -110,8 +111,32 @@ def _session(settings: Settings) -> boto3.session.Session:
     return session
 
 
+@dataclass
+class Capabilities:
+    """What the destination turned out to take, learnt once per process: from check()
+    (the bucket's HEAD and object lock configuration), or from the first write a
+    provider refused for want of it. Each is said once, in a warning, when it is lost."""
+
+    tagging: bool = True  # cleared once the provider says it doesn't do tags
+    batch_delete: bool = True  # cleared once DeleteObjects is refused as unsupported
+    # Whether the bucket takes object lock settings: None until check() asks, or until a
+    # write carrying them is refused; False means copies go without them.
+    object_lock: bool | None = None
+    object_lock_cause: str = ""  # why it is False, for the one warning
+    object_lock_warned: bool = False
+    # MinIO lists each object's attributes and tags when asked (metadata=true), so a
+    # reconcile sees a metadata rewrite over the same bytes at no extra request. Learnt
+    # from the bucket's HEAD ("Server: MinIO") where S3_SYNC_LIST_METADATA asks for it.
+    lists_metadata: bool = False
+    list_metadata_asked: bool = False  # cleared once found impossible, so it is said once
+
+
 class S3Destination:
     side = "destination"
+
+    @property
+    def lists_metadata(self) -> bool:
+        return self.can.lists_metadata
 
     def __init__(self, settings: Settings):
         self.bucket = settings.dest_bucket
@@ -140,19 +165,7 @@ class S3Destination:
             maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy)
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
-        # MinIO lists each object's attributes and tags when asked (metadata=true), so a
-        # reconcile sees a metadata rewrite over the same bytes at no extra request.
-        # Learnt in check() from the bucket's HEAD ("Server: MinIO").
-        self.lists_metadata = False
-        self._list_metadata = settings.list_metadata  # asked for; cleared once found impossible
-        self._tagging = True  # cleared once the provider says it doesn't do tags
-        self._batch_delete = True
-        # Whether the bucket takes object lock settings: None until check() asks it, or
-        # until a write carrying them is refused. Decided once per process; False means
-        # copies go without retention and legal holds.
-        self._object_lock: bool | None = None
-        self._object_lock_cause = ""  # why it is False, for the one warning
-        self._object_lock_warned = False
+        self.can = Capabilities(list_metadata_asked=settings.list_metadata)
         self._lock = threading.Lock()
 
     def _client(self, region: str):
@@ -237,11 +250,11 @@ class S3Destination:
         return True
 
     def _learn_server(self, server: str) -> None:
-        if not self._list_metadata or self.lists_metadata:
+        if not self.can.list_metadata_asked or self.can.lists_metadata:
             return
-        self.lists_metadata = server.lower().startswith("minio")
-        if not self.lists_metadata:
-            self._list_metadata = False  # not asked again: the warning is said once
+        self.can.lists_metadata = server.lower().startswith("minio")
+        if not self.can.lists_metadata:
+            self.can.list_metadata_asked = False  # not asked again: the warning is said once
             logger.warning("S3_SYNC_LIST_METADATA=true, but the destination ({}) is not MinIO and can't list "
                            "metadata; reconciles compare sizes and ETags, and the metadata sweep the rest",
                            server or "unnamed server")
@@ -250,15 +263,15 @@ class S3Destination:
         """Ask the bucket once whether it has object lock. Only a clear "no" decides
         it: a provider or a policy that won't say (AccessDenied, NotImplemented)
         leaves it to the first write that carries lock settings. Never fails the check."""
-        if self._object_lock is not None:
+        if self.can.object_lock is not None:
             return
         try:
             answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code == "ObjectLockConfigurationNotFoundError":
-                self._object_lock = False
-                self._object_lock_cause = f"destination bucket {self.bucket} has no object lock ({code})"
+                self.can.object_lock = False
+                self.can.object_lock_cause = f"destination bucket {self.bucket} has no object lock ({code})"
             else:
                 logger.debug("{}: object lock configuration unknown ({}); the first locked object will tell",
                              self.bucket, code)
@@ -268,9 +281,9 @@ class S3Destination:
                          self.bucket, type(exc).__name__)
             return
         enabled = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-        self._object_lock = enabled
+        self.can.object_lock = enabled
         if not enabled:
-            self._object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
+            self.can.object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
         """The listing; with each object's attributes and tags where the destination can
@@ -300,13 +313,13 @@ class S3Destination:
         return describe(key, HTTPHeaderDict(head["ResponseMetadata"]["HTTPHeaders"]))
 
     def get_tags(self, key: str) -> dict[str, str]:
-        if not self._tagging:
+        if not self.can.tagging:
             return {}
         result = self._call("get tags", key, self.client.get_object_tagging, Key=key)
         return {tag["Key"]: tag["Value"] for tag in result.get("TagSet", ())}
 
     def mirrored_lock(self, src: SourceObject) -> ObjectLock | None:
-        if self._object_lock is False:
+        if self.can.object_lock is False:
             return None
         return sendable_lock(src.lock, time.time())
 
@@ -316,18 +329,18 @@ class S3Destination:
         """The lock settings a write of ``key`` should carry: the source's, minus a
         retention about to end; none once the bucket turned out not to take them."""
         lock = sendable_lock(src.lock, time.time())
-        if lock and self._object_lock is False:
+        if lock and self.can.object_lock is False:
             self._warn_no_object_lock(key)
             return NO_LOCK
         return lock
 
     def _warn_no_object_lock(self, key: str) -> None:
         with self._lock:
-            if self._object_lock_warned:
+            if self.can.object_lock_warned:
                 return
-            self._object_lock_warned = True
+            self.can.object_lock_warned = True
         logger.warning("{}: {}; replicating without retention and legal holds from now on",
-                       key, self._object_lock_cause)
+                       key, self.can.object_lock_cause)
 
     def _without_lock_if_refused(self, key: str, src: SourceObject, send: Callable[[ObjectLock], T]) -> T:
         """``send(lock)`` writes the object with ``lock``'s settings. If the destination
@@ -344,8 +357,8 @@ class S3Destination:
                 raise
             result = send(NO_LOCK)  # raises if the lock settings weren't the cause
             with self._lock:
-                self._object_lock = False
-                self._object_lock_cause = (f"destination bucket {self.bucket} refused the object's retention and "
+                self.can.object_lock = False
+                self.can.object_lock_cause = (f"destination bucket {self.bucket} refused the object's retention and "
                                            f"legal hold ({error.detail}{_server_message(error)})")
             self._warn_no_object_lock(key)
             return result
@@ -360,7 +373,7 @@ class S3Destination:
         credentials without s3:BypassGovernanceRetention mirror everything else. A
         COMPLIANCE retention can't be shortened or removed by anyone; that refusal is
         permanent."""
-        if self._object_lock is False:
+        if self.can.object_lock is False:
             self._warn_no_object_lock(key)
             return
         sendable = sendable_lock(lock, time.time())
@@ -388,7 +401,7 @@ class S3Destination:
                 code=error.code) from error
 
     def put_legal_hold(self, key: str, on: bool) -> None:
-        if self._object_lock is False:
+        if self.can.object_lock is False:
             self._warn_no_object_lock(key)
             return
         self._lock_call("put legal hold", key, self.client.put_object_legal_hold,
@@ -410,7 +423,7 @@ class S3Destination:
     def _without_tags_if_unsupported(self, send: Callable[[dict[str, str] | None], T],
                                      tags: dict[str, str] | None) -> T:
         """``send(tags)``; if the provider rejects tagging, warn once and ``send(None)``."""
-        tagged = bool(tags) and self._tagging
+        tagged = bool(tags) and self.can.tagging
         try:
             return send(tags)
         except PermanentError as error:
@@ -429,7 +442,7 @@ class S3Destination:
         if src.content_type:
             headers["Content-Type"] = src.content_type
         headers.update(src.headers)  # Cache-Control, Expires, ... verbatim, as the source sent them
-        if tags and self._tagging:
+        if tags and self.can.tagging:
             headers["x-amz-tagging"] = urlencode(tags)
         headers.update(lock_headers(lock))
         return headers
@@ -461,10 +474,10 @@ class S3Destination:
 
     def _tags_unsupported(self, error: StoreError) -> None:
         with self._lock:
-            if self._tagging:
+            if self.can.tagging:
                 logger.warning("destination does not support object tags ({}); replicating without them",
                                error.code)
-            self._tagging = False
+            self.can.tagging = False
 
     def put(self, key: str, data: bytes, src: SourceObject, tags: dict[str, str] | None) -> None:
         def send(lock: ObjectLock) -> None:
@@ -507,7 +520,7 @@ class S3Destination:
         return True
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
-        if not self._tagging:
+        if not self.can.tagging:
             return
         try:
             if tags:
@@ -518,7 +531,7 @@ class S3Destination:
         except PermanentError as error:
             if error.code not in _UNSUPPORTED:
                 raise
-            self._tagging = False
+            self.can.tagging = False
 
     def delete_many(self, keys: list[str]) -> dict[str, str]:
         if not keys:
@@ -529,7 +542,7 @@ class S3Destination:
         batch = [key for key in keys if not _XML_UNSAFE.search(key)]
         singles = [key for key in keys if _XML_UNSAFE.search(key)]
         failed: dict[str, str] = {}
-        if self._batch_delete and batch:
+        if self.can.batch_delete and batch:
             try:
                 result = self._call("delete", f"{len(batch)} objects", self.client.delete_objects,
                                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
@@ -537,7 +550,7 @@ class S3Destination:
                 if error.code not in _UNSUPPORTED:
                     raise
                 logger.warning("destination has no batch delete ({}); deleting one at a time", error.code)
-                self._batch_delete = False
+                self.can.batch_delete = False
             else:
                 failed = {e["Key"]: e.get("Code", "error") for e in result.get("Errors", ())}
                 batch = []
