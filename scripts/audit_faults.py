@@ -62,6 +62,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +73,7 @@ from minio import Minio  # noqa: E402
 from minio.commonconfig import REPLACE, CopySource, Tags  # noqa: E402
 from minio.error import S3Error  # noqa: E402
 
+from replicator.printable import printable  # noqa: E402
 from tests.conftest import boto_client  # noqa: E402
 from tests.faultproxy import FaultProxy, s3_error_document  # noqa: E402
 from tests.servers import MinioServer, MotoServer  # noqa: E402
@@ -340,20 +342,14 @@ class Rig:
                                    http_client=urllib3.PoolManager(
                                        timeout=urllib3.Timeout(connect=2, read=30), retries=False, maxsize=10))
         self.source_client.make_bucket(SOURCE_BUCKET)
-        key, secret = self.dest_credentials
-        self.dest_client = boto_client(self.dest.endpoint, key, secret)
+        self.dest_client = boto_client(self.dest.endpoint, DEST_USER, DEST_PASSWORD)
         self.dest_client.create_bucket(Bucket=DEST_BUCKET)
         self.start_replicator()
 
     @property
-    def dest_credentials(self) -> tuple[str, str]:
-        return DEST_USER, DEST_PASSWORD
-
-    @property
     def env(self) -> dict[str, str]:
-        key, secret = self.dest_credentials
         return {
-            "S3_SYNC_ACCESS_KEY": key, "S3_SYNC_SECRET_KEY": secret, "S3_SYNC_BUCKET": DEST_BUCKET,
+            "S3_SYNC_ACCESS_KEY": DEST_USER, "S3_SYNC_SECRET_KEY": DEST_PASSWORD, "S3_SYNC_BUCKET": DEST_BUCKET,
             "S3_SYNC_ENDPOINT": self.dest_wire.endpoint,
             "MINIO_ENDPOINT": self.source_wire.endpoint, "MINIO_ACCESS_KEY": SOURCE_USER,
             "MINIO_SECRET_KEY": SOURCE_PASSWORD, "MINIO_BUCKET": SOURCE_BUCKET,
@@ -362,7 +358,7 @@ class Rig:
         }
 
     def secrets(self) -> list[str]:
-        return [SOURCE_USER, SOURCE_PASSWORD, *self.dest_credentials]
+        return [SOURCE_USER, SOURCE_PASSWORD, DEST_USER, DEST_PASSWORD]
 
     @property
     def replicator(self) -> Sidecar:
@@ -423,8 +419,7 @@ class Fault:
     nominal: float  # seconds it lasts when the schedule has room
 
 
-def slow_down(request) -> object:
-    return s3_error_document("SlowDown", 503)
+SLOW_DOWN = s3_error_document("SlowDown", 503)
 
 
 def faults(rig: Rig, workload: Workload, rng: random.Random) -> list[Fault]:
@@ -454,7 +449,7 @@ def faults(rig: Rig, workload: Workload, rng: random.Random) -> list[Fault]:
 
     def answer_503(proxy: FaultProxy, when: Callable[[object], bool]) -> Callable[[float], None]:
         def start() -> None:
-            proxy.rule = lambda request: slow_down(request) if when(request) else None
+            proxy.rule = lambda request: SLOW_DOWN if when(request) else None
 
         def stop() -> None:
             proxy.rule = lambda request: None
@@ -699,6 +694,23 @@ def settled_after(rig: Rig, since: float) -> Callable[[], dict | None]:
     return check
 
 
+def explain_uploads(uploads: list[dict], paths: list[Path]) -> None:
+    """Mark each upload left at the destination whose CreateMultipartUpload answer was
+    lost (the log shows that request failing and retried, within 2 s of the upload's
+    start): the server started it, replicator never learned its id, so it can't abort
+    it. The README names the case ("What it can't know, and the last net") and leaves it
+    to a lifecycle rule. Any other upload left is replicator's to clean up."""
+    lines = [line for path in paths for line in path.read_text(errors="replace").splitlines()
+             if "destination: start multipart " in line and "retrying" in line]
+    for upload in uploads:
+        started = datetime.fromisoformat(upload["initiated"]).timestamp()
+        needle = f"destination: start multipart {printable(upload['key'])}: "
+        upload["answer_lost"] = any(
+            needle in line and abs(datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")
+                                   .replace(tzinfo=timezone.utc).timestamp() - started) <= 2
+            for line in lines)
+
+
 def scan_logs(paths: list[Path], secrets: list[str]) -> dict:
     found: dict = {"secrets": [], "this_is_a_bug": [], "tracebacks": 0, "errors": Counter()}
     for path in paths:
@@ -811,13 +823,15 @@ def main(argv: list[str] | None = None) -> int:
             report["differences_after_another_cycle"] = {k: len(v) for k, v in compare(rig).items()}
         report["exit_code_on_sigterm"] = rig.stop_replicator()
         report["dest_multipart_uploads_left"] = [
-            {"key": u["Key"], "initiated": str(u["Initiated"])}
+            {"key": u["Key"], "initiated": u["Initiated"].isoformat()}
             for u in rig.dest_client.list_multipart_uploads(Bucket=DEST_BUCKET).get("Uploads", ())]
+        explain_uploads(report["dest_multipart_uploads_left"], rig.logs)
         report["logs"] = scan_logs(rig.logs, rig.secrets())
         report["replicator_lives"] = len(rig.lives)
         report["source_objects"] = len(list_source(rig.source_client))
         ok = (settled is not None and not any(diffs.values()) and not watcher.wrongful
-              and report["exit_code_on_sigterm"] == 0 and not report["dest_multipart_uploads_left"]
+              and report["exit_code_on_sigterm"] == 0
+              and not any(not u["answer_lost"] for u in report["dest_multipart_uploads_left"])
               and not report["logs"]["secrets"] and not report["logs"]["this_is_a_bug"]
               and not any(f["error"] for f in fault_record))
         report["ok"] = ok
@@ -852,8 +866,11 @@ def print_summary(report: dict) -> None:
     if "differences_after_another_cycle" in report:
         lines.append(f"  after one more reconcile and sweep: {report['differences_after_another_cycle']}")
     logs = report.get("logs", {})
+    uploads = report.get("dest_multipart_uploads_left", [])
     lines += [
-        f"  multipart uploads left at the destination: {len(report.get('dest_multipart_uploads_left', []))}",
+        f"  multipart uploads left at the destination: {len(uploads)}, of which "
+        f"{sum(1 for u in uploads if u.get('answer_lost'))} after a lost CreateMultipartUpload answer "
+        f"(README: What it can't know; not counted as a failure)",
         f"  credentials in the logs: {len(logs.get('secrets', []))}; 'this is a bug': "
         f"{len(logs.get('this_is_a_bug', []))}; tracebacks: {logs.get('tracebacks')}",
         f"  most frequent errors logged: {logs.get('errors')}",
