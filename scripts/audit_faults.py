@@ -50,6 +50,7 @@ import argparse
 import bisect
 import hashlib
 import io
+import itertools
 import json
 import random
 import shutil
@@ -318,12 +319,19 @@ def tag_set(tags: dict[str, str]) -> Tags:
 
 
 class AuditFaultProxy(FaultProxy):
-    """The FaultProxy, without faults of its own. MinIO closes a keep-alive connection
-    after 30 s idle; the FaultProxy would send the next request into it and answer the
-    client by closing its connection (seen in the first full run: ConnectionClosedError
-    on destination HEADs and tag writes with no fault scheduled). Here a connection the
-    server has closed is opened again first, as urllib3 does. What the handlers still
-    fail on (a restarting server) goes to ``errors``, not to stderr."""
+    """The FaultProxy, without faults of its own. Two of those were seen in the first
+    runs, as ConnectionClosedError with no fault scheduled:
+
+    - MinIO closes a keep-alive connection after 30 s idle; the FaultProxy sent the next
+      request into it. Here a connection the server has closed is opened again first,
+      as urllib3 does.
+    - An answer without a body and without Content-Length (MinIO's 204 to a DELETE or
+      an AbortMultipartUpload) was relayed as a chunked stream and its upstream response
+      left open, so the next request on that connection reached the server, which acted
+      on it, and then failed in the proxy (``ResponseNotReady``): its answer was lost.
+      Here such an answer is sent as it came, and the upstream response is closed.
+
+    What the handlers still fail on (a restarting server) goes to ``errors``, not to stderr."""
 
     def __init__(self, target_port: int, errors: Path):
         super().__init__(target_port)
@@ -336,6 +344,17 @@ class AuditFaultProxy(FaultProxy):
         if upstream is not None and upstream.sock is not None and wait_for_read(upstream.sock, timeout=0):
             upstream.close()  # readable while idle: the server closed it; the next request reconnects
         return super()._upstream(handler)
+
+    @staticmethod
+    def _relay_stream(handler, response, headers: dict[str, str]) -> None:
+        if response.status in (204, 304):
+            response.read()  # nothing to read: it closes the response, so the connection can be reused
+            handler.send_response(response.status)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            return
+        FaultProxy._relay_stream(handler, response, headers)
 
     def _record(self, request, address) -> None:
         self.failed += 1
@@ -505,11 +524,10 @@ def faults(rig: Rig, workload: Workload, rng: random.Random) -> list[Fault]:
             rig.start_replicator()
         return apply
 
-    every_other = {"n": 0}
+    requests = itertools.count()
 
     def half(request) -> bool:
-        every_other["n"] += 1
-        return every_other["n"] % 2 == 0
+        return next(requests) % 2 == 1
 
     moto = rig.dest_kind == "moto"
     # moto keeps its objects in memory: a restart would lose the mirror, which no
