@@ -10,8 +10,8 @@ What runs, all on 127.0.0.1 free ports with temporary directories:
     watcher ───────────────────────────────► destination (lists it every few seconds)
 
 The TcpProxy (tests/sidecar.py) adds latency, cuts connections (FIN or RST) and
-blackholes them; the FaultProxy (tests/faultproxy.py) answers 503 in place of the
-server. The servers themselves are restarted, and replicator is SIGKILLed and started
+blackholes them; the FaultProxy (tests/faultproxy.py, with two fixes in
+AuditFaultProxy below) answers 503 in place of the server. The servers themselves are restarted, and replicator is SIGKILLed and started
 again on the same state directory.
 
 1. The workload performs ``--ops`` operations chosen by ``--seed``, spread over
@@ -114,9 +114,9 @@ class Timeline:
         self._times: dict[str, list[float]] = {}
         self._states: dict[str, list[str]] = {}
 
-    def mark(self, key: str, state: str, at: float | None = None) -> None:
+    def mark(self, key: str, state: str) -> None:
         with self._lock:
-            self._times.setdefault(key, []).append(time.time() if at is None else at)
+            self._times.setdefault(key, []).append(time.time())
             self._states.setdefault(key, []).append(state)
 
     def state(self, key: str) -> str:
@@ -141,7 +141,6 @@ TAG_WORDS = ["blue", "red", "green", "keep", "archive", "tmp", "q3 report", "a+b
 OPERATIONS = {"put_new": 26, "overwrite_same_size": 12, "overwrite_other_size": 10, "delete": 11,
               "delete_then_put": 4, "overwrite_burst": 3, "set_tags": 10, "clear_tags": 3,
               "rewrite_metadata": 11}
-
 
 # Control characters XML 1.0 can't carry. moto 5.2.5 answers 500 to a CreateMultipartUpload
 # of a key holding one (single PUTs of it work), whatever replicator does.
