@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from urllib3.util.wait import wait_for_read
+
 from tests.servers import HOST
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection"})
@@ -179,6 +181,11 @@ class FaultProxy:
         self._send(handler, decision(answer) if decision is not None else answer, head=handler.command == "HEAD")
 
     def _upstream(self, handler) -> http.client.HTTPConnection:
+        upstream = handler.upstream
+        if upstream is not None and upstream.sock is not None and wait_for_read(upstream.sock, timeout=0):
+            # Readable while idle: the server closed it (MinIO does after 30 s). Sent
+            # into it, the next request would fail in the proxy, a fault nobody asked for.
+            upstream.close()
         if handler.upstream is None:
             handler.upstream = http.client.HTTPConnection(HOST, self.target_port, timeout=120)
         return handler.upstream
@@ -200,6 +207,16 @@ class FaultProxy:
 
     @staticmethod
     def _relay_stream(handler, response: http.client.HTTPResponse, headers: dict[str, str]) -> None:
+        if response.status in (204, 304):
+            # No body, and none to stream: relayed as chunked and left open, the upstream
+            # answer would swallow the next request's (the server acts on it, and its
+            # answer is lost to ResponseNotReady).
+            response.read()
+            handler.send_response(response.status)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            return
         handler.send_response(response.status)
         for name, value in headers.items():
             handler.send_header(name, value)

@@ -5,9 +5,11 @@ real server (the server stays real; only the wire misbehaves)."""
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -121,9 +123,11 @@ class Sidecar:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a target. ``cut()`` drops every open connection;
-    ``hold()`` makes new connections wait until ``release()``; ``freeze_on(pattern)``
-    freezes each connection that sends ``pattern``, before the bytes reach the target."""
+    """Forwards 127.0.0.1:port to a target. ``cut()`` drops every open connection (with
+    ``reset=True`` as a TCP RST instead of a FIN); ``hold()`` makes new connections wait
+    until ``release()``; ``freeze_on(pattern)`` freezes each connection that sends
+    ``pattern``, before the bytes reach the target; ``delay(outbound, inbound)`` adds
+    latency to every byte, per direction, on open connections too."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -135,8 +139,11 @@ class TcpProxy:
         self._gate = threading.Event()
         self._gate.set()
         self._frozen: set[socket.socket] = set()
+        self._reset: set[socket.socket] = set()  # closed by an RST: no FIN before it
         self._freeze_on: bytes | None = None
         self.froze = threading.Event()  # set once freeze_on has frozen a connection
+        self.outbound_delay = 0.0  # seconds added to bytes going to the target
+        self.inbound_delay = 0.0  # seconds added to bytes coming back
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -170,6 +177,10 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(a, b, outbound), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        """Read ``src``; a sender thread writes to ``dst`` each chunk once its delay has
+        passed. Reading doesn't wait for the delay, so latency never caps throughput."""
+        chunks: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._send, args=(chunks, src, dst), daemon=True).start()
         tail = b""  # the end of the bytes before, so a pattern split between two reads is seen
         try:
             while True:
@@ -185,19 +196,38 @@ class TcpProxy:
                     tail = (tail + data)[-(len(pattern) - 1):] if len(pattern) > 1 else b""
                 if src in self._frozen:
                     continue  # swallowed: the peer sees a silent connection that is still open
+                chunks.put((time.monotonic() + (self.outbound_delay if outbound else self.inbound_delay), data))
+        except OSError:
+            pass
+        finally:
+            chunks.put(None)
+
+    def _send(self, chunks: queue.SimpleQueue, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while (chunk := chunks.get()) is not None:
+                due, data = chunk
+                time.sleep(max(0.0, due - time.monotonic()))
                 dst.sendall(data)
         except OSError:
             pass
         finally:
             for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                if s not in self._reset:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 s.close()
             with self._lock:
                 self._open.discard(src)
                 self._open.discard(dst)
+                self._reset.discard(src)
+                self._reset.discard(dst)
+
+    def delay(self, outbound: float = 0.0, inbound: float = 0.0) -> None:
+        """Add ``outbound`` seconds to bytes going to the target and ``inbound`` to those
+        coming back, from now on; 0 and 0 (the default) turns latency off."""
+        self.outbound_delay, self.inbound_delay = outbound, inbound
 
     def freeze(self) -> None:
         """Half-open every current connection: it stays up, but no byte gets through.
@@ -220,12 +250,22 @@ class TcpProxy:
     def release(self) -> None:
         self._gate.set()
 
-    def cut(self) -> None:
+    def cut(self, reset: bool = False) -> None:
+        """Close every open connection: with a FIN, or with ``reset`` an RST, as a
+        crashed peer or a firewall that forgot the connection sends."""
         with self._lock:
             sockets = list(self._open)
+            if reset:
+                self._reset.update(sockets)
         for s in sockets:
             try:
-                s.shutdown(socket.SHUT_RDWR)
+                if reset:
+                    # Linger 0 makes close() send an RST; SHUT_RD only wakes the reader
+                    # (it sends nothing), whose sender then closes the socket.
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.shutdown(socket.SHUT_RD)
+                else:
+                    s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
