@@ -8,6 +8,12 @@ worth making first: the source is read again, and what it says decides. The retr
 are the copier's and the policy's; the claim on the key is the caller's (the work
 queue's for events, ``key_lock`` for the reconcile).
 
+Every outcome but one is final for the state converged on. ``CHANGED`` is not: the
+source was rewritten during each attempt, so the caller tries again (the workers put
+the key back on the queue; the reconcile counts it failed, which keeps the run dirty
+and the next run at it). A replica taking work from a durable log acks on anything
+else and redelivers on ``CHANGED``.
+
 A deletion the source made is mirrored here for events only: the reconcile deletes in
 guarded batches after a clean run (reconcile.py), never one key at a time.
 """
@@ -21,7 +27,7 @@ from loguru import logger
 
 from . import drift
 from .copier import Copier
-from .errors import NotFound, ReplicatorError
+from .errors import NotFound, ReplicatorError, SourceChanged
 from .model import ObjectInfo, SourceObject
 from .retry import RetryPolicy
 from .stores.base import DestinationStore, SourceStore
@@ -33,6 +39,10 @@ class Outcome(enum.Enum):
     IN_SYNC = "in sync"  # nothing to do
     DELETED = "deleted"
     GONE = "gone"  # the source lacks it; the destination keeps it (S3_SYNC_DELETE=false, or not ours to delete)
+    # The source was rewritten during every attempt at the copy: each was abandoned
+    # whole (no half-written object, no upload left), and the destination still holds
+    # what it held before. Try again: nothing failed, but nothing converged either.
+    CHANGED = "changed while copying"
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Result:
     outcome: Outcome
     detail: str = ""  # for the log: "12 bytes", "tags", "retention and legal hold"
     size: int = 0  # bytes copied
+    error: SourceChanged | None = None  # CHANGED: the last attempt's refusal
 
 
 class Converger:
@@ -112,7 +123,10 @@ class Converger:
         return recorded == source.etag and drift.listed_alike(source.attributes, dest.attributes)
 
     def _copy(self, key: str, hint: Hint) -> Result:
-        copied = self.copier.copy(key)
+        try:
+            copied = self.copier.copy(key)
+        except SourceChanged as error:  # the copier's restarts are spent
+            return Result(Outcome.CHANGED, str(error), error=error)
         if copied is None:
             return self._gone(key, hint)
         return Result(Outcome.COPIED, f"{copied.size} bytes", copied.size)
@@ -141,8 +155,7 @@ class Converger:
         if failed:
             raise ReplicatorError(f"destination: delete {key}: {failed[key]}")
         if not sent:  # uploaded again while a delete was being retried: copy that
-            copied = self.copier.copy(key)
-            return Result(Outcome.COPIED, f"{copied.size} bytes", copied.size) if copied else Result(Outcome.GONE)
+            return self._copy(key, Hint())
         logger.debug("{}: deleted at the destination", key)
         return Result(Outcome.DELETED)
 

@@ -217,6 +217,9 @@ class _Run:
             with self.lock:
                 self.stats.unchanged += 1
             return
+        if result.outcome is Outcome.CHANGED and result.error is not None:
+            self._failed(key, result.error)  # not replicated: the run is dirty, the next one tries again
+            return
         if result.outcome is not Outcome.COPIED:  # gone from the source since it was listed
             with self.lock:
                 self.stats.skipped += 1

@@ -180,6 +180,17 @@ class Workers:
         hint = Hint(content=item.content, tags=item.tags, retention=item.retention, legal_hold=item.legal_hold,
                     attributes=item.attributes, removed=item.removed, size=item.size, may_delete=self.delete)
         result = self.converger.converge(item.key, hint)
+        if result.outcome is Outcome.CHANGED:
+            # Rewritten during every attempt. The newest write's event is usually queued
+            # already (the key is held, so it waits); putting the item back makes sure
+            # the key is tried again when it wasn't, and costs nothing when it was.
+            if self.queue.put(item, timeout=0):
+                logger.info("{}: {}; queued again", item.key, result.detail)
+            else:
+                logger.warning("{}: {}; not queued again (the queue is full or closing), so left for the next reconcile",
+                               item.key, result.detail)
+                self.on_failure("a key changed during every copy attempt")
+            return
         if result.outcome is Outcome.COPIED:
             metrics.objects_copied.labels("event").inc()
         self._done(item, result)

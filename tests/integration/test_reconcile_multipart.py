@@ -1,12 +1,18 @@
 """An object overwritten at the source while its multipart copy runs: the destination
-ends with one whole version, never a mix of two, and no multipart upload is left behind."""
+ends with one whole version, never a mix of two, and no multipart upload is left behind.
+Rewritten during every attempt, it is "changed while copying" (converge.py): a failed
+key for the reconcile, a key queued again for the event workers."""
 
 from __future__ import annotations
 
 import io
 import os
+import time
+
+import pytest
 
 from replicator.model import SOURCE_ETAG_META
+from replicator.workqueue import KeyedQueue, WorkItem
 
 MiB = 1024 * 1024
 KEY = "video/raw.bin"
@@ -92,6 +98,22 @@ def test_a_source_that_never_holds_still_leaves_no_torn_copy(pair, make_app):
     assert (stats.copied, stats.failed) == (0, 1)
     assert KEY not in pair.dest_keys()  # nothing rather than a mix
     assert pending_uploads(pair) == []
+
+
+def test_an_event_for_a_source_rewritten_during_every_attempt_is_queued_again_then_copied(pair, make_app):
+    put(pair, os.urandom(11 * MiB))
+    app = make_app(**MULTIPART, S3_SYNC_MULTIPART_CONCURRENCY="1", S3_SYNC_MAX_RETRIES="2")
+    versions = [os.urandom(11 * MiB) for _ in range(2)]  # one per attempt: both are refused at part 2
+    overwrite_during_copy(app, pair, versions)
+    queue = KeyedQueue(10)
+    workers = app.workers(queue, on_failure=lambda reason: pytest.fail(f"asked for a reconcile: {reason}"))
+    workers.handle(WorkItem(KEY, content=True, tags=False, event_time=time.time(), size=11 * MiB))
+    assert workers.failed == 0 and KEY not in pair.dest_keys() and pending_uploads(pair) == []
+    assert [queued.key for queued in queue.pending()] == [KEY]  # "changed while copying": again
+    again = queue.get(timeout=0)
+    workers.handle(again)  # the source holds still now
+    queue.done(again.key)
+    assert pair.dest_body(KEY) == versions[-1] and pending_uploads(pair) == []
 
 
 # -- part for part: the copy's ETag is the source's ----------------------------------

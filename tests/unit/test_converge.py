@@ -12,6 +12,7 @@ from replicator import config
 from replicator.config import MiB
 from replicator.converge import Converger, Hint, Outcome
 from replicator.copier import Copier
+from replicator.errors import SourceChanged
 from replicator.model import ObjectInfo
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
@@ -99,3 +100,28 @@ def test_a_key_the_reconcile_found_missing_but_gone_since_is_gone(sides):
     _, dest, converger = sides
     assert converger.converge("k", Hint(missing=True)).outcome is Outcome.GONE
     assert dest.objects == {}
+
+
+def changed(key: str) -> SourceChanged:
+    return SourceChanged("source", "get range", key, "object changed during the copy: PreconditionFailed",
+                         code="PreconditionFailed")
+
+
+def test_a_source_rewritten_during_every_attempt_is_changed_not_failed_and_leaves_nothing(sides):
+    source, dest, converger = sides
+    source.add("big", LARGE)
+    source.fail("get range", "big", changed("big"))
+    result = converger.converge("big", Hint(missing=True))
+    assert result.outcome is Outcome.CHANGED and isinstance(result.error, SourceChanged)
+    assert "changed during the copy" in result.detail
+    # Each attempt started an upload and aborted it whole: nothing half-written is left.
+    assert len(dest.ops("start multipart")) == converger.policy.attempts
+    assert dest.incomplete_uploads() == {} and "big" not in dest.objects
+
+
+def test_a_source_that_settles_before_the_last_attempt_is_copied(sides):
+    source, dest, converger = sides
+    source.add("big", LARGE)
+    source.fail("get range", "big", changed("big"), times=1)
+    assert converger.converge("big", Hint(missing=True)).outcome is Outcome.COPIED
+    assert dest.contents()["big"] == LARGE

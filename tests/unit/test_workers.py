@@ -12,7 +12,7 @@ import pytest
 from replicator import config
 from replicator.converge import Converger
 from replicator.copier import Copier
-from replicator.errors import PermanentError, TransientError
+from replicator.errors import PermanentError, SourceChanged, TransientError
 from replicator.model import NO_LOCK, ObjectLock
 from replicator.retry import RetryPolicy, Stopped
 from replicator.stores.memory import MemoryStore
@@ -275,3 +275,23 @@ def test_a_kept_write_whose_bytes_the_reconcile_copied_is_not_copied_again(h):
     h.workers.waiting_room.retry()
     h.drain()
     assert h.dest.ops("put") == ["k", "k", "k"]  # two failed attempts and the reconcile's: no fourth
+
+
+def test_a_key_rewritten_during_every_copy_attempt_goes_back_on_the_queue(h):
+    h.source.add("k", b"data")
+    h.source.fail("get", "k", SourceChanged("source", "get", "k", "object changed during the copy",
+                                            code="PreconditionFailed"), times=h.copier.policy.attempts)
+    h.handle("k", content=True, size=4)
+    assert h.workers.failed == 0 and h.reconciles == []
+    assert [queued.key for queued in h.queue.pending()] == ["k"]
+    h.drain()  # the writes stopped: the next attempt converges
+    assert h.dest.contents() == {"k": b"data"} and h.queue.depth() == 0
+
+
+def test_a_rewritten_key_the_queue_cannot_take_back_asks_for_a_reconcile(h):
+    h.source.add("k", b"data")
+    h.source.fail("get", "k", SourceChanged("source", "get", "k", "object changed during the copy",
+                                            code="PreconditionFailed"))
+    h.queue.close()
+    h.handle("k", content=True, size=4)
+    assert h.reconciles == ["a key changed during every copy attempt"] and "k" not in h.dest.objects
