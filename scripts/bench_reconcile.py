@@ -59,6 +59,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -180,7 +181,9 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 def s3_requests(server: MinioServer) -> Counter:
     """Cumulative S3 requests by API name, live (metrics v3)."""
-    with urllib.request.urlopen(f"{server.endpoint}/minio/metrics/v3/api/requests", timeout=30) as response:
+    context = ssl.create_default_context(cafile=str(server.tls.ca_file)) if server.tls else None
+    with urllib.request.urlopen(f"{server.endpoint}/minio/metrics/v3/api/requests", timeout=30,
+                                context=context) as response:
         body = response.read().decode()
     counts: Counter = Counter()
     for line in body.splitlines():
@@ -334,30 +337,9 @@ class Bench:
         self.src = self.dst = None
 
     def snapshot(self) -> None:
-        """Other engineers edit replicator/ in this same tree while the benchmark runs
-        for half an hour; measure one fixed version instead: the package as committed
-        at ``--replicator-rev`` (default HEAD), extracted into the work dir, where
-        ``python -m replicator`` (run from there) imports it ahead of the editable
-        install. ``--replicator-rev worktree`` measures the working tree as it is."""
-        rev = self.args.replicator_rev
-        if rev == "worktree":
-            self.replicator_dir = REPO
-            self.replicator_commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                                    capture_output=True, text=True).stdout.strip()
-            return
-        self.replicator_dir = self.workdir / "replicator-snapshot"
-        shutil.rmtree(self.replicator_dir, ignore_errors=True)  # a reused work dir holds an older one
-        self.replicator_dir.mkdir()
-        self.replicator_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev],
-                                                capture_output=True, text=True, check=True).stdout.strip()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", self.replicator_commit, "replicator"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(self.replicator_dir)], input=archive, check=True)
-        probe = subprocess.run([sys.executable, "-c", "import replicator; print(replicator.__file__)"],
-                               cwd=self.replicator_dir, capture_output=True, text=True, check=True).stdout.strip()
-        if not probe.startswith(str(self.replicator_dir)):
-            raise RuntimeError(f"the snapshot is not what python -m replicator imports: {probe}")
-        log(f"replicator: measuring {rev} = {self.replicator_commit}, from {self.replicator_dir}")
+        self.replicator_dir, self.replicator_commit = benchlib.replicator_snapshot(
+            self.args.replicator_rev, self.workdir / "replicator-snapshot")
+        log(f"replicator: measuring {self.args.replicator_rev} = {self.replicator_commit}, from {self.replicator_dir}")
 
     def start(self) -> None:
         self.snapshot()

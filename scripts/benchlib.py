@@ -1,15 +1,20 @@
-"""Shared by the benchmark scripts: the machine and tool versions a report names, and
-the replacement of a Markdown document's generated section."""
+"""Shared by the benchmark scripts: the machine and tool versions a report names, the
+version of replicator measured, and the replacement of a Markdown document's
+generated section."""
 
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
+import sys
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
 from tests.servers import TOOLS_DIR, find_tool
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sh(*cmd: str) -> str:
@@ -64,3 +69,27 @@ def targets_markdown(rows, header: tuple[str, str, str]) -> str:
     lines += [f"| {name} | {value} | {'not a target' if ok is None else 'yes' if ok else '**no**'} |"
               for name, value, ok in rows]
     return "\n".join(lines) + "\n"
+
+
+def replicator_snapshot(rev: str, target: Path) -> tuple[Path, str]:
+    """(directory to run ``python -m replicator`` from, the commit it holds).
+
+    Others edit replicator/ in this tree while a benchmark runs for an hour, so one
+    fixed version is measured: the package as committed at ``rev``, extracted into
+    ``target``, from where ``python -m replicator`` imports it ahead of the editable
+    install. ``rev == "worktree"`` measures the working tree as it is."""
+    if rev == "worktree":
+        described = sh("git", "-C", str(REPO), "describe", "--always", "--dirty")
+        return REPO, f"{described} (worktree)"
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    shutil.rmtree(target, ignore_errors=True)  # a reused work dir holds an older one
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "replicator"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    probe = subprocess.run([sys.executable, "-c", "import replicator; print(replicator.__file__)"],
+                           cwd=target, capture_output=True, text=True, check=True).stdout.strip()
+    if not probe.startswith(str(target)):
+        raise RuntimeError(f"the snapshot is not what python -m replicator imports: {probe}")
+    return target, commit
