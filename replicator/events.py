@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 from loguru import logger
@@ -66,31 +67,29 @@ def _kind(item: WorkItem) -> str:
     return "removed" if item.removed else ("metadata" if not item.content else "created")
 
 
+@dataclass(eq=False)
 class Listener:
     """Runs in its own thread; ``stop()`` from any thread ends it promptly."""
 
-    def __init__(self, notifications: Notifications, queue: KeyedQueue, stop: threading.Event,
-                 on_gap: Callable[[str], None], *, on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None,
-                 backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 rng: random.Random | None = None):
-        self.notifications = notifications
-        self.queue = queue
-        self._stop = stop
-        self.on_gap = on_gap
-        # Gets each dropped item: the reconcile repairs content, not tag or lock changes.
-        self.on_dropped = on_dropped
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self._rng = rng or random.Random()
-        self._lock = threading.Lock()
-        self._subscription: Subscription | None = None
-        self.connected = threading.Event()
-        self.reconnects = 0
-        self.last_event: float | None = None
-        self.dropped = 0
+    notifications: Notifications
+    queue: KeyedQueue
+    stopping: threading.Event
+    on_gap: Callable[[str], None]
+    _: KW_ONLY
+    # Gets each dropped item: the reconcile repairs content, not tag or lock changes.
+    on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    connected: threading.Event = field(default_factory=threading.Event, init=False)
+    reconnects: int = field(default=0, init=False)
+    last_event: float | None = field(default=None, init=False)
+    dropped: int = field(default=0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _subscription: Subscription | None = field(default=None, init=False, repr=False)
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         with self._lock:
             subscription = self._subscription
         if subscription is not None:
@@ -98,12 +97,12 @@ class Listener:
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # jitter: many sidecars, one MinIO restart
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)  # jitter: many sidecars, one MinIO restart
 
     def run(self) -> None:
         """The thread's target. A bug in one connection's handling must not end the
         listening for good: log it, back off, and start over."""
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 self._listen()
             except Exception:  # noqa: BLE001
@@ -111,7 +110,7 @@ class Listener:
                 self.connected.clear()
                 metrics.listener_connected.set(0)
                 self.on_gap("listener restarted")
-                self._stop.wait(self.backoff_max / 2)
+                self.stopping.wait(self.backoff_max / 2)
         logger.debug("listener: stopped")
 
     def _listen(self) -> None:
@@ -119,7 +118,7 @@ class Listener:
         ever_connected = False
         disconnected_at: float | None = None
         last_error = None
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 subscription = self.notifications.subscribe()
             except StoreError as error:
@@ -127,11 +126,11 @@ class Listener:
                 if str(error) != last_error or failures % 10 == 0:  # rate-limit a long outage's log
                     logger.warning("listener: cannot subscribe ({}); retrying (attempt {})", error, failures)
                     last_error = str(error)
-                self._stop.wait(self._backoff(failures))
+                self.stopping.wait(self._backoff(failures))
                 continue
             with self._lock:
                 self._subscription = subscription
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 subscription.close()
                 break
             self.connected.set()
@@ -151,7 +150,7 @@ class Listener:
                     if item is not None:
                         self._enqueue(item)
             except TransientError as error:
-                if not self._stop.is_set():
+                if not self.stopping.is_set():
                     logger.warning("listener: {}; reconnecting", error)
             finally:
                 self.connected.clear()
@@ -160,16 +159,16 @@ class Listener:
                     self._subscription = None
                 subscription.close()
                 disconnected_at = time.monotonic()
-            if not self._stop.is_set():
+            if not self.stopping.is_set():
                 failures += 1
-                self._stop.wait(self._backoff(failures))
+                self.stopping.wait(self._backoff(failures))
 
     def _enqueue(self, item: WorkItem) -> None:
         self.last_event = time.time()
         metrics.events_received.labels(_kind(item)).inc()
         logger.debug("{}: event ({})", item.key, _kind(item))
         if not self.queue.put(item, timeout=ENQUEUE_TIMEOUT):
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             # Backpressure held for too long: drop the hint, never the guarantee.
             self.dropped += 1

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, nullcontext
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TextIO
 
 from loguru import logger
@@ -83,19 +84,22 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
     return None
 
 
+@dataclass(eq=False)
 class Reconciler:
-    def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, converger: Converger,
-                 settings: Settings, policy: RetryPolicy, *, key_lock: KeyLock = _no_lock, out: TextIO | None = None):
-        self.source = source
-        self.dest = dest
-        self.copier = copier
-        self.converger = converger
-        self.settings = settings
-        self.policy = policy
-        self.stop = policy.stop
-        self.key_lock = key_lock
-        self.out = out or sys.stdout
-        self._run_lock = threading.Lock()  # never two reconciles at once
+    source: SourceStore
+    dest: DestinationStore
+    copier: Copier
+    converger: Converger
+    settings: Settings
+    policy: RetryPolicy
+    _: KW_ONLY
+    key_lock: KeyLock = _no_lock
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    _run_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)  # never two at once
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.policy.stop
 
     def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False) -> RunStats:
         with self._run_lock:
