@@ -13,13 +13,14 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from loguru import logger
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     rec.add_argument("--allow-mass-delete", action="store_true",
                      help="delete even past S3_SYNC_DELETE_MAX_PERCENT or with an empty source, this once")
+    rec.add_argument("--no-progress", action="store_true",
+                     help="no live progress display on a terminal: log progress lines instead, every "
+                          "S3_SYNC_PROGRESS_INTERVAL seconds, as when stdout is not a terminal")
     sub.add_parser("check", help="check both endpoints and buckets, then exit")
     sub.add_parser("sweep", help="one metadata sweep: compare tags, Content-Type, user metadata, retention and "
                                  "legal hold object by object, repair what differs, then exit")
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(settings)
         if args.command == "sweep":
             return _sweep(settings)
-        return _reconcile(settings, args.dry_run, args.allow_mass_delete)
+        return _reconcile(settings, args.dry_run, args.allow_mass_delete,
+                          live=not args.no_progress and _isatty(sys.stdout))
     except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
         logger.error("{}", error)
         return EXIT_CONFIG
@@ -173,19 +178,36 @@ def _sweep(settings: config.Settings) -> int:
     return EXIT_FAILED if stats.failed or failed_repairs or stopping.is_set() else EXIT_OK
 
 
-def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool) -> int:
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool, *, live: bool) -> int:
     from .app import build
 
-    app = build(settings)
-    stopping = _stop_on_signals(app)
-    try:
-        with _start_up_heap_frozen():
-            stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
-    except ReplicatorError as error:
-        logger.error("{}", error)
-        return EXIT_FAILED
-    finally:
-        app.close()
+    display = None
+    if live:
+        from .observability.terminal import LiveProgress
+
+        display = LiveProgress(f"Reconciling {settings.source_bucket} → {settings.dest_bucket}"
+                               + (" (dry run)" if dry_run else ""))
+        settings = dataclasses.replace(settings, progress_interval=0)  # the display shows what they would
+    with display if display is not None else nullcontext():
+        app = build(settings)
+        if display is not None:
+            display.follow(lambda: app.reconciler.last_progress)
+        stopping = _stop_on_signals(app)
+        try:
+            with _start_up_heap_frozen():
+                stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
+        except ReplicatorError as error:
+            logger.error("{}", error)
+            return EXIT_FAILED
+        finally:
+            app.close()
     if stats.failed or stopping.is_set():
         return EXIT_FAILED
     if stats.guard:

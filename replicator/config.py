@@ -144,6 +144,7 @@ class Settings:
     metadata_sweep_interval: float = 86400.0  # 0: off
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
+    progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
 
     @property
     def copy_connections(self) -> int:
@@ -246,6 +247,8 @@ RANGES: dict[str, Range] = {
     # MinIO pings the stream every 2 s; values below 7 s act as 7 s (stores/notifications).
     # Past 10 minutes a dead stream goes unnoticed for no gain.
     "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
+    # 0 turns the progress lines off. A day: a reconcile that long still says something daily.
+    "S3_SYNC_PROGRESS_INTERVAL": Range(0, DAY, "s"),
 }
 
 
@@ -506,6 +509,7 @@ def load(env: Mapping[str, str]) -> Settings:
         metadata_sweep_interval=r.number("S3_SYNC_METADATA_SWEEP_INTERVAL", 86400.0),
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
+        progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
     )
     _contradictions(r, settings)
     if r.problems:

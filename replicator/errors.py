@@ -170,3 +170,20 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def code_of(error: BaseException) -> str:
+    """A low-cardinality name for a failure: the S3 code when there is one, else the
+    error class. A metric label and a log field."""
+    return getattr(error, "code", None) or type(error).__name__
+
+
+def log_fields(error: BaseException) -> dict[str, object]:
+    """A failure's structured log fields: ``error_code`` and, for a store's error, its
+    ``side`` and ``key``. For ``logger.error(..., **log_fields(error))``."""
+    fields: dict[str, object] = {"error_code": code_of(error)}
+    for name in ("side", "key"):
+        value = getattr(error, name, None)
+        if value is not None:
+            fields[name] = value
+    return fields

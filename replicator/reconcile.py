@@ -35,11 +35,12 @@ from . import diff
 from .config import Settings
 from .converge import Converger, Hint, Outcome
 from .copier import Copier
-from .errors import FatalError, GuardRefused, ReplicatorError, StoreError
+from .errors import FatalError, GuardRefused, ReplicatorError, StoreError, log_fields
 from .model import Action, Change, ObjectInfo, RunStats
 from .observability import metrics
 from .pool import BoundedExecutor, prefetch
 from .printable import printable
+from .progress import Progress, Reporter, Snapshot
 from .retry import RetryPolicy, Stopped
 from .stores.base import DestinationStore, SourceStore
 
@@ -60,9 +61,9 @@ def check_endpoints(source: SourceStore, dest: DestinationStore, *, create: bool
     failures (a server still starting, a 503) are retried like any other request."""
     call = policy.call if policy is not None else (lambda fn: fn())
     call(source.check)
-    logger.info("✓ Source bucket accessible")
+    logger.info("✓ Source bucket accessible: {}", source.bucket)
     call(lambda: dest.check(create=create))
-    logger.info("✓ Destination bucket accessible")
+    logger.info("✓ Destination bucket accessible: {}", dest.bucket)
 
 
 def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool) -> str | None:
@@ -96,6 +97,10 @@ class Reconciler:
     key_lock: KeyLock = _no_lock
     out: TextIO = field(default_factory=lambda: sys.stdout)
     _run_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)  # never two at once
+    _current: _Run | None = field(default=None, init=False, repr=False)
+    # The progress of the run now, or of the last one once it ended: its final figures
+    # (the terminal display's last frame).
+    last_progress: Progress | None = field(default=None, init=False, repr=False)
 
     @property
     def stop(self) -> threading.Event:
@@ -103,7 +108,17 @@ class Reconciler:
 
     def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False) -> RunStats:
         with self._run_lock:
-            return _Run(self, dry_run, allow_mass_delete).execute()
+            self._current = _Run(self, dry_run, allow_mass_delete)
+            self.last_progress = self._current.progress
+            try:
+                return self._current.execute()
+            finally:
+                self._current = None
+
+    def progress(self) -> Snapshot | None:
+        """How far the reconcile running now has got; None when none runs."""
+        run = self._current
+        return run.progress.snapshot() if run is not None else None
 
 
 class _Run:
@@ -114,6 +129,7 @@ class _Run:
         self.dry_run = dry_run
         self.force_delete = force_delete
         self.stats = RunStats(dry_run=dry_run)
+        self.progress = Progress(self.stats)
         self.errors: list[BaseException] = []
         self.fatal: BaseException | None = None
         self.lock = threading.Lock()
@@ -129,7 +145,7 @@ class _Run:
                 self.fatal = error
         metrics.failures.labels(metrics.failure_reason(error)).inc()
         if count <= MAX_LOGGED_FAILURES:
-            logger.error("{}: {}", key, error)
+            logger.error("{}: {}", key, error, event="failed", trigger="reconcile", **log_fields(error))
         elif count == MAX_LOGGED_FAILURES + 1:
             logger.error("more failures; logging only the count from here on")
 
@@ -161,8 +177,8 @@ class _Run:
         # What a crashed run left: at every reconcile, not only at a start, so that the
         # sidecar also cleans up after an operator's reconcile that was killed.
         o.copier.abort_abandoned_uploads(dry_run=self.dry_run)
-        deletes = 0
-        with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as spool, Reporter(self.progress,
+                                                                                o.settings.progress_interval):
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
                 try:
                     # closing: a run that stops early stops both listings' threads now.
@@ -175,13 +191,18 @@ class _Run:
                         for change in changes:
                             if self.fatal is not None or o.stop.is_set():
                                 break
+                            self.stats.compared += 1
                             if change.action is Action.UNCHANGED:
-                                self.stats.unchanged += 1
+                                with self.lock:
+                                    self.stats.unchanged += 1
                             elif change.action is Action.DELETE:
                                 spool.write(json.dumps([change.key, change.size]) + "\n")
-                                deletes += 1
+                                self.stats.planned_deletes += 1
                             else:
+                                self.stats.to_copy += 1
+                                self.stats.bytes_to_copy += change.size
                                 pool.submit(self._apply, change)
+                        self.progress.listed = True
                 except StoreError as error:  # a listing failed after its retries, or was out of order
                     self._failed("listing", error)
                     self.fatal = self.fatal or error
@@ -189,8 +210,7 @@ class _Run:
                     pass
             if o.stop.is_set() and not self.errors:
                 self.errors.append(Stopped())
-            self.stats.planned_deletes = deletes
-            self._deletions(spool, deletes)
+            self._deletions(spool, self.stats.planned_deletes)
         self.stats.duration = time.monotonic() - started
         metrics.reconcile_duration.observe(self.stats.duration)
         self._summary()
@@ -236,7 +256,9 @@ class _Run:
             self.stats.bytes_copied += result.size
         metrics.objects_copied.labels("reconcile").inc()
         metrics.reconcile_repaired.inc()
-        logger.debug("{}: {} ({} bytes)", key, "copied" if change.action is Action.COPY else "updated", result.size)
+        verb = "copied" if change.action is Action.COPY else "updated"
+        logger.debug("{}: {} ({} bytes)", key, verb, result.size, event=verb, key=key, bytes=result.size,
+                     trigger="reconcile")
 
     def _plan(self, change: Change, listed) -> None:
         """A dry run's line for ``change``, after the HEAD that tells a pair in sync."""
@@ -343,7 +365,7 @@ class _Run:
         metrics.reconcile_repaired.inc(done)
         for key in sent:
             if key not in failed:
-                logger.debug("{}: deleted", key)
+                logger.debug("{}: deleted", key, event="deleted", key=key, trigger="reconcile")
 
     # -- output ------------------------------------------------------------------------
 
@@ -355,12 +377,16 @@ class _Run:
                 f"{s.failed} failed, {s.skipped} skipped; {mib:.1f} MiB in {s.duration:.1f}s "
                 f"({mib / s.duration if s.duration else 0:.1f} MiB/s); source {s.source_objects} objects, "
                 f"destination {s.dest_objects}")
+        fields = {"trigger": "reconcile", "duration_s": round(s.duration, 3), "bytes": s.bytes_copied,
+                  "copied": s.copied, "updated": s.updated, "deleted": s.deleted, "unchanged": s.unchanged,
+                  "failed": s.failed, "skipped": s.skipped, "source_objects": s.source_objects,
+                  "dest_objects": s.dest_objects}
         if self.dry_run:
-            logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes)
+            logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes, event="dry_run", **fields)
         elif s.failed or self.errors:
-            logger.error("Sync failed: {}", line)
+            logger.error("Sync failed: {}", line, event="reconcile_failed", **fields)
         elif s.guard:
-            logger.error("Sync incomplete, deletions refused: {}", line)
+            logger.error("Sync incomplete, deletions refused: {}", line, event="reconcile_refused_by_guard", **fields)
         else:
-            logger.success("✓ Sync completed: {}", line)
+            logger.success("✓ Sync completed successfully: {}", line, event="reconcile_completed", **fields)
             metrics.reconcile_last_success.set_to_current_time()

@@ -22,7 +22,7 @@ from typing import TypeVar
 from loguru import logger
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from .errors import SourceChanged, TransientError
+from .errors import SourceChanged, TransientError, log_fields
 
 T = TypeVar("T")
 
@@ -72,7 +72,9 @@ class RetryPolicy:
         if self._on_retry and isinstance(error, TransientError):
             self._on_retry(error)
         seconds = state.next_action.sleep if state.next_action else 0
-        logger.warning("{} (attempt {}/{}); retrying in {:.1f}s", error, state.attempt_number, self.attempts, seconds)
+        fields = log_fields(error) if error is not None else {}
+        logger.warning("{} (attempt {}/{}); retrying in {:.1f}s", error, state.attempt_number, self.attempts, seconds,
+                       event="retry", attempt=state.attempt_number, **fields)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run fn, retrying TransientError. The last error propagates unchanged."""
@@ -107,5 +109,6 @@ class RetryPolicy:
                     self._on_retry(error)
                 seconds = self.delay(failures, error)
                 logger.warning("{} (attempt {}/{}); resuming the listing in {:.1f}s",
-                               error, failures, self.attempts, seconds)
+                               error, failures, self.attempts, seconds, event="retry", attempt=failures,
+                               **log_fields(error))
                 self._sleep(seconds)

@@ -102,6 +102,8 @@ class Scheduler:
             stats, error = self._run_once(attempt, reason)
             if self.stop.is_set():
                 return
+            if self.runs == 1:  # the old sidecar's line after its initial sync, which monitors match
+                logger.info("Starting continuous sync loop...")
             if error is None and stats is not None and not stats.failed:
                 attempt = 1
                 self.trigger.after(self.interval)

@@ -156,6 +156,7 @@ class Service:
         self.health.in_flight = self.queue.in_flight
         self.health.oldest_event = self.queue.oldest_event
         self.health.metadata_waiting = lambda: len(self.workers.waiting_room) if self.workers else 0
+        self.health.reconcile_progress = app.reconciler.progress
         metrics.queue_depth.set_function(self.queue.depth)
         metrics.in_flight.set_function(self.queue.in_flight)
 
@@ -173,8 +174,7 @@ class Service:
         if not self.listener.connected.wait(SUBSCRIBE_WAIT):
             logger.warning("listener not connected after {:g}s; reconciling anyway", SUBSCRIBE_WAIT)
         self.health.set_state("running")
-        logger.info("Performing initial sync, then every {:g} seconds; events replicate as they arrive",
-                    self.settings.interval)
+        logger.info("Performing initial sync...")
         self._spawn("scheduler", self.scheduler.run)
         if self.sweep is not None:
             self._spawn("sweep", self.sweep.run)

@@ -36,6 +36,7 @@ from . import drift
 from .errors import FatalError, ReplicatorError
 from .observability import metrics
 from .pool import BoundedExecutor
+from .progress import iso
 from .retry import RetryPolicy, Stopped
 from .scheduler import Trigger
 from .app import App
@@ -144,7 +145,7 @@ class MetadataSweep:
         found = sum(stats.found.values())
         self.last = {"reason": reason, "checked": stats.checked, "differed": found, "failed": stats.failed,
                      "by_kind": dict(stats.found), "duration_seconds": round(time.monotonic() - started, 3),
-                     "finished_at": self.last_completed}
+                     "finished_at": iso(self.last_completed)}
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.found.items()))
         log = logger.warning if found or stats.failed else logger.info
         log("Metadata sweep done: {} objects compared, {} differed{}, {} failed; {:.1f}s", stats.checked, found,

@@ -22,7 +22,7 @@ from dataclasses import replace
 from loguru import logger
 
 from .converge import Converger, Hint, Outcome, Result
-from .errors import PermanentError, ReplicatorError
+from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
@@ -151,7 +151,8 @@ class Workers:
         except ReplicatorError as error:
             self._count_failure(metrics.failure_reason(error))
             if not item.metadata:
-                logger.error("{}: {}; left for the next reconcile", item.key, error)
+                logger.error("{}: {}; left for the next reconcile", item.key, error, event="failed", trigger="event",
+                             **{**log_fields(error), "key": item.key})
             elif not isinstance(error, PermanentError):
                 self.waiting_room.keep(item, error)
                 if item.kept:
@@ -179,6 +180,7 @@ class Workers:
     def process(self, item: WorkItem) -> None:
         hint = Hint(content=item.content, tags=item.tags, retention=item.retention, legal_hold=item.legal_hold,
                     attributes=item.attributes, removed=item.removed, size=item.size, may_delete=self.delete)
+        started = time.monotonic()
         result = self.converger.converge(item.key, hint)
         if result.outcome is Outcome.CHANGED:
             # Rewritten during every attempt. The newest write's event is usually queued
@@ -193,14 +195,17 @@ class Workers:
             return
         if result.outcome is Outcome.COPIED:
             metrics.objects_copied.labels("event").inc()
-        self._done(item, result)
+        self._done(item, result, time.monotonic() - started)
 
     @staticmethod
-    def _done(item: WorkItem, result: Result) -> None:
+    def _done(item: WorkItem, result: Result, duration: float) -> None:
+        fields = {"event": result.outcome.name.lower(), "key": item.key, "trigger": "event",
+                  "duration_s": round(duration, 3)}
         if result.outcome is Outcome.GONE:
-            logger.debug("{}: gone from the source; kept at the destination", item.key)
+            logger.debug("{}: gone from the source; kept at the destination", item.key, **fields)
             return
         lag = max(0.0, time.time() - item.event_time)
         metrics.replication_lag.observe(lag)
         what = f"{result.outcome.value} ({result.detail})" if result.detail else result.outcome.value
-        logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag)
+        logger.debug("{}: {} {:.3f}s after the event", item.key, what, lag, bytes=result.size,
+                     lag_s=round(lag, 3), **fields)

@@ -696,6 +696,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, pause
     return None
 
 
+def epoch(iso_time: str) -> float:
+    """``/status`` gives times as ISO-8601 UTC strings."""
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
 def settled_after(rig: Rig, since: float) -> Callable[[], dict | None]:
     """A check that holds once a reconcile that started after ``since`` succeeded, a
     metadata sweep started after that reconcile ended (and compared without failure),
@@ -703,12 +708,13 @@ def settled_after(rig: Rig, since: float) -> Callable[[], dict | None]:
 
     def check() -> dict | None:
         status = rig.replicator.status()
-        reconcile = status.get("last_reconcile") or {}
+        reconcile = status["reconcile"]["last"] or {}
         sweep = (status.get("metadata_sweep") or {}).get("last") or {}
         queue = status["queue"]
-        if not reconcile.get("ok") or reconcile["finished_at"] - reconcile["duration"] < since:
+        if not reconcile.get("ok") or epoch(reconcile["finished_at"]) - reconcile["duration"] < since:
             return None
-        if not sweep or sweep["failed"] or sweep["finished_at"] - sweep["duration_seconds"] < reconcile["finished_at"]:
+        if not sweep or sweep["failed"] or (epoch(sweep["finished_at"]) - sweep["duration_seconds"]
+                                            < epoch(reconcile["finished_at"])):
             return None
         if queue["depth"] or queue["in_flight"] or queue["metadata_waiting"]:
             return None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ..model import RunStats
 from ..printable import printable
+from ..progress import Snapshot, iso
 
 
 class Health:
@@ -34,6 +35,7 @@ class Health:
         self.metadata_waiting: Callable[[], int] = lambda: 0
         self.listener_reconnects: Callable[[], int] = lambda: 0
         self.sweep: Callable[[], dict | None] = lambda: None  # the metadata sweep's state; None: off
+        self.reconcile_progress: Callable[[], Snapshot | None] = lambda: None  # None: no reconcile runs
 
     def set_state(self, state: str, detail: str = "") -> None:
         with self._lock:
@@ -43,7 +45,7 @@ class Health:
         now = self.clock()
         ok = error is None and stats is not None and not stats.failed and not stats.guard
         summary = dataclasses.asdict(stats) if stats is not None else {}
-        summary.update(finished_at=now, ok=ok, error=str(error) if error else None)
+        summary.update(finished_at=iso(now), ok=ok, error=str(error) if error else None)
         with self._lock:
             self.last_reconcile = summary
             if ok:
@@ -66,6 +68,7 @@ class Health:
     def status(self) -> dict:
         ready, why = self.ready()
         oldest = self.oldest_event()
+        progress = self.reconcile_progress()
         now = self.clock()
         with self._lock:
             return _printable({
@@ -83,8 +86,11 @@ class Health:
                     # Tag, retention and legal-hold refreshes that failed, waiting for a reconcile.
                     "metadata_waiting": self.metadata_waiting(),
                 },
-                "last_reconcile": self.last_reconcile,
-                "last_success": self.last_success,
+                "reconcile": {
+                    "in_progress": progress.as_status() if progress is not None else None,
+                    "last": self.last_reconcile,
+                    "last_success": iso(self.last_success),
+                },
                 "metadata_sweep": self.sweep(),
             })
 

@@ -1,8 +1,13 @@
 """One loguru sink for the whole process.
 
-- Text (default): colored on a terminal, plain otherwise, timestamps in
-  ``S3_SYNC_TIMEZONE``, in the established sidecar's ``[YYYY-MM-DD HH:MM:SS]`` shape.
-- JSON lines (``S3_SYNC_LOG_FORMAT=json``), for log aggregation.
+- Text (default): the established sidecar's ``[YYYY-MM-DD HH:MM:SS] message`` shape,
+  timestamps in ``S3_SYNC_TIMEZONE``; a mark before warnings (``!``), errors (``✗``)
+  and debug lines (``·``). Colored only on a terminal, and never with ``NO_COLOR`` set
+  (no-color.org).
+- JSON lines (``S3_SYNC_LOG_FORMAT=json``), for log aggregation: time, standard level
+  name, message, and the structured fields the call site gave (``event``, ``key``,
+  ``bytes``, ``duration_s``, ``trigger``, ``attempt``, ``error_code``, ``side``, and a
+  run's counts), so a query needs no regular expression.
 - Every line passes a redaction filter that replaces any configured credential with
   ``***``: a last line of defence should an SDK ever put one in a message.
 - Then through ``printable``: a key with a newline or another control character can't
@@ -14,10 +19,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
-from datetime import datetime
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
@@ -25,8 +30,25 @@ from loguru import logger
 
 from ..printable import printable
 
-_TEXT = "[{extra[ts]}] <level>{level.icon}</level> {message}"
-_ICONS = {"TRACE": " ", "DEBUG": "·", "INFO": " ", "SUCCESS": " ", "WARNING": "!", "ERROR": "✗", "CRITICAL": "✗"}
+_MARKS = {"DEBUG": "·", "WARNING": "!", "ERROR": "✗", "CRITICAL": "✗"}  # none for INFO, as the old sidecar had
+# loguru's own levels by the names log tools know (RFC 5424 / Python's logging).
+_STANDARD_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}
+# Set by the patcher for the text format; never shown as fields.
+_INTERNAL = frozenset({"ts", "exc_text"})
+
+
+class _Stderr:
+    """``sys.stderr`` as it is at each write, not as it was at set-up: a live progress
+    display that takes stderr over (cli.py) then keeps log lines above itself."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(sys.stderr)
 
 
 class _Redactor:
@@ -43,12 +65,10 @@ class _Redactor:
 
 def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets: tuple[str, ...] = (),
           stream: TextIO | None = None, colorize: bool | None = None) -> None:
-    stream = stream or sys.stderr
+    out: TextIO | _Stderr = stream or _Stderr()
     zone = ZoneInfo(timezone)
     redact = _Redactor(secrets)
     logger.remove()
-    for name, icon in _ICONS.items():
-        logger.level(name, icon=icon)
 
     def clean(text: str) -> str:
         # Redact first: a secret is found in the text as it is, not as it is printed.
@@ -66,30 +86,35 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
             r = message.record
             line = {
                 "time": r["time"].astimezone(zone).isoformat(timespec="milliseconds"),
-                "level": r["level"].name,
+                "level": _STANDARD_LEVELS.get(r["level"].name, r["level"].name),
                 "message": r["message"],
                 "logger": r["name"],
             }
+            for name, value in r["extra"].items():
+                if name not in _INTERNAL and name not in line:
+                    line[name] = clean(value) if isinstance(value, str) else value
             if r["extra"].get("exc_text"):
                 line["exception"] = r["extra"]["exc_text"]
-            stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-            stream.flush()
+            out.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            out.flush()
 
         logger.configure(patcher=patch)
         logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False, catch=False)
         return
 
     def text_format(record) -> str:
+        mark = _MARKS.get(record["level"].name)
+        head = f"[{{extra[ts]}}] <level>{mark}</level> " if mark else "[{extra[ts]}] "
         tail = "\n{extra[exc_text]}" if record["extra"].get("exc_text") else ""
-        return _TEXT + tail + "\n"
+        return head + "{message}" + tail + "\n"
 
     logger.configure(patcher=patch)
-    use_color = colorize if colorize is not None else _isatty(stream)
-    logger.add(stream, level=level, format=text_format, colorize=use_color, backtrace=False, diagnose=False,
+    use_color = colorize if colorize is not None else (_isatty(out) and not os.environ.get("NO_COLOR"))
+    logger.add(out, level=level, format=text_format, colorize=use_color, backtrace=False, diagnose=False,
                catch=False)
 
 
-def _isatty(stream: TextIO) -> bool:
+def _isatty(stream: TextIO | _Stderr) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -124,6 +149,3 @@ def _format_exception(exc_info, clean: Callable[[str], str]) -> str:
             lines.extend(clean(line) for line in chunk.removesuffix("\n").split("\n"))
     return "\n".join(lines)
 
-
-def now_in(timezone: str) -> str:
-    return datetime.now(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S")

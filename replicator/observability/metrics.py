@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from ..errors import code_of
+
 # The *_created series double every counter's output and no dashboard uses them.
 disable_created_metrics()
 
@@ -41,7 +43,4 @@ listener_reconnects = Counter(f"{PREFIX}_listener_reconnects", "Times the notifi
 listener_connected = Gauge(f"{PREFIX}_listener_connected", "1 while the notification listener is connected")
 
 
-def failure_reason(error: BaseException) -> str:
-    """A low-cardinality label: the S3 code when there is one, else the error class."""
-    code = getattr(error, "code", None)
-    return code or type(error).__name__
+failure_reason = code_of  # the ``reason`` label of failures and retries

@@ -22,6 +22,7 @@ from ..model import ObjectInfo, ObjectLock, SourceObject
 
 class SourceStore(Protocol):
     side: str
+    bucket: str
 
     def check(self) -> None:
         """Reachable, credentials accepted, bucket exists; else FatalError/TransientError."""
@@ -53,6 +54,7 @@ class Reader(Protocol):
 
 class DestinationStore(Protocol):
     side: str
+    bucket: str
     lists_metadata: bool  # its listings carry attributes (known once check() ran)
 
     def check(self, create: bool) -> None:

@@ -76,8 +76,9 @@ class _Upload:
 
 
 class MemoryStore:
-    def __init__(self, side: str = "source", *, bucket_exists: bool = True):
+    def __init__(self, side: str = "source", *, bucket: str = "bucket", bucket_exists: bool = True):
         self.side = side
+        self.bucket = bucket
         self.bucket_exists = bucket_exists
         self.lists_metadata = False  # as a destination: list attributes, as MinIO does
         self.objects: dict[str, StoredObject] = {}

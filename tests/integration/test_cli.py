@@ -7,6 +7,7 @@ from the environment appears in stdout or stderr, whatever happened.
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 
@@ -35,7 +36,7 @@ def test_a_clean_run_exits_0_with_a_summary(pair):
         put(pair, key, data)
     first = run_cli({**pair.env, **DEBUG}, "reconcile")
     assert first.code == 0, first.stderr
-    summary = re.search(r"Sync completed: 3 copied, 0 updated, 0 deleted, 0 unchanged, 0 failed, 0 skipped; "
+    summary = re.search(r"Sync completed successfully: 3 copied, 0 updated, 0 deleted, 0 unchanged, 0 failed, 0 skipped; "
                         r"[\d.]+ MiB in [\d.]+s \([\d.]+ MiB/s\)", first.stderr)
     assert summary, first.stderr
     assert pair.dest_snapshot() == pair.source_snapshot()
@@ -49,7 +50,11 @@ def test_json_logs_at_debug_carry_no_secret(pair):
     put(pair, "a", b"1")
     result = run_cli({**pair.env, **DEBUG, "S3_SYNC_LOG_FORMAT": "json"}, "reconcile")
     assert result.code == 0
-    assert '"level": "SUCCESS"' in result.stderr
+    [summary] = [json.loads(line) for line in result.stderr.splitlines() if '"reconcile_completed"' in line]
+    assert summary["level"] == "INFO" and summary["message"].startswith("✓ Sync completed successfully: 1 copied")
+    assert (summary["copied"], summary["bytes"], summary["trigger"]) == (1, 1, "reconcile")
+    [copy] = [json.loads(line) for line in result.stderr.splitlines() if '"event": "copied"' in line]
+    assert (copy["key"], copy["bytes"], copy["level"]) == ("a", 1, "DEBUG")
 
 
 # --- exit 2: configuration and usage --------------------------------------------------------

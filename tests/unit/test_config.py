@@ -71,6 +71,7 @@ EXPECTED_DEFAULTS = {
     "reconcile_cooldown": 30.0,
     "metadata_sweep_interval": 86400.0,
     "metadata_sweep_rate": 100.0,
+    "progress_interval": 30.0,
     "list_metadata": False,
 }
 
@@ -244,6 +245,7 @@ BOUNDS = [
     ("S3_SYNC_METADATA_SWEEP_INTERVAL", "metadata_sweep_interval", ("0", 0.0), ("2592000", 2592000.0), "-1",
      "2592001"),
     ("S3_SYNC_METADATA_SWEEP_RATE", "metadata_sweep_rate", ("1", 1.0), ("10000", 10000.0), "0.5", "10001"),
+    ("S3_SYNC_PROGRESS_INTERVAL", "progress_interval", ("0", 0.0), ("86400", 86400.0), "-1", "86401"),
     ("S3_SYNC_CONNECT_TIMEOUT", "connect_timeout", ("1", 1.0), ("300", 300.0), "0.99", "300.01"),
     ("S3_SYNC_READ_TIMEOUT", "read_timeout", ("1", 1.0), ("3600", 3600.0), "0.99", "3600.01"),
     ("S3_SYNC_QUEUE_SIZE", "queue_size", ("1", 1), ("1000000", 1_000_000), "0", "1000001"),

@@ -12,6 +12,7 @@ from replicator.errors import (
     SourceChanged,
     TransientError,
     classify,
+    log_fields,
     parse_retry_after,
 )
 
@@ -109,3 +110,14 @@ def test_guard_refused_message_has_the_numbers():
     error = GuardRefused("too many", would_delete=60, destination_objects=100, source_objects=40)
     assert str(error) == ("delete guard refused: too many (would delete 60 of 100 destination objects; "
                           "source has 40)")
+
+
+@pytest.mark.parametrize(("error", "fields"), [
+    (TransientError("destination", "put", "a.jpg", "SlowDown (HTTP 503)", code="SlowDown"),
+     {"error_code": "SlowDown", "side": "destination", "key": "a.jpg"}),
+    (FatalError("source", "check bucket", None, "bucket does not exist"),
+     {"error_code": "FatalError", "side": "source"}),  # no key: a bucket's operation
+    (ValueError("a bug"), {"error_code": "ValueError"}),
+])
+def test_log_fields_name_the_code_side_and_key(error, fields):
+    assert log_fields(error) == fields

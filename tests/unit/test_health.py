@@ -136,17 +136,18 @@ def test_status_shape(health, clock):
     health.record_reconcile(RunStats(copied=4, bytes_copied=4096, duration=1.25), None)
     status = health.status()
     assert set(status) == {"state", "detail", "ready", "ready_reason", "uptime_seconds", "listener", "queue",
-                           "last_reconcile", "last_success", "metadata_sweep"}
+                           "reconcile", "metadata_sweep"}
     assert status["metadata_sweep"] is None  # no sweep wired: off
     assert status["state"] == "running"
     assert status["ready"] is True and status["ready_reason"] == "ok"
     assert status["uptime_seconds"] == 10
     assert status["listener"] == {"connected": True, "reconnects": 3}
     assert status["queue"] == {"depth": 7, "in_flight": 2, "lag_seconds": 1.5, "metadata_waiting": 0}
-    assert status["last_success"] == T0 + 10
-    last = status["last_reconcile"]
+    assert status["reconcile"]["last_success"] == "2023-11-14T22:13:30.000Z"  # T0 + 10, as ISO-8601 UTC
+    assert status["reconcile"]["in_progress"] is None  # none runs now
+    last = status["reconcile"]["last"]
     assert last["ok"] is True and last["error"] is None
-    assert last["copied"] == 4 and last["bytes_copied"] == 4096 and last["finished_at"] == T0 + 10
+    assert last["copied"] == 4 and last["bytes_copied"] == 4096 and last["finished_at"] == "2023-11-14T22:13:30.000Z"
     json.dumps(status)  # /status serves it as JSON
 
 
@@ -155,13 +156,13 @@ def test_status_before_anything_happened(health):
     assert status["state"] == "starting"
     assert status["ready"] is False
     assert status["queue"] == {"depth": 0, "in_flight": 0, "lag_seconds": 0.0, "metadata_waiting": 0}
-    assert status["last_reconcile"] is None and status["last_success"] is None
+    assert status["reconcile"] == {"in_progress": None, "last": None, "last_success": None}
     json.dumps(status)
 
 
 def test_status_reports_a_failed_reconcile_with_its_error(health):
     health.record_reconcile(None, TransientError("destination", "put", "a.jpg", "SlowDown (HTTP 503)"))
-    last = health.status()["last_reconcile"]
+    last = health.status()["reconcile"]["last"]
     assert last["ok"] is False
     assert last["error"] == "destination: put a.jpg: SlowDown (HTTP 503)"
 

@@ -102,8 +102,9 @@ def stream():
 def message_of(line: str, fmt: str) -> str:
     if fmt == "json":
         return json.loads(line)["message"]
-    assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] . ", line), line
-    return line[24:]
+    m = re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (?:[·!✗] )?", line)
+    assert m, line
+    return line[m.end():]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -180,10 +181,10 @@ def test_status_prints_every_string_as_the_log_does():
     health.record_reconcile(RunStats(failed=1, guard="refused\nok"), error)
     status = health.status()
     assert status["detail"] == r"destination: put evil\x0adelete   important-file: AccessDenied"
-    assert status["last_reconcile"]["error"] == r"source: list a\x1b[31m\u202e: listing out of order"
-    assert status["last_reconcile"]["guard"] == r"refused\x0aok"
+    assert status["reconcile"]["last"]["error"] == r"source: list a\x1b[31m\u202e: listing out of order"
+    assert status["reconcile"]["last"]["guard"] == r"refused\x0aok"
     assert unescape(status["detail"]) == detail
-    assert (status["state"], status["ready"], status["last_reconcile"]["failed"]) == ("waiting-for-endpoints",
+    assert (status["state"], status["ready"], status["reconcile"]["last"]["failed"]) == ("waiting-for-endpoints",
                                                                                        False, 1)
     body = json.dumps(status)  # as observability/http.py sends it
     assert "\n" not in body and not UNSAFE.search(json.loads(body)["detail"])
@@ -193,4 +194,4 @@ def test_status_prints_every_string_as_the_log_does():
 def test_status_of_an_error_without_a_key_is_unchanged():
     health = Health(600.0, clock=lambda: 0.0)
     health.record_reconcile(None, PermanentError("destination", "check", None, "AccessDenied (HTTP 403)"))
-    assert health.status()["last_reconcile"]["error"] == "destination: check: AccessDenied (HTTP 403)"
+    assert health.status()["reconcile"]["last"]["error"] == "destination: check: AccessDenied (HTTP 403)"
