@@ -1,3 +1,8 @@
 """replicator: keep an S3-compatible bucket an exact, live mirror of a MinIO bucket."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("replicator")  # the one place it is written is pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

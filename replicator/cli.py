@@ -18,6 +18,7 @@ import gc
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,23 +33,62 @@ from .retry import Stopped
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
 
 
+CONFIGURED = "Configuration comes from the S3_SYNC_* and MINIO_* environment variables; see the README."
+
+
+def _exit_codes(*lines: str) -> str:
+    return "exit codes:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + CONFIGURED
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replicator", description="Keep an S3-compatible bucket an exact mirror of a MinIO bucket.",
-        epilog="Configuration comes from S3_SYNC_* and MINIO_* environment variables; see the README.")
+        epilog=CONFIGURED)
     parser.add_argument("--version", action="version", version=f"replicator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="the sidecar: replicate events as they happen, reconcile every S3_SYNC_INTERVAL")
-    rec = sub.add_parser("reconcile", help="one full reconciliation, then exit")
+
+    def command(name: str, summary: str, description: str, *codes: str) -> argparse.ArgumentParser:
+        # Raw: the exit codes stay one per line; so the description is wrapped here.
+        return sub.add_parser(name, help=summary, description=textwrap.fill(description, 88),
+                              epilog=_exit_codes(*codes), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    config_error = "2  bad configuration or usage (the message names the variable)"
+    command("run", "the sidecar: replicate events as they happen, reconcile every S3_SYNC_INTERVAL",
+            "The sidecar. Copies each change MinIO notifies as it happens, reconciles the whole bucket "
+            "at start and every S3_SYNC_INTERVAL seconds, and serves /healthz, /readyz, /status and "
+            "/metrics. The first SIGTERM or SIGINT finishes the copies in flight (up to "
+            "S3_SYNC_SHUTDOWN_TIMEOUT), a second exits at once.",
+            "0  stopped cleanly after a signal",
+            f"{config_error}, or an S3_SYNC_HTTP_HOST/S3_SYNC_HTTP_PORT that can't be bound",
+            "1  an unexpected error")
+    rec = command("reconcile", "one full reconciliation, then exit",
+                  "One full reconciliation: list both buckets, copy what is missing or different, then "
+                  "delete what the source lacks (S3_SYNC_DELETE, behind the delete guards), and exit. "
+                  "On a terminal it shows a live progress display.",
+                  "0  the destination is in sync",
+                  "1  the run failed (an endpoint, a listing, a copy or a delete), or was interrupted",
+                  config_error,
+                  "3  a delete guard refused the run's deletions (nothing was deleted)")
     rec.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     rec.add_argument("--allow-mass-delete", action="store_true",
                      help="delete even past S3_SYNC_DELETE_MAX_PERCENT or with an empty source, this once")
     rec.add_argument("--no-progress", action="store_true",
                      help="no live progress display on a terminal: log progress lines instead, every "
                           "S3_SYNC_PROGRESS_INTERVAL seconds, as when stdout is not a terminal")
-    sub.add_parser("check", help="check both endpoints and buckets, then exit")
-    sub.add_parser("sweep", help="one metadata sweep: compare tags, Content-Type, user metadata, retention and "
-                                 "legal hold object by object, repair what differs, then exit")
+    command("check", "check both endpoints and buckets, then exit",
+            "Check that both endpoints answer, the credentials are accepted, both buckets exist and "
+            "the destination bucket's region is the one signed for; change nothing.",
+            "0  both sides are usable",
+            "1  one is not: the message names the side, the endpoint or bucket, and the cause",
+            config_error)
+    command("sweep", "one metadata sweep: compare tags, Content-Type, user metadata, retention and "
+                     "legal hold object by object, repair what differs, then exit",
+            "One metadata sweep: compare what a listing can't show (tags, Content-Type, user metadata, "
+            "retention, legal hold) object by object, at most S3_SYNC_METADATA_SWEEP_RATE objects a "
+            "second, repair what differs, and exit.",
+            "0  every object compared and every repair made",
+            "1  a comparison or a repair failed, or the sweep was interrupted",
+            config_error)
     return parser
 
 

@@ -123,7 +123,9 @@ class Settings:
     delete_max_percent: float = 50.0
     delete_guard_floor: int = 10
     allow_empty_source: bool = False
-    workers: int = 16
+    # Latency decides small copies: each worker waits a round trip per object, so a
+    # distant destination needs many in flight (docs/benchmarks.md, the WAN figures).
+    workers: int = 64
     multipart_threshold: int = 16 * MiB
     multipart_chunk_size: int = 8 * MiB
     multipart_concurrency: int = 4
@@ -490,7 +492,7 @@ def load(env: Mapping[str, str]) -> Settings:
         delete_max_percent=r.number("S3_SYNC_DELETE_MAX_PERCENT", 50.0),
         delete_guard_floor=int(r.number("S3_SYNC_DELETE_GUARD_FLOOR", 10, integer=True)),
         allow_empty_source=r.flag("S3_SYNC_ALLOW_EMPTY_SOURCE", False),
-        workers=int(r.number("S3_SYNC_WORKERS", 16, integer=True)),
+        workers=int(r.number("S3_SYNC_WORKERS", 64, integer=True)),
         multipart_threshold=threshold,
         multipart_chunk_size=chunk,
         multipart_concurrency=int(r.number("S3_SYNC_MULTIPART_CONCURRENCY", 4, integer=True)),

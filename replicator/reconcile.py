@@ -372,11 +372,11 @@ class _Run:
     def _summary(self) -> None:
         s = self.stats
         mib = s.bytes_copied / (1024 * 1024)
-        verb = "would copy" if self.dry_run else "copied"
-        line = (f"{s.copied} {verb}, {s.updated} updated, {s.deleted} deleted, {s.unchanged} unchanged, "
-                f"{s.failed} failed, {s.skipped} skipped; {mib:.1f} MiB in {s.duration:.1f}s "
-                f"({mib / s.duration if s.duration else 0:.1f} MiB/s); source {s.source_objects} objects, "
-                f"destination {s.dest_objects}")
+        changes = (f"would copy {s.copied}, would update {s.updated}, would delete {s.deleted}" if self.dry_run
+                   else f"{s.copied} copied, {s.updated} updated, {s.deleted} deleted")
+        line = (f"{changes}, {s.unchanged} unchanged, {s.failed} failed, {s.skipped} skipped; {mib:.1f} MiB in "
+                f"{s.duration:.1f}s ({mib / s.duration if s.duration else 0:.1f} MiB/s); source {s.source_objects} "
+                f"objects, destination {s.dest_objects}")
         fields = {"trigger": "reconcile", "duration_s": round(s.duration, 3), "bytes": s.bytes_copied,
                   "copied": s.copied, "updated": s.updated, "deleted": s.deleted, "unchanged": s.unchanged,
                   "failed": s.failed, "skipped": s.skipped, "source_objects": s.source_objects,

