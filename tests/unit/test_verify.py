@@ -238,3 +238,23 @@ def sha256(data: bytes) -> str:
 
     return hashlib.sha256(data).hexdigest()
 
+
+def test_the_readmes_example_is_what_verify_prints():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Proving the mirror is whole", 1)[1]
+    example = section.split("```\n", 2)[1].splitlines()
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    for key, data in (("invoice.pdf", b"%PDF-1.7 invoice"), ("notes.txt", b"hello world\n"),
+                      ("photos/2026/a.jpg", b"j" * 48213), ("readme.md", b"# readme"), ("report.csv", b"r" * 640)):
+        source.add(key, data)
+    copied = {key: {SOURCE_ETAG_META: obj.etag} for key, obj in source.objects.items()}
+    dest.add("invoice.pdf", b"%PDF-1.7 INVOICE", metadata=copied["invoice.pdf"])  # the record claims the bytes
+    dest.add("notes.txt", b"HELLO WORLD\n")  # written by something else
+    dest.add("old/b.txt", b"b" * 12)
+    dest.add("readme.md", b"# readme", metadata=copied["readme.md"])
+    dest.add("report.csv", b"r" * 812, metadata={SOURCE_ETAG_META: "an-older-etag"})
+    out = io.StringIO()
+    verify.Verifier(source, dest, RetryPolicy(1, 0), settings(S3_SYNC_DELETE="false"), content=True, out=out).run()
+    assert out.getvalue().splitlines() == example
