@@ -84,14 +84,14 @@ def test_an_in_sync_mirror_exits_0_and_writes_its_gauges(pair, make_app, tmp_pat
     assert content.code == 0, content.stderr
     assert content.stdout == ""
     assert "content of 4 read on both sides (22.0 MiB, SHA-256)" in summary(content)
-    gauges = dict(line.rsplit(" ", 1) for line in prom.read_text().splitlines() if not line.startswith("#"))
-    assert {name: float(value) for name, value in gauges.items() if "timestamp" not in name} == {
+    written = gauges(prom)
+    assert {name: value for name, value in written.items() if "timestamp" not in name} == {
         "replicator_verify_objects_checked": 4.0,
         'replicator_verify_differences{kind="missing"}': 0.0,
         'replicator_verify_differences{kind="extra"}': 0.0,
         'replicator_verify_differences{kind="different"}': 0.0,
     }
-    assert before <= float(gauges["replicator_verify_last_run_timestamp_seconds"]) <= time.time()
+    assert before <= written["replicator_verify_last_run_timestamp_seconds"] <= time.time()
 
 
 # --- drift of each kind -----------------------------------------------------------------
@@ -116,10 +116,16 @@ def drift(pair, make_app) -> dict[str, bytes]:
     return {"same-size.bin": b"0123456789", "forged.bin": b"abcdefghij"}
 
 
-def test_drift_of_each_kind_is_found(pair, make_app):
+def gauges(path: Path) -> dict[str, float]:
+    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in path.read_text().splitlines()
+                                                   if not line.startswith("#"))}
+
+
+def test_drift_of_each_kind_is_found(pair, make_app, tmp_path):
     drift(pair, make_app)
     source_etag = pair.source.stat_object(pair.source_bucket, "same-size.bin").etag.strip('"')
-    result = run_cli(pair.env, "verify")
+    prom = tmp_path / "verify.prom"
+    result = run_cli(pair.env, "verify", "--metrics-file", str(prom))
     assert result.code == 1, result.stderr
     assert result.stdout.splitlines() == [
         "missing   gone.txt  (23 bytes)",
@@ -130,6 +136,10 @@ def test_drift_of_each_kind_is_found(pair, make_app):
     ]  # forged.bin is in sync as far as any listing or HEAD can tell
     assert summary(result).startswith("Verify: out of sync: 1 missing, 1 extra, 2 different; 6 objects compared "
                                       "(source 5, destination 5); by listing")
+    found = gauges(prom)
+    assert [found[f'replicator_verify_differences{{kind="{kind}"}}'] for kind in ("missing", "extra", "different")] \
+        == [1, 1, 2]
+    assert found["replicator_verify_objects_checked"] == 6
 
 
 def test_content_finds_the_same_size_rewrite_a_listing_cannot_see(pair, make_app):
@@ -265,3 +275,14 @@ def test_a_missing_destination_bucket_fails_and_is_not_created(pair):
     assert result.code == 1
     assert f"destination: check bucket {missing}: bucket does not exist" in result.stderr
     assert missing not in {b["Name"] for b in pair.dest.list_buckets()["Buckets"]}
+
+
+def test_a_metrics_file_that_cant_be_written_is_refused_before_anything_is_compared(tmp_path):
+    # No server behind these settings: the refusal must come before any request.
+    env = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "verify-secret-Qp31", "S3_SYNC_BUCKET": "mirror",
+           "MINIO_ENDPOINT": "http://127.0.0.1:9", "S3_SYNC_ENDPOINT": "http://127.0.0.1:9"}
+    path = tmp_path / "no-such-dir" / "verify.prom"
+    result = run_cli(env, "verify", "--metrics-file", str(path))
+    assert result.code == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "✗" in line]
+    assert line.endswith(f"--metrics-file {path}: can't write into {path.parent} (missing, or not writable)")

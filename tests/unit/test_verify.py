@@ -9,9 +9,11 @@ import random
 from collections import Counter
 
 import pytest
+from loguru import logger
 
 from replicator import diff, verify
 from replicator.config import load
+from replicator.errors import PermanentError, TransientError
 from replicator.model import SOURCE_ETAG_META, Change, ObjectInfo, RunStats
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
@@ -258,3 +260,73 @@ def test_the_readmes_example_is_what_verify_prints():
     out = io.StringIO()
     verify.Verifier(source, dest, RetryPolicy(1, 0), settings(S3_SYNC_DELETE="false"), content=True, out=out).run()
     assert out.getvalue().splitlines() == example
+
+
+# --- what can't be compared --------------------------------------------------------------
+
+def gauges() -> dict[str, float | None]:
+    from replicator.observability import metrics
+
+    sample = metrics.verify_registry.get_sample_value
+    return {"checked": sample("replicator_verify_objects_checked"),
+            "missing": sample("replicator_verify_differences", {"kind": "missing"}),
+            "last run": sample("replicator_verify_last_run_timestamp_seconds")}
+
+
+def mirrored_pair(keys: str = "abc") -> tuple[MemoryStore, MemoryStore]:
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    for key in keys:
+        source.add(key, key.encode())
+        dest.add(key, key.encode())
+    return source, dest
+
+
+def run(source: MemoryStore, dest: MemoryStore, **kwargs) -> tuple[Tally, str]:
+    out = io.StringIO()
+    result = verify.Verifier(source, dest, RetryPolicy(2, 0), settings(), out=out, **kwargs).run()
+    return result, out.getvalue()
+
+
+def test_a_complete_verify_sets_the_gauges_and_a_failed_one_leaves_them():
+    source, dest = mirrored_pair()
+    source.add("only-here", b"x")
+    run(source, dest)
+    done = gauges()
+    assert (done["checked"], done["missing"]) == (4.0, 1.0) and done["last run"]
+    dest.fail("list", None, TransientError("destination", "list", None, "SlowDown (HTTP 503)"))
+    result, _ = run(source, dest)
+    assert (result.failed, result.complete, result.in_sync) == (1, False, False)
+    assert gauges() == done
+
+
+def test_a_read_that_fails_counts_and_the_others_go_on():
+    source, dest = mirrored_pair()
+    dest.fail("get", "b", PermanentError("destination", "get", "b", "AccessDenied (HTTP 403)"))
+    dest.add("c", b"C")  # the same size, other bytes
+    result, out = run(source, dest, content=True)
+    assert out.splitlines()[0].startswith("different c  (ETag: ")
+    assert (result.read, result.failed, result.complete) == (2, 1, False)
+
+
+def test_an_object_rewritten_between_its_listing_and_its_read_is_not_compared():
+    source, dest = mirrored_pair()
+    real_open = source.open
+
+    def open_after_a_rewrite(key):
+        if key == "b":
+            source.add("b", b"B")  # the same size, so the listing's pair is read
+        return real_open(key)
+
+    source.open = open_after_a_rewrite
+    errors: list[str] = []
+    sink = logger.add(lambda message: errors.append(str(message).strip()), level="ERROR", format="{message}")
+    try:
+        result, out = run(source, dest, content=True)
+    finally:
+        logger.remove(sink)
+    assert out == ""
+    assert (result.read, result.failed, result.complete) == (2, 1, False)
+    assert errors[0] == (f"b: source: get b: changed since it was listed (ETag {source.objects['b'].etag}, listed "
+                         f"{dest.objects['b'].etag}); not compared: verify again")
+    assert errors[1].startswith("Verify failed: 1 could not be compared; found so far: 0 missing, 0 extra, "
+                                "0 different; 3 objects compared (source 3, destination 3)")
