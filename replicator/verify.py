@@ -284,7 +284,8 @@ class Verifier:
         """A finding for ``change``, or a future of one where it takes a request."""
         source, dest = change.source, change.dest
         if dest is None:
-            return _done(missing(source))  # type: ignore[arg-type]  # a plan's change has a side at least
+            assert source is not None  # a change of the plan has one side at least
+            return _done(missing(source))
         if source is None:
             return _done(extra(dest, delete=self.settings.delete))
         read = self.content and source.size == dest.size
