@@ -4,7 +4,7 @@ Exit codes:
   0  the destination is in sync (or, for ``run``, a clean shutdown; for ``sweep``,
      every object compared and every repair made)
   1  the run failed (an endpoint, a listing, a copy or a delete; for ``sweep``, a
-     comparison or a repair)
+     comparison or a repair); for ``verify``, also: the mirror differs
   2  bad configuration or usage; for ``run`` also an S3_SYNC_HTTP_HOST or
      S3_SYNC_HTTP_PORT that can't be bound (not this machine's address, port in use)
   3  a delete guard refused the run's deletions (nothing was deleted)
@@ -31,9 +31,36 @@ from .observability import logging as logsetup
 from .retry import Stopped
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
-
+# verify's drift shares 1 with a failure: either way the mirror is not proven whole,
+# and a cron job or a CronJob alerts on anything but 0. The summary line says which.
+EXIT_DRIFT = EXIT_FAILED
 
 CONFIGURED = "Configuration comes from the S3_SYNC_* and MINIO_* environment variables; see the README."
+
+VERIFY_DESCRIPTION = """\
+Prove that the destination is a whole mirror of the source, as a reconcile judges it,
+and change nothing: no write, no delete, no bucket created, no upload aborted.
+
+Both buckets are listed and compared as a reconcile compares them: sizes, ETags, the
+source ETag each copy records (one HEAD where the ETags can't be compared), and
+attributes where S3_SYNC_LIST_METADATA=true lists them. Every key that is missing
+(only at the source), extra (only at the destination, even where S3_SYNC_DELETE=false
+keeps it) or different is printed on stdout, one line each, in key order:
+
+  missing   photos/a.jpg  (1048576 bytes)
+  extra     old/b.txt  (12 bytes; kept: S3_SYNC_DELETE=false)
+  different report.csv  (size: source 812 bytes, destination 640)
+
+then a summary line in the log (stderr). Keys are printed escaped, as in every output."""
+
+VERIFY_EPILOG = """\
+exit codes:
+  0  in sync: every key compared, no difference
+  1  the mirror differs; or a key or a listing could not be compared, an endpoint
+     failed, or the verify was interrupted (the summary line says which)
+  2  bad configuration or usage
+
+""" + CONFIGURED
 
 
 def _exit_codes(*lines: str) -> str:
@@ -81,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
             "0  both sides are usable",
             "1  one is not: the message names the side, the endpoint or bucket, and the cause",
             config_error)
+    ver = sub.add_parser("verify", help="prove the mirror is whole: print what is missing, extra or different; "
+                                        "change nothing", description=VERIFY_DESCRIPTION, epilog=VERIFY_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    reading = ver.add_mutually_exclusive_group()
+    reading.add_argument("--content", action="store_true",
+                         help="also read every object both sides have with the same size, on both sides, and compare "
+                              "their bytes (SHA-256, streamed: memory stays bounded)")
+    reading.add_argument("--sample", type=_positive, metavar="N",
+                         help="read and compare the bytes of N random objects the listings show in sync")
+    ver.add_argument("--metrics-file", metavar="PATH",
+                     help="after a verify that compared every key, write the replicator_verify_* gauges to PATH in "
+                          "Prometheus' text format, atomically (for node_exporter's textfile collector: a .prom file "
+                          "in its directory); a failed verify leaves the file as it was")
     command("sweep", "one metadata sweep: compare tags, Content-Type, user metadata, retention and "
                      "legal hold object by object, repair what differs, then exit",
             "One metadata sweep: compare what a listing can't show (tags, Content-Type, user metadata, "
@@ -90,6 +130,16 @@ def _parser() -> argparse.ArgumentParser:
             "1  a comparison or a repair failed, or the sweep was interrupted",
             config_error)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of objects, at least 1: {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(settings)
         if args.command == "sweep":
             return _sweep(settings)
+        if args.command == "verify":
+            return _verify(settings, content=args.content, sample=args.sample or 0, metrics_file=args.metrics_file)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete,
                           live=not args.no_progress and _isatty(sys.stdout))
     except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
@@ -223,6 +275,44 @@ def _isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _verify(settings: config.Settings, *, content: bool, sample: int, metrics_file: str | None) -> int:
+    from .app import build
+    from .observability import metrics
+    from .verify import Verifier
+
+    if metrics_file is not None:
+        # Said now, not after an hour of reading: the file is how the result is seen.
+        directory = os.path.dirname(os.path.abspath(metrics_file))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+            logger.error("--metrics-file {}: can't write into {} (missing, or not writable)", metrics_file, directory)
+            return EXIT_CONFIG
+    # The app's graph as a reconcile builds it; of it, verify uses the stores and the
+    # retry policy only, and calls nothing that writes (Reconciler.run would create the
+    # bucket and abort crashed uploads).
+    app = build(settings)
+    stopping = _stop_on_signals(app)
+    try:
+        with _start_up_heap_frozen():
+            tally = Verifier(app.source, app.dest, app.policy, settings, content=content, sample=sample).run()
+    except ReplicatorError as error:
+        logger.error("{}", error)
+        return EXIT_FAILED
+    except Stopped:
+        logger.warning("stopped before the verify began")
+        return EXIT_FAILED
+    finally:
+        app.close()
+    if not tally.complete or stopping.is_set():
+        return EXIT_FAILED
+    if metrics_file is not None:
+        try:
+            metrics.write_verify_metrics(metrics_file)
+        except OSError as error:
+            logger.error("--metrics-file {}: {}", metrics_file, error.strerror or error)
+            return EXIT_FAILED
+    return EXIT_OK if tally.in_sync else EXIT_DRIFT
 
 
 def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool, *, live: bool) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from . import drift
+from . import diff, drift
 from .copier import Copier
 from .errors import NotFound, ReplicatorError, SourceChanged
 from .model import ObjectInfo, SourceObject
@@ -119,8 +119,7 @@ class Converger:
         """Listings of the same size and other ETags: in sync if the copy records the
         source's ETag (and, where both listed them, the attributes agree). One HEAD."""
         source, dest = listed
-        recorded = self.policy.call(lambda: self.dest.head_source_etag(key))
-        return recorded == source.etag and drift.listed_alike(source.attributes, dest.attributes)
+        return diff.in_sync_by_record(source, dest, self.policy.call(lambda: self.dest.head_source_etag(key)))
 
     def _copy(self, key: str, hint: Hint) -> Result:
         try:

@@ -45,6 +45,14 @@ def compare(source: ObjectInfo, dest: ObjectInfo) -> Action:
     return Action.VERIFY
 
 
+def in_sync_by_record(source: ObjectInfo, dest: ObjectInfo, recorded: str | None) -> bool:
+    """Settle a pair ``compare`` left to VERIFY (same size, other ETags): in sync when
+    the destination object records the source's ETag as the one it was copied from
+    (``recorded``, from its HEAD) and, where both listings carry attributes, those agree.
+    The one rule for the reconcile and ``verify``."""
+    return recorded == source.etag and listed_alike(source.attributes, dest.attributes)
+
+
 def ordered(listing: Iterable[ObjectInfo], side: str) -> Iterator[ObjectInfo]:
     """Pass a listing through, raising ListingOrderError at the first key out of order."""
     previous: str | None = None

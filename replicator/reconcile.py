@@ -85,6 +85,29 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
     return None
 
 
+def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy,
+                   stats: RunStats) -> Iterator[Change]:
+    """The diff of both listings, as every full comparison walks it (a reconcile, and
+    ``verify``): each listing resumes after a transient failure, runs in a thread of its
+    own a bounded distance ahead, and is counted into ``stats``. Attributes come in both
+    listings where the destination can list them (MinIO): then a metadata rewrite over
+    the same bytes shows in the diff too. Close it to stop both listings' threads."""
+    list_source = ((lambda after: source.list_from(after, metadata=True)) if dest.lists_metadata
+                   else source.list_from)
+    return diff.plan(_counted(list_source, "source", policy, stats),
+                     _counted(dest.list_from, "destination", policy, stats))
+
+
+def _counted(list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str, policy: RetryPolicy,
+             stats: RunStats) -> Iterator[ObjectInfo]:
+    for item in prefetch(policy.resumable(list_from, lambda item: item.key), name=f"list-{side}"):
+        if side == "source":
+            stats.source_objects += 1
+        else:
+            stats.dest_objects += 1
+        yield item
+
+
 @dataclass(eq=False)
 class Reconciler:
     source: SourceStore
@@ -153,15 +176,6 @@ class _Run:
         with self.lock:
             print(f"{action:<7} {printable(key)}  ({size} bytes)", file=self.o.out)
 
-    def _listing(self, list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str) -> Iterator[ObjectInfo]:
-        resumable = self.o.policy.resumable(list_from, lambda item: item.key)
-        for item in prefetch(resumable, name=f"list-{side}"):
-            if side == "source":
-                self.stats.source_objects += 1
-            else:
-                self.stats.dest_objects += 1
-            yield item
-
     # -- the run ---------------------------------------------------------------------
 
     def execute(self) -> RunStats:
@@ -182,12 +196,7 @@ class _Run:
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
                 try:
                     # closing: a run that stops early stops both listings' threads now.
-                    # Attributes in both listings where the destination can list them
-                    # (MinIO): then a metadata rewrite over the same bytes shows in the diff.
-                    list_source = ((lambda after: o.source.list_from(after, metadata=True)) if o.dest.lists_metadata
-                                   else o.source.list_from)
-                    with closing(diff.plan(self._listing(list_source, "source"),
-                                           self._listing(o.dest.list_from, "destination"))) as changes:
+                    with closing(listed_changes(o.source, o.dest, o.policy, self.stats)) as changes:
                         for change in changes:
                             if self.fatal is not None or o.stop.is_set():
                                 break

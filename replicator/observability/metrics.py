@@ -4,7 +4,7 @@ the code that knows an event happened counts it, with no plumbing in between."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, write_to_textfile
 
 from ..errors import code_of
 
@@ -44,3 +44,24 @@ listener_connected = Gauge(f"{PREFIX}_listener_connected", "1 while the notifica
 
 
 failure_reason = code_of  # the ``reason`` label of failures and retries
+
+# ``replicator verify`` is a command, never part of the sidecar: its gauges live in a
+# registry of their own, which ``verify --metrics-file`` writes out (for node_exporter's
+# textfile collector, or a Pushgateway). On the sidecar's /metrics they would read 0, as
+# though a verify had run and found nothing.
+verify_registry = CollectorRegistry(auto_describe=True)
+verify_objects_checked = Gauge(f"{PREFIX}_verify_objects_checked",
+                               "Keys the last complete verify compared, both listings merged",
+                               registry=verify_registry)
+verify_differences = Gauge(f"{PREFIX}_verify_differences",
+                           "Differences the last complete verify found, by kind: missing (only at the source), extra "
+                           "(only at the destination, kept or not), different", ["kind"], registry=verify_registry)
+verify_last_run = Gauge(f"{PREFIX}_verify_last_run_timestamp_seconds",
+                        "Unix time the last complete verify ended (one that compared every key; a verify that failed "
+                        "or was stopped sets none of these gauges)", registry=verify_registry)
+
+
+def write_verify_metrics(path: str) -> None:
+    """The verify gauges, in Prometheus' text format, to ``path``: written beside it and
+    renamed over it, so a collector never reads half a file."""
+    write_to_textfile(path, verify_registry)

@@ -48,8 +48,9 @@ class SourceStore(Protocol):
 
 
 class Reader(Protocol):
-    def read(self) -> bytes:
-        """The whole body, as stored (never decoded)."""
+    def read(self, amt: int | None = None) -> bytes:
+        """The rest of the body as stored (never decoded), or up to ``amt`` bytes of it;
+        b"" at its end."""
 
 
 class DestinationStore(Protocol):
@@ -62,6 +63,10 @@ class DestinationStore(Protocol):
 
     def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
         ...
+
+    def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, Reader]]:
+        """GET the whole object, as ``SourceStore.open`` does (``verify --content`` reads
+        both sides)."""
 
     def head_source_etag(self, key: str) -> str | None:
         """The source ETag recorded on the destination object, None if absent or no object."""

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit
@@ -28,7 +29,7 @@ from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObj
 from . import answers, listing, parallel_listing
 from .object_lock import RETENTION_MARGIN, iso8601, lock_headers, sendable_lock
 from .source import describe
-from .transport import Transport, object_path, prove_answer, query_string
+from .transport import Body, Transport, object_path, prove_answer, query_string, release
 
 _UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "NotSupported", "XNotImplemented"})
 
@@ -311,6 +312,15 @@ class S3Destination:
             return None
         # The raw headers, read as the source's are: one rule (drift.py) compares both.
         return describe(key, HTTPHeaderDict(head["ResponseMetadata"]["HTTPHeaders"]))
+
+    @contextmanager
+    def open(self, key: str):
+        """GET the whole object: its description, read as the source's are, and its bytes."""
+        response = self._transport.get_object(key, object_path(self._bucket_path, key))
+        try:
+            yield describe(key, response.headers), Body(response, self._transport, key)
+        finally:
+            release(response)
 
     def get_tags(self, key: str) -> dict[str, str]:
         if not self.can.tagging:

@@ -50,13 +50,16 @@ class StoredObject:
 
 
 class _Body:
-    """A source body (stores.base.Reader)."""
+    """An object's body (stores.base.Reader)."""
 
     def __init__(self, data: bytes):
         self._data = data
+        self._at = 0
 
-    def read(self) -> bytes:
-        return self._data
+    def read(self, amt: int | None = None) -> bytes:
+        end = len(self._data) if amt is None else min(len(self._data), self._at + amt)
+        chunk, self._at = self._data[self._at:end], end
+        return chunk
 
 
 @dataclass
@@ -175,7 +178,7 @@ class MemoryStore:
             meta["content-type"] = obj.content_type
         return listed_attributes(meta, urlencode(obj.tags) or None)
 
-    # -- SourceStore ---------------------------------------------------------------
+    # -- SourceStore (open serves as the DestinationStore's too) -------------------------
 
     @contextmanager
     def open(self, key: str):

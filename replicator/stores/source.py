@@ -18,7 +18,7 @@ from ..errors import FatalError, NotFound, PermanentError, SourceChanged, StoreE
 from ..model import ObjectInfo, SourceObject
 from . import answers, listing, parallel_listing
 from .object_lock import object_lock
-from .transport import Transport, object_path, query_string
+from .transport import Body, Transport, object_path, query_string, release
 
 # Headers a copy carries over besides Content-Type and user metadata.
 COPIED_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires")
@@ -52,29 +52,6 @@ def holdable(key: str) -> bool:
     """Whether MinIO accepts ``key`` as an object name (cmd/object-api-utils.go)."""
     return (len(key.encode("utf-8", "surrogatepass")) <= 1024 and "//" not in key and "\0" not in key
             and not any(part in (".", "..") for part in key.split("/")))
-
-
-class _Body:
-    """The object's stored bytes, never decoded: an object stored with
-    Content-Encoding: gzip is copied as the gzip bytes."""
-
-    def __init__(self, response, transport: Transport, key: str):
-        self._response = response
-        self._transport, self._key = transport, key
-
-    def read(self) -> bytes:
-        try:
-            return self._response.read(decode_content=False)
-        except (Urllib3Error, OSError) as exc:
-            raise self._transport.map_error("get", self._key, exc) from exc
-
-
-def _release(response) -> None:
-    """Hand the connection back; one with unread bytes (an object too big for one PUT)
-    is closed instead, since reading the rest could cost the object's size."""
-    if not response.isclosed():
-        response.close()
-    response.release_conn()
 
 
 class MinioSource:
@@ -174,30 +151,16 @@ class MinioSource:
 
     def _get(self, key: str, headers: dict[str, str] | None = None):
         """A streaming GET of ``key``; errors.* for anything but 200/206."""
-        response = self._request("get", key, object_path(f"/{self.bucket}", key), headers=headers, stream=True)
-        if response.status not in (200, 206):
-            try:
-                response.data  # read whole, for raw_error  # noqa: B018
-            except (Urllib3Error, OSError) as exc:
-                raise self._transport.map_error("get", key, exc) from exc
-            finally:
-                response.release_conn()
-            raise self._transport.error("get", key, response)
-        if not response.headers.get("ETag"):
-            # MinIO sends every object's ETag; a 200 without one is somebody else's page,
-            # and copying it would store that page as the object.
-            _release(response)
-            raise TransientError(self.side, "get", key, f"{self.endpoint} answered {response.status} without an "
-                                 "ETag: not an S3 answer")
-        return response
+        return self._transport.get_object(key, object_path(f"/{self.bucket}", key), headers=headers,
+                                          region=self._region())
 
     @contextmanager
     def open(self, key: str):
         response = self._get(key)
         try:
-            yield describe(key, response.headers), _Body(response, self._transport, key)
+            yield describe(key, response.headers), Body(response, self._transport, key)
         finally:
-            _release(response)
+            release(response)
 
     def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
         # If-Match pins the version: if the object is overwritten between parts, the
@@ -209,9 +172,9 @@ class MinioSource:
                 # Range header. Reading it for every part would cost the object's size each.
                 raise PermanentError(self.side, "get", key, f"asked for bytes {offset}-{offset + length - 1}, "
                                      f"got HTTP {response.status} without a range: a proxy in the way?")
-            data = _Body(response, self._transport, key).read()
+            data = Body(response, self._transport, key).read()
         finally:
-            _release(response)
+            release(response)
         if len(data) != length:
             raise TransientError(self.side, "get", key, f"short read: {len(data)} of {length} bytes")
         return data

@@ -122,6 +122,28 @@ class Transport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.map_error(op, key, exc) from exc
 
+    def get_object(self, key: str, path: str, *, headers: dict[str, str] | None = None,
+                   region: str | None = None) -> urllib3.BaseHTTPResponse:
+        """A streaming GET of the object ``key`` at ``path``, its body unread (read it
+        through ``Body``, hand the connection back with ``release``); errors.* for
+        anything but 200/206, and for an answer without an ETag."""
+        response = self.request("get", key, "GET", path, headers=headers, stream=True, region=region)
+        if response.status not in (200, 206):
+            try:
+                response.data  # read whole, for raw_error  # noqa: B018
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise self.map_error("get", key, exc) from exc
+            finally:
+                response.release_conn()
+            raise self.error("get", key, response)
+        if not response.headers.get("ETag"):
+            # S3 and MinIO send every object's ETag; a 200 without one is somebody else's
+            # page, and copying it would store that page as the object.
+            release(response)
+            raise TransientError(self.side, "get", key, f"{self.origin} answered {response.status} without an "
+                                 "ETag: not an S3 answer")
+        return response
+
     def map_error(self, op: str, key: str | None, exc: BaseException, *, bucket_op: bool = False) -> StoreError:
         """errors.* for anything a request of this side raised: the transport's
         failures, minio-py's errors and botocore's. Anything else is a bug, raised as it is."""
@@ -192,6 +214,31 @@ class Transport:
             return error
         return annotated(error, f"; the answer (HTTP {status}, {content_type or 'no content type'}) is not S3's and "
                                 f"came through proxy {redact(self.proxy)}, which may have given it")
+
+
+class Body:
+    """An object's stored bytes as a GET streams them, never decoded: an object stored
+    with Content-Encoding: gzip is read as the gzip bytes. A failure on the way is
+    errors.*, like the request's."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, transport: Transport, key: str):
+        self._response = response
+        self._transport, self._key = transport, key
+
+    def read(self, amt: int | None = None) -> bytes:
+        """The rest of the body, or up to ``amt`` bytes of it (b"" at its end)."""
+        try:
+            return self._response.read(amt, decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._transport.map_error("get", self._key, exc) from exc
+
+
+def release(response: urllib3.BaseHTTPResponse) -> None:
+    """Hand the connection back; one with unread bytes (an object too big for one PUT)
+    is closed instead, since reading the rest could cost the object's size."""
+    if not response.isclosed():
+        response.close()
+    response.release_conn()
 
 
 class UnprovenAnswer(boto.BotoCoreError):

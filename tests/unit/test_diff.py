@@ -152,3 +152,22 @@ def _listed(**attrs) -> frozenset:
 ])
 def test_listed_attributes_decide_where_both_listings_carry_them(source, dest, expected):
     assert diff.compare(ObjectInfo("k", 1, "e", attributes=source), ObjectInfo("k", 1, "e", attributes=dest)) is expected
+
+
+CSV, PLAIN = _listed(**{"content-type": "text/csv"}), _listed(**{"content-type": "text/plain"})
+
+
+@pytest.mark.parametrize(("recorded", "source_attrs", "dest_attrs", "in_sync"), [
+    pytest.param("md5-src", None, None, True, id="records the source etag"),
+    pytest.param("md5-older", None, None, False, id="records an older source etag"),
+    pytest.param(None, None, None, False, id="records none (copied by another tool)"),
+    pytest.param("md5-src", CSV, CSV, True, id="records it, listed attributes agree"),
+    pytest.param("md5-src", CSV, PLAIN, False, id="records it, listed attributes differ"),
+    pytest.param("md5-src", CSV, None, True, id="records it, one side lists no attributes"),
+])
+def test_in_sync_by_record(recorded, source_attrs, dest_attrs, in_sync):
+    # The pair compare() leaves to VERIFY: same size, other ETags (a re-cut multipart copy).
+    source = ObjectInfo("k", 9, "md5-src", attributes=source_attrs)
+    dest = ObjectInfo("k", 9, "md5-copy-2", attributes=dest_attrs)
+    assert diff.compare(source, dest) is Action.VERIFY
+    assert diff.in_sync_by_record(source, dest, recorded) is in_sync
