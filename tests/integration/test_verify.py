@@ -50,9 +50,9 @@ def sha256(data: bytes) -> str:
 
 
 def summary(result) -> str:
-    """The summary line's message: after the timestamp and the level's icon."""
+    """The summary line's message: after the timestamp and, for a warning or an error, its mark."""
     [line] = [line for line in result.stderr.splitlines() if "Verify" in line and "Verifying" not in line]
-    return line.split("] ", 1)[1][2:]
+    return re.sub(r"^[!✗·] ", "", line.split("] ", 1)[1])
 
 
 def dest_etag(pair, key: str) -> str:
