@@ -101,18 +101,31 @@ class Reconciler:
     def stop(self) -> threading.Event:
         return self.policy.stop
 
-    def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False) -> RunStats:
-        with self._run_lock:
-            return _Run(self, dry_run, allow_mass_delete).execute()
+    def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False,
+            listening: Callable[[], bool] | None = None) -> RunStats:
+        """One full reconcile. ``listening``, when given, is asked as the run ends whether
+        the notification listener was connected throughout it. Only then should the
+        events have brought what the run had to copy or delete, and only then is that
+        counted as repaired. The service gives none to its initial reconcile (that is the
+        initial copy), and a reconcile by hand has no listener."""
+        with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
+            try:
+                return _Run(self, dry_run, allow_mass_delete, listening).execute()
+            except Exception:  # an endpoint unusable (check_endpoints), or a bug: the caller logs it
+                if not dry_run:
+                    metrics.reconciles.labels("failed").inc()
+                raise
 
 
 class _Run:
     """The state of one run; lives as long as the run."""
 
-    def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool):
+    def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool,
+                 listening: Callable[[], bool] | None):
         self.o = owner
         self.dry_run = dry_run
         self.force_delete = force_delete
+        self.listening = listening
         self.stats = RunStats(dry_run=dry_run)
         self.errors: list[BaseException] = []
         self.fatal: BaseException | None = None
@@ -193,6 +206,10 @@ class _Run:
             self._deletions(spool, deletes)
         self.stats.duration = time.monotonic() - started
         metrics.reconcile_duration.observe(self.stats.duration)
+        # Counted as the run ends, not per object: only now is it known whether the
+        # listener stayed connected, that is whether the events should have brought these.
+        if not self.dry_run and self.listening is not None and self.listening():
+            metrics.reconcile_repaired.inc(self.stats.copied + self.stats.updated + self.stats.deleted)
         self._summary()
         return self.stats
 
@@ -235,7 +252,6 @@ class _Run:
                 self.stats.updated += 1
             self.stats.bytes_copied += result.size
         metrics.objects_copied.labels("reconcile").inc()
-        metrics.reconcile_repaired.inc()
         logger.debug("{}: {} ({} bytes)", key, "copied" if change.action is Action.COPY else "updated", result.size)
 
     def _plan(self, change: Change, listed) -> None:
@@ -274,6 +290,8 @@ class _Run:
         reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
         if reason:
             self.stats.guard = reason
+            if not self.dry_run:  # a dry run only shows what a real one would be refused
+                metrics.delete_guard_refusals.inc()
             error = GuardRefused(reason, would_delete=deletes, destination_objects=self.stats.dest_objects,
                                  source_objects=self.stats.source_objects)
             logger.error("{}", error)
@@ -340,7 +358,6 @@ class _Run:
         done = len(sent) - len(failed)
         with self.lock:
             self.stats.deleted += done
-        metrics.reconcile_repaired.inc(done)
         for key in sent:
             if key not in failed:
                 logger.debug("{}: deleted", key)
@@ -359,8 +376,11 @@ class _Run:
             logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes)
         elif s.failed or self.errors:
             logger.error("Sync failed: {}", line)
+            metrics.reconciles.labels("failed").inc()
         elif s.guard:
             logger.error("Sync incomplete, deletions refused: {}", line)
+            metrics.reconciles.labels("refused_by_guard").inc()
         else:
             logger.success("✓ Sync completed: {}", line)
+            metrics.reconciles.labels("success").inc()
             metrics.reconcile_last_success.set_to_current_time()
