@@ -58,7 +58,7 @@ class Service:
         self.scheduler: Scheduler | None = None
         self.sweep: MetadataSweep | None = None
         self._swept_after_start = False
-        self._caught_up = False  # a reconcile has completed without failures: the initial copy is done
+        self._caught_up = False  # a reconcile has succeeded: the initial copy is done
         self.http: HttpServer | None = None
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -200,7 +200,9 @@ class Service:
 
     def _reconciled(self, stats: RunStats | None, error: BaseException | None) -> None:
         self.health.record_reconcile(stats, error)
-        if error is None and stats is not None and not stats.failed:
+        if error is None and stats is not None and not stats.failed and not stats.guard:
+            # Not after a run a guard refused: the deletions it held back are the
+            # initial copy's too, and the run that makes them must not count them.
             self._caught_up = True
         if error is None and stats is not None and self.workers is not None:
             self.workers.waiting_room.retry()  # it completed, so the destination answers again

@@ -81,7 +81,7 @@ reconcile_interval = AbsentUntilSetGauge(f"{PREFIX}_reconcile_interval_seconds",
 reconcile_repaired = Counter(f"{PREFIX}_reconcile_repaired_objects",
                              "Objects a scheduled reconcile copied, updated or deleted that the events should have "
                              "brought: changes the events missed. Not counted: the initial reconcile after start "
-                             "(until one completes without failures), a reconcile during which the notification "
+                             "(and those after it until one succeeds), a reconcile during which the notification "
                              "listener was not connected throughout, and reconciles by hand")
 RECONCILE_RESULTS = ("success", "failed", "refused_by_guard")
 reconciles = Counter(f"{PREFIX}_reconciles", "Reconciles finished, by result (dry runs not counted)", ["result"])
