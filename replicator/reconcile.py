@@ -106,8 +106,8 @@ class Reconciler:
         """One full reconcile. ``listening``, when given, is asked as the run ends whether
         the notification listener was connected throughout it. Only then should the
         events have brought what the run had to copy or delete, and only then is that
-        counted as repaired. The service gives none to its initial reconcile (that is the
-        initial copy), and a reconcile by hand has no listener."""
+        counted as repaired. The service gives none until a reconcile has succeeded (the
+        ones before are the initial copy), and a reconcile by hand has no listener."""
         with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
             try:
                 return _Run(self, dry_run, allow_mass_delete, listening).execute()
