@@ -83,6 +83,7 @@ class Listener:
     rng: random.Random = field(default_factory=random.Random)
     connected: threading.Event = field(default_factory=threading.Event, init=False)
     reconnects: int = field(default=0, init=False)
+    subscriptions: int = field(default=0, init=False)  # every one made; reconnects misses a restart's first
     last_event: float | None = field(default=None, init=False)
     dropped: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -94,6 +95,19 @@ class Listener:
             subscription = self._subscription
         if subscription is not None:
             subscription.close()
+
+    def watch(self) -> Callable[[], bool]:
+        """A question to ask later: has the listener stayed connected, on the subscription
+        it has now, from this call until then? A reconnect in between is a no: events of
+        the gap may be lost."""
+        with self._lock:
+            since = self.subscriptions if self.connected.is_set() else None
+
+        def held() -> bool:
+            with self._lock:
+                return since is not None and self.connected.is_set() and self.subscriptions == since
+
+        return held
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1))
@@ -133,7 +147,9 @@ class Listener:
             if self.stopping.is_set():
                 subscription.close()
                 break
-            self.connected.set()
+            with self._lock:  # together: watch() must not see this connection under the last one's number
+                self.subscriptions += 1
+                self.connected.set()
             metrics.listener_connected.set(1)
             if ever_connected or failures:
                 self.reconnects += 1

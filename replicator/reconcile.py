@@ -129,12 +129,22 @@ class Reconciler:
     def stop(self) -> threading.Event:
         return self.policy.stop
 
-    def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False) -> RunStats:
-        with self._run_lock:
-            self._current = _Run(self, dry_run, allow_mass_delete)
+    def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False,
+            listening: Callable[[], bool] | None = None) -> RunStats:
+        """One full reconcile. ``listening``, when given, is asked as the run ends whether
+        the notification listener was connected throughout it. Only then should the
+        events have brought what the run had to copy or delete, and only then is that
+        counted as repaired. The service gives none until a reconcile has succeeded (the
+        ones before are the initial copy), and a reconcile by hand has no listener."""
+        with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
+            self._current = _Run(self, dry_run, allow_mass_delete, listening)
             self.last_progress = self._current.progress
             try:
                 return self._current.execute()
+            except Exception:  # an endpoint unusable (check_endpoints), or a bug: the caller logs it
+                if not dry_run:
+                    metrics.reconciles.labels("failed").inc()
+                raise
             finally:
                 self._current = None
 
@@ -147,10 +157,12 @@ class Reconciler:
 class _Run:
     """The state of one run; lives as long as the run."""
 
-    def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool):
+    def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool,
+                 listening: Callable[[], bool] | None):
         self.o = owner
         self.dry_run = dry_run
         self.force_delete = force_delete
+        self.listening = listening
         self.stats = RunStats(dry_run=dry_run)
         self.progress = Progress(self.stats)
         self.errors: list[BaseException] = []
@@ -222,6 +234,10 @@ class _Run:
             self._deletions(spool, self.stats.planned_deletes)
         self.stats.duration = time.monotonic() - started
         metrics.reconcile_duration.observe(self.stats.duration)
+        # Counted as the run ends, not per object: only now is it known whether the
+        # listener stayed connected, that is whether the events should have brought these.
+        if not self.dry_run and self.listening is not None and self.listening():
+            metrics.reconcile_repaired.inc(self.stats.copied + self.stats.updated + self.stats.deleted)
         self._summary()
         return self.stats
 
@@ -264,7 +280,6 @@ class _Run:
                 self.stats.updated += 1
             self.stats.bytes_copied += result.size
         metrics.objects_copied.labels("reconcile").inc()
-        metrics.reconcile_repaired.inc()
         verb = "copied" if change.action is Action.COPY else "updated"
         logger.debug("{}: {} ({} bytes)", key, verb, result.size, event=verb, key=key, bytes=result.size,
                      trigger="reconcile")
@@ -305,6 +320,8 @@ class _Run:
         reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
         if reason:
             self.stats.guard = reason
+            if not self.dry_run:  # a dry run only shows what a real one would be refused
+                metrics.delete_guard_refusals.inc()
             error = GuardRefused(reason, would_delete=deletes, destination_objects=self.stats.dest_objects,
                                  source_objects=self.stats.source_objects)
             logger.error("{}", error)
@@ -371,7 +388,6 @@ class _Run:
         done = len(sent) - len(failed)
         with self.lock:
             self.stats.deleted += done
-        metrics.reconcile_repaired.inc(done)
         for key in sent:
             if key not in failed:
                 logger.debug("{}: deleted", key, event="deleted", key=key, trigger="reconcile")
@@ -394,8 +410,11 @@ class _Run:
             logger.info("Dry run: {} (planned bytes: {})", line, s.planned_bytes, event="dry_run", **fields)
         elif s.failed or self.errors:
             logger.error("Sync failed: {}", line, event="reconcile_failed", **fields)
+            metrics.reconciles.labels("failed").inc()
         elif s.guard:
             logger.error("Sync incomplete, deletions refused: {}", line, event="reconcile_refused_by_guard", **fields)
+            metrics.reconciles.labels("refused_by_guard").inc()
         else:
             logger.success("✓ Sync completed successfully: {}", line, event="reconcile_completed", **fields)
+            metrics.reconciles.labels("success").inc()
             metrics.reconcile_last_success.set_to_current_time()

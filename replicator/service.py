@@ -32,6 +32,7 @@ from .app import App, build
 from .config import Settings
 from .errors import ReplicatorError
 from .events import Listener
+from .model import RunStats
 from .observability import metrics
 from .observability.health import Health
 from .observability.http import HttpServer
@@ -57,6 +58,7 @@ class Service:
         self.scheduler: Scheduler | None = None
         self.sweep: MetadataSweep | None = None
         self._swept_after_start = False
+        self._caught_up = False  # a reconcile has succeeded: the initial copy is done
         self.http: HttpServer | None = None
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -85,6 +87,7 @@ class Service:
         # Before anything else starts: a host or port that can't be bound raises a
         # ConfigError naming it (exit 2), with no thread to stop.
         self.http = HttpServer(s.http_host, s.http_port, self.health)
+        metrics.ready.set_function(lambda: float(self.health.ready()[0]))  # what /readyz says, at each scrape
         self.http.start()
         self._banner()
         if not s.enabled:
@@ -93,6 +96,7 @@ class Service:
                            self.http.port)
             return
         self.app = build(s, key_lock=self.queue.claim, stop=self.stop_event)  # one stop token for all
+        metrics.reconcile_interval.set(s.interval)
         self._spawn("startup", self._startup)
 
     def _banner(self) -> None:
@@ -137,7 +141,7 @@ class Service:
 
         notifications = Notifications(app.source, self.settings)
         self.scheduler = Scheduler(
-            lambda: app.reconciler.run(), interval=self.settings.interval, max_retries=self.settings.max_retries,
+            self._reconcile, interval=self.settings.interval, max_retries=self.settings.max_retries,
             retry_delay=self.settings.retry_delay, stop=self.stop_event, min_gap=self.settings.reconcile_cooldown,
             on_result=self._reconciled,
         )
@@ -186,8 +190,20 @@ class Service:
         if self.sweep is not None:
             self.sweep.request(reason)
 
-    def _reconciled(self, stats, error: BaseException | None) -> None:
+    def _reconcile(self) -> RunStats:
+        """One reconcile of the schedule. What it copies or deletes counts as repaired,
+        changes the events should have brought, only once the initial copy is done (the
+        backlog from before this process listened is no miss) and only if the listener
+        stays connected throughout."""
+        assert self.app is not None and self.listener is not None
+        return self.app.reconciler.run(listening=self.listener.watch() if self._caught_up else None)
+
+    def _reconciled(self, stats: RunStats | None, error: BaseException | None) -> None:
         self.health.record_reconcile(stats, error)
+        if error is None and stats is not None and not stats.failed and not stats.guard:
+            # Not after a run a guard refused: the deletions it held back are the
+            # initial copy's too, and the run that makes them must not count them.
+            self._caught_up = True
         if error is None and stats is not None and self.workers is not None:
             self.workers.waiting_room.retry()  # it completed, so the destination answers again
             if self.sweep is not None and not self._swept_after_start:

@@ -6,8 +6,9 @@
 #   - a Python >= 3.11 and a virtualenv (.venv, or $REPLICATOR_VENV) with
 #     replicator installed editable, plus its test and bench extras;
 #   - the pinned MinIO server and mc (scripts/install-tools.sh, cached outside the repo);
-#   - rclone (the benchmarks' peer), docker-compose (the packaging tests) and tinyproxy
-#     (the proxy tests), from apt.
+#   - rclone (the benchmarks' peer), docker-compose (the packaging tests), tinyproxy
+#     (the proxy tests) and promtool (the monitoring tests; Debian's prometheus package),
+#     from apt.
 #
 # Why a virtualenv and not the interpreter's site-packages: `pip install -e` points
 # the interpreter at one checkout. CI runs in a throwaway clone; installing there
@@ -46,14 +47,33 @@ ensure_apt_tools() {
   command -v rclone >/dev/null || missing+=(rclone)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v tinyproxy >/dev/null || missing+=(tinyproxy) # a real forward proxy, for the proxy tests
+  command -v promtool >/dev/null || missing+=(prometheus)   # promtool checks deploy/'s rules and /metrics
   if ((${#missing[@]} == 0)); then
-    say "rclone, docker-compose, tinyproxy: present"
+    say "rclone, docker-compose, tinyproxy, promtool: present"
     return
   fi
   command -v apt-get >/dev/null || die "missing ${missing[*]}, and no apt-get to install them with"
   say "installing ${missing[*]} with apt-get"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    _stop_packaged_prometheus
+  fi
+}
+
+_stop_packaged_prometheus() {
+  # Debian's prometheus package starts a Prometheus server on :9090 wherever an init
+  # system runs (in a container without one, invoke-rc.d can't tell the runlevel and
+  # starts nothing). The tests want only its promtool.
+  if [[ -d /run/systemd/system ]]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]] && pgrep -x prometheus >/dev/null; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  if pgrep -x prometheus >/dev/null; then
+    say "warning: a prometheus server still runs after installing promtool; stop it if it is not yours"
+  fi
 }
 
 ensure_venv() {

@@ -1,13 +1,15 @@
 """Real servers on 127.0.0.1 for tests, the quickstart and the benchmarks.
 
 MinIO runs from the binary that ``scripts/install-tools.sh`` builds; moto runs in its
-server mode as a separate process, the AWS-flavoured destination. Each server gets a
+server mode as a separate process, the AWS-flavoured destination; Prometheus comes
+from Debian's package, which the setup installs for its promtool. Each server gets a
 free port and its own temporary directory, and is ready when its health endpoint
 answers. Nothing here ever binds or contacts anything but loopback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -173,6 +176,63 @@ class MotoServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrometheusServer:
+    """A real Prometheus that scrapes ``targets`` (host:port) and evaluates
+    ``rule_files`` every second: for asserting that the dashboard's queries return data
+    and which alerts fire, over what a real sidecar exports."""
+
+    def __init__(self, targets: list[str], rule_files: list[str] = ()):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="replicator-prometheus-"))
+        self.log = self.dir / "prometheus.log"
+        self.config = self.dir / "prometheus.yml"
+        self.config.write_text(json.dumps({  # JSON is YAML
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": [{"job_name": "replicator", "static_configs": [{"targets": targets}]}],
+        }))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60) -> PrometheusServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [find_tool("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
+                 f"--web.listen-address={HOST}:{self.port}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        _wait_http(f"{self.url}/-/ready", self.proc, self.log, timeout)
+        return self
+
+    def _api(self, path: str, **params: str):
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=10) as response:
+            answer = json.load(response)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        """An instant query's series, now."""
+        return self._api("query", query=expr)["result"]
+
+    def alerts(self) -> list[dict]:
+        """The alerts pending or firing now."""
+        return self._api("alerts")["alerts"]
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -1,5 +1,5 @@
-"""events.to_item: one notification record -> one work item (or None), by tables; and
-what the listener does with an item its queue can't take.
+"""events.to_item: one notification record -> one work item (or None), by tables; what
+the listener does with an item its queue can't take; and what its watch() tells.
 
 Records are shaped like MinIO's ListenBucketNotification output."""
 
@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from replicator import events
+from replicator.errors import TransientError
 from replicator.events import Listener, to_item
 from replicator.workqueue import KeyedQueue, WorkItem
 
@@ -141,3 +142,53 @@ def test_an_event_a_full_queue_cannot_take_is_handed_on_and_a_reconcile_asked_fo
     assert queue.depth() == 1 and listener.dropped == 1
     assert dropped == [("b", "work queue full")]  # the workers keep a tag change for after the reconcile
     assert gaps == ["work queue overflowed"]
+
+
+class _Session:
+    """One subscription of a fake stream: runs ``during`` while connected, then breaks
+    like a cut connection, or ends like a closed one once the listener is stopping."""
+
+    def __init__(self, during, stopping: threading.Event):
+        self.during, self.stopping = during, stopping
+
+    def records(self):
+        self.during()
+        if not self.stopping.is_set():
+            raise TransientError("source", "listen", None, "notification stream broke")
+        yield from ()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_watch_holds_only_while_the_subscription_it_began_on_lasts():
+    stopping = threading.Event()
+    listener: Listener
+    seen: dict[str, bool] = {}
+    watches = {}
+
+    def first() -> None:
+        watches["first"] = listener.watch()
+        seen["first, still on it"] = watches["first"]()
+        seen["taken before any connection"] = watches["before"]()
+
+    def second() -> None:
+        seen["first, after a reconnect"] = watches["first"]()
+        watches["second"] = listener.watch()
+        stopping.set()
+
+    sessions = iter([first, second])
+
+    class Notifications:
+        bucket = "relics"
+
+        def subscribe(self):
+            return _Session(next(sessions), stopping)
+
+    listener = Listener(Notifications(), KeyedQueue(10), stopping, on_gap=lambda reason: None,  # type: ignore[arg-type]
+                        backoff_base=0.0, backoff_max=0.0)
+    watches["before"] = listener.watch()
+    listener.run()
+    assert seen == {"first, still on it": True, "taken before any connection": False,
+                    "first, after a reconnect": False}
+    assert not watches["second"]()  # disconnected since

@@ -10,12 +10,14 @@ import io
 import threading
 
 import pytest
+from prometheus_client import REGISTRY
 
 from replicator import config
 from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import PermanentError, StoreError, TransientError
 from replicator.model import SOURCE_ETAG_META, ObjectInfo, RunStats
+from replicator.observability import metrics
 from replicator.reconcile import Reconciler, delete_guard
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
@@ -398,3 +400,78 @@ def test_a_stop_while_the_start_up_check_backs_off_ends_the_run_quietly():
     h.close()
     assert (stats.copied, stats.failed) == (0, 0)
     assert h.dest.objects == {}
+
+
+# --- metrics -----------------------------------------------------------------------
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def drifted(h: Harness) -> None:
+    """One object to copy, one to update, one to delete."""
+    h.source.add("new", b"1")
+    h.source.add("changed", b"new")
+    h.dest.add("changed", b"older")
+    h.dest.add("extra", b"x")
+
+
+@pytest.mark.parametrize(("listening", "repaired"), [
+    (None, 0),  # by hand, or the service's initial reconcile: no events were expected
+    (lambda: False, 0),  # the listener disconnected during the run
+    (lambda: True, 3),
+])
+def test_repairs_count_only_runs_the_listener_was_connected_throughout(h, listening, repaired):
+    drifted(h)
+    before = sample("replicator_reconcile_repaired_objects_total")
+    stats = h.run(listening=listening)
+    assert (stats.copied, stats.updated, stats.deleted) == (1, 1, 1)
+    assert sample("replicator_reconcile_repaired_objects_total") - before == repaired
+
+
+def test_a_dry_run_counts_no_repair_and_no_result(h):
+    drifted(h)
+    results = [sample("replicator_reconciles_total", result=r) for r in metrics.RECONCILE_RESULTS]
+    before = sample("replicator_reconcile_repaired_objects_total")
+    h.run(dry_run=True, listening=lambda: True)
+    assert sample("replicator_reconcile_repaired_objects_total") == before
+    assert [sample("replicator_reconciles_total", result=r) for r in metrics.RECONCILE_RESULTS] == results
+
+
+def _clean(h: Harness) -> None:
+    h.source.add("a", b"1")
+
+
+def _copy_fails(h: Harness) -> None:
+    h.source.add("a", b"1")
+    h.dest.fail("put", "a", PermanentError("destination", "put", "a", "InvalidArgument (HTTP 400)"))
+
+
+def _empty_source(h: Harness) -> None:
+    h.dest.add("a", b"1")
+
+
+@pytest.mark.parametrize(("arrange", "result", "refusals"), [
+    (_clean, "success", 0),
+    (_copy_fails, "failed", 0),
+    (_empty_source, "refused_by_guard", 1),
+])
+def test_each_run_counts_its_result_and_is_in_progress_while_it_runs(h, arrange, result, refusals):
+    arrange(h)
+    before = {r: sample("replicator_reconciles_total", result=r) for r in metrics.RECONCILE_RESULTS}
+    refused = sample("replicator_delete_guard_refusals_total")
+    during: list[float] = []
+    h.run(listening=lambda: during.append(sample("replicator_reconcile_in_progress")) or False)
+    after = {r: sample("replicator_reconciles_total", result=r) for r in metrics.RECONCILE_RESULTS}
+    assert {r: after[r] - before[r] for r in after} == {r: float(r == result) for r in after}
+    assert sample("replicator_delete_guard_refusals_total") - refused == refusals
+    assert during == [1.0] and sample("replicator_reconcile_in_progress") == 0
+
+
+def test_a_run_that_cannot_begin_counts_as_failed(h):
+    h.dest.fail("check", None, PermanentError("destination", "check bucket", "mirror", "AccessDenied (HTTP 403)"))
+    before = sample("replicator_reconciles_total", result="failed")
+    with pytest.raises(PermanentError):
+        h.run()
+    assert sample("replicator_reconciles_total", result="failed") - before == 1
+    assert sample("replicator_reconcile_in_progress") == 0
