@@ -706,6 +706,8 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
         ax.set_title(f"S3 requests per no-op pass, {meta['objects']:,} objects", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
+    for ax in flat[len(phases):4] + ([] if noop_n in summary else [flat[5]]):
+        fig.delaxes(ax)  # a phase this run didn't measure: no empty panel
     fig.suptitle(f"Reconcile benchmark: replicator ({meta['replicator_commit']}) vs rclone sync vs mc mirror, "
                  f"{meta['runs']} run(s) each — "
                  f"{meta['nproc']} cores ({meta['cpu']}), shared machine, {meta['date']}", fontsize=10)

@@ -387,6 +387,9 @@ def plot(summary: dict, meta: dict, path: Path) -> None:
         for col, case in enumerate(CASES):
             ax = axes[row][col]
             tools = summary[setting].get(case, {})
+            if not tools:  # a case this setting didn't measure: no empty panel
+                fig.delaxes(ax)
+                continue
             shown = [t for t in TOOLS if t in tools]
             for x, tool in enumerate(shown):
                 s = tools[tool]
