@@ -3,7 +3,7 @@
 
     python scripts/bench_reconcile.py                 # full: 100,000 / 10,000 / 1 GiB, 3 runs
     python scripts/bench_reconcile.py --quick         # 2,000 / 500 / 64 MiB, 1 run: a smoke test
-    python scripts/bench_reconcile.py --update-doc docs/benchmarks.md
+    python scripts/bench_reconcile.py --update-doc docs/benchmarks-history.md
     python scripts/bench_reconcile.py --workdir W --keep ...; later --workdir W --reuse --phases noop,noop-small
                                                       # re-measure the no-ops after a code change, no refill
 
@@ -45,7 +45,7 @@ Per tool run it records:
                 smear counts between runs; v3 is live. Scrapes are not S3 requests.)
 
 Results go to a JSON file, a PNG plot and a Markdown fragment; ``--update-doc``
-replaces the fragment between the markers in docs/benchmarks.md and leaves the rest
+replaces the fragment between the markers in docs/benchmarks-history.md and leaves the rest
 of that file alone.
 """
 
