@@ -20,8 +20,9 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -29,6 +30,9 @@ from . import __version__, config
 from .errors import ConfigError, ReplicatorError
 from .observability import logging as logsetup
 from .retry import Stopped
+
+if TYPE_CHECKING:
+    from .app import App
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
 # verify's drift shares 1 with a failure: either way the mirror is not proven whole,
@@ -255,19 +259,30 @@ def _sweep(settings: config.Settings) -> int:
 
     queue = KeyedQueue(settings.queue_size)
     app = build(settings, key_lock=queue.claim)
-    stopping = _stop_on_signals(app)
-    try:
+
+    def work(stopping: threading.Event) -> int:
         check_endpoints(app.source, app.dest, create=False, policy=app.policy)
         stats, failed_repairs = sweep_and_repair(app, queue)
+        return EXIT_FAILED if stats.failed or failed_repairs or stopping.is_set() else EXIT_OK
+
+    return _one_shot(app, work, stopped="stopped before the sweep was done")
+
+
+def _one_shot(app: App, work: Callable[[threading.Event], int], *, stopped: str) -> int:
+    """A one-shot command's ``work`` on ``app``, which it gets the event a first signal
+    sets: a failure is logged, a stop while backing off is said, and the app is closed
+    whatever happened. Returns the exit code."""
+    stopping = _stop_on_signals(app)
+    try:
+        return work(stopping)
     except ReplicatorError as error:
         logger.error("{}", error)
         return EXIT_FAILED
     except Stopped:
-        logger.warning("stopped before the sweep was done")
+        logger.warning("{}", stopped)
         return EXIT_FAILED
     finally:
         app.close()
-    return EXIT_FAILED if stats.failed or failed_repairs or stopping.is_set() else EXIT_OK
 
 
 def _isatty(stream) -> bool:
@@ -292,27 +307,21 @@ def _verify(settings: config.Settings, *, content: bool, sample: int, metrics_fi
     # retry policy only, and calls nothing that writes (Reconciler.run would create the
     # bucket and abort crashed uploads).
     app = build(settings)
-    stopping = _stop_on_signals(app)
-    try:
+
+    def work(stopping: threading.Event) -> int:
         with _start_up_heap_frozen():
             tally = Verifier(app.source, app.dest, app.policy, settings, content=content, sample=sample).run()
-    except ReplicatorError as error:
-        logger.error("{}", error)
-        return EXIT_FAILED
-    except Stopped:
-        logger.warning("stopped before the verify began")
-        return EXIT_FAILED
-    finally:
-        app.close()
-    if not tally.complete or stopping.is_set():
-        return EXIT_FAILED
-    if metrics_file is not None:
-        try:
-            metrics.write_verify_metrics(metrics_file)
-        except OSError as error:
-            logger.error("--metrics-file {}: {}", metrics_file, error.strerror or error)
+        if not tally.complete or stopping.is_set():
             return EXIT_FAILED
-    return EXIT_OK if tally.in_sync else EXIT_DRIFT
+        if metrics_file is not None:
+            try:
+                metrics.write_verify_metrics(metrics_file)
+            except OSError as error:
+                logger.error("--metrics-file {}: {}", metrics_file, error.strerror or error)
+                return EXIT_FAILED
+        return EXIT_OK if tally.in_sync else EXIT_DRIFT
+
+    return _one_shot(app, work, stopped="stopped before the verify began")
 
 
 def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool, *, live: bool) -> int:
@@ -329,20 +338,15 @@ def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool
         app = build(settings)
         if display is not None:
             display.follow(lambda: app.reconciler.last_progress)
-        stopping = _stop_on_signals(app)
-        try:
+
+        def work(stopping: threading.Event) -> int:
             with _start_up_heap_frozen():
                 stats = app.reconciler.run(dry_run=dry_run, allow_mass_delete=allow_mass_delete)
-        except ReplicatorError as error:
-            logger.error("{}", error)
-            return EXIT_FAILED
-        finally:
-            app.close()
-    if stats.failed or stopping.is_set():
-        return EXIT_FAILED
-    if stats.guard:
-        return EXIT_GUARD
-    return EXIT_OK
+            if stats.failed or stopping.is_set():
+                return EXIT_FAILED
+            return EXIT_GUARD if stats.guard else EXIT_OK
+
+        return _one_shot(app, work, stopped="stopped before the run began")
 
 
 if __name__ == "__main__":  # pragma: no cover

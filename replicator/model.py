@@ -92,11 +92,6 @@ class RunStats:
     skipped: int = 0  # vanished from the source mid-run, or a delete the re-check refused
     failed: int = 0
     bytes_copied: int = 0
-    # What the diff found so far, for the progress line: pairs compared, and the copies
-    # (with their bytes) handed to the pool, whether done yet or not.
-    compared: int = 0
-    to_copy: int = 0
-    bytes_to_copy: int = 0
     planned_deletes: int = 0
     planned_bytes: int = 0
     duration: float = 0.0

@@ -65,8 +65,10 @@ class Snapshot:
 
 
 class Progress:
-    """The live view of one run's ``RunStats``. Counters are read without the run's lock:
-    each is an int one thread writes, so a snapshot is at worst a moment old."""
+    """The live view of one run's ``RunStats``, and what only progress needs: the pairs
+    the diff has compared and the copies it has found (with their bytes), whether done
+    yet or not. Counters are read without the run's lock: each is an int one thread
+    writes, so a snapshot is at worst a moment old."""
 
     def __init__(self, stats: RunStats, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
@@ -75,8 +77,15 @@ class Progress:
         self.started_mono = clock()
         self.started = wall()
         self.listed = False
+        self.compared = 0
+        self.to_copy = 0
+        self.bytes_to_copy = 0
         self._samples: deque[tuple[float, int]] = deque([(self.started_mono, 0)])
         self._lock = threading.Lock()
+
+    def found_copy(self, size: int) -> None:
+        self.to_copy += 1
+        self.bytes_to_copy += size
 
     def snapshot(self) -> Snapshot:
         s = self.stats
@@ -88,13 +97,14 @@ class Progress:
                 self._samples.popleft()
             since, bytes_then = self._samples[0]
         rate = (copied_bytes - bytes_then) / (now - since) if now > since else 0.0
-        left = max(0, s.bytes_to_copy - copied_bytes)
+        left = max(0, self.bytes_to_copy - copied_bytes)
         eta: float | None = None
         if self.listed:
             eta = 0.0 if not left else left / rate if rate > 0 else None
         return Snapshot(started=self.started, elapsed=now - self.started_mono, source_listed=s.source_objects,
-                        dest_listed=s.dest_objects, listed=self.listed, compared=s.compared, to_copy=s.to_copy,
-                        bytes_to_copy=s.bytes_to_copy, copied=s.copied + s.updated, bytes_copied=copied_bytes,
+                        dest_listed=s.dest_objects, listed=self.listed, compared=self.compared,
+                        to_copy=self.to_copy, bytes_to_copy=self.bytes_to_copy, copied=s.copied + s.updated,
+                        bytes_copied=copied_bytes,
                         failed=s.failed, to_delete=s.planned_deletes, rate=rate, eta=eta)
 
 

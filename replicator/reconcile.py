@@ -85,17 +85,23 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
     return None
 
 
-def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy,
-                   stats: RunStats) -> Iterator[Change]:
+def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy, stats: RunStats, *,
+                   until: Callable[[], bool]) -> Iterator[Change]:
     """The diff of both listings, as every full comparison walks it (a reconcile, and
     ``verify``): each listing resumes after a transient failure, runs in a thread of its
     own a bounded distance ahead, and is counted into ``stats``. Attributes come in both
     listings where the destination can list them (MinIO): then a metadata rewrite over
-    the same bytes shows in the diff too. Close it to stop both listings' threads."""
+    the same bytes shows in the diff too. It ends early once ``until()`` is true (a
+    fatal error, a stop). Close it to stop both listings' threads."""
     list_source = ((lambda after: source.list_from(after, metadata=True)) if dest.lists_metadata
                    else source.list_from)
-    return diff.plan(_counted(list_source, "source", policy, stats),
-                     _counted(dest.list_from, "destination", policy, stats))
+    changes = diff.plan(_counted(list_source, "source", policy, stats),
+                        _counted(dest.list_from, "destination", policy, stats))
+    with closing(changes):  # closed with this generator, or when it ends early
+        for change in changes:
+            if until():
+                return
+            yield change
 
 
 def _counted(list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str, policy: RetryPolicy,
@@ -208,11 +214,10 @@ class _Run:
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
                 try:
                     # closing: a run that stops early stops both listings' threads now.
-                    with closing(listed_changes(o.source, o.dest, o.policy, self.stats)) as changes:
+                    with closing(listed_changes(o.source, o.dest, o.policy, self.stats,
+                                                until=lambda: self.fatal is not None or o.stop.is_set())) as changes:
                         for change in changes:
-                            if self.fatal is not None or o.stop.is_set():
-                                break
-                            self.stats.compared += 1
+                            self.progress.compared += 1
                             if change.action is Action.UNCHANGED:
                                 with self.lock:
                                     self.stats.unchanged += 1
@@ -220,8 +225,7 @@ class _Run:
                                 spool.write(json.dumps([change.key, change.size]) + "\n")
                                 self.stats.planned_deletes += 1
                             else:
-                                self.stats.to_copy += 1
-                                self.stats.bytes_to_copy += change.size
+                                self.progress.found_copy(change.size)
                                 pool.submit(self._apply, change)
                         self.progress.listed = True
                 except StoreError as error:  # a listing failed after its retries, or was out of order

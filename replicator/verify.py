@@ -258,10 +258,9 @@ class Verifier:
 
     def _compare_listings(self, pool: BoundedExecutor, pending: deque[Future[Finding | None]]) -> None:
         try:
-            with closing(listed_changes(self.source, self.dest, self.policy, self.listed)) as changes:
+            with closing(listed_changes(self.source, self.dest, self.policy, self.listed,
+                                        until=lambda: self.fatal is not None or self.stop.is_set())) as changes:
                 for change in changes:
-                    if self.fatal is not None or self.stop.is_set():
-                        return
                     self.tally.compared += 1
                     self._emit(pending, self._compare(change, pool))
         except StoreError as error:  # a listing failed after its retries, or was out of order

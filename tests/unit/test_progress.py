@@ -17,15 +17,18 @@ class Clock:
         return self.now
 
 
-def progress_of(stats: RunStats) -> tuple[Progress, Clock]:
+def progress_of(stats: RunStats, *, compared: int = 0, to_copy: int = 0,
+                bytes_to_copy: int = 0) -> tuple[Progress, Clock]:
     clock = Clock()
-    return Progress(stats, clock=clock, wall=lambda: 1_700_000_000.0), clock
+    progress = Progress(stats, clock=clock, wall=lambda: 1_700_000_000.0)
+    progress.compared, progress.to_copy, progress.bytes_to_copy = compared, to_copy, bytes_to_copy
+    return progress, clock
 
 
 def test_a_snapshot_reads_the_runs_own_counters():
-    stats = RunStats(source_objects=1200, dest_objects=900, compared=950, to_copy=300, bytes_to_copy=3 << 20,
-                     copied=100, updated=20, bytes_copied=1 << 20, failed=2, planned_deletes=5)
-    progress, clock = progress_of(stats)
+    stats = RunStats(source_objects=1200, dest_objects=900, copied=100, updated=20, bytes_copied=1 << 20, failed=2,
+                     planned_deletes=5)
+    progress, clock = progress_of(stats, compared=950, to_copy=300, bytes_to_copy=3 << 20)
     clock.now += 10
     s = progress.snapshot()
     assert (s.source_listed, s.dest_listed, s.compared, s.to_copy, s.copied, s.failed, s.to_delete) == (
@@ -34,8 +37,8 @@ def test_a_snapshot_reads_the_runs_own_counters():
 
 
 def test_no_eta_until_both_listings_are_done():
-    stats = RunStats(to_copy=10, bytes_to_copy=1000)
-    progress, clock = progress_of(stats)
+    stats = RunStats()
+    progress, clock = progress_of(stats, to_copy=10, bytes_to_copy=1000)
     clock.now += 1
     stats.bytes_copied = 100
     assert progress.snapshot().eta is None  # more to copy may still be found
@@ -48,8 +51,8 @@ def test_no_eta_until_both_listings_are_done():
 
 
 def test_eta_is_zero_when_everything_found_is_copied_and_unknown_while_nothing_moves():
-    stats = RunStats(to_copy=1, bytes_to_copy=1000)
-    progress, clock = progress_of(stats)
+    stats = RunStats()
+    progress, clock = progress_of(stats, to_copy=1, bytes_to_copy=1000)
     progress.listed = True
     clock.now += 5
     assert progress.snapshot().eta is None  # nothing copied yet: no rate to go by
@@ -59,8 +62,8 @@ def test_eta_is_zero_when_everything_found_is_copied_and_unknown_while_nothing_m
 
 
 def test_the_rate_is_the_recent_one_not_the_average_since_the_start():
-    stats = RunStats(bytes_to_copy=10**9)
-    progress, clock = progress_of(stats)
+    stats = RunStats()
+    progress, clock = progress_of(stats, bytes_to_copy=10**9)
     for _ in range(10):  # 100 s at 1 MB/s, sampled every 10 s
         clock.now += 10
         stats.bytes_copied += 10_000_000
@@ -73,9 +76,9 @@ def test_the_rate_is_the_recent_one_not_the_average_since_the_start():
 
 
 def test_the_log_line_names_every_counter():
-    stats = RunStats(source_objects=12345, dest_objects=12000, compared=11900, to_copy=1200,
-                     bytes_to_copy=8 << 20, copied=300, bytes_copied=2 << 20, failed=1, planned_deletes=7)
-    progress, clock = progress_of(stats)
+    stats = RunStats(source_objects=12345, dest_objects=12000, copied=300, bytes_copied=2 << 20, failed=1,
+                     planned_deletes=7)
+    progress, clock = progress_of(stats, compared=11900, to_copy=1200, bytes_to_copy=8 << 20)
     clock.now += 65
     line = progress.snapshot().line()
     assert line.startswith("Progress: listed 12,345 source / 12,000 destination, listing; compared 11,900; "
@@ -86,7 +89,7 @@ def test_the_log_line_names_every_counter():
 
 
 def test_status_gives_times_as_iso_utc_strings():
-    progress, clock = progress_of(RunStats(to_copy=2, bytes_to_copy=20, copied=1, bytes_copied=10))
+    progress, clock = progress_of(RunStats(copied=1, bytes_copied=10), to_copy=2, bytes_to_copy=20)
     clock.now += 2
     status = progress.snapshot().as_status()
     assert status["started_at"] == "2023-11-14T22:13:20.000Z"
