@@ -11,13 +11,11 @@ preserves code-point order, so plain ``<`` is the byte order we need.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from .drift import listed_alike
 from .errors import ListingOrderError
 from .model import Action, Change, ObjectInfo
-
-_END = object()
 
 
 def is_multipart_etag(etag: str) -> bool:
@@ -66,20 +64,28 @@ def ordered(listing: Iterable[ObjectInfo], side: str) -> Iterator[ObjectInfo]:
         yield item
 
 
-def plan(source: Iterable[ObjectInfo], dest: Iterable[ObjectInfo]) -> Iterator[Change]:
-    """Merge-join two listings into one Change per key, in key order."""
-    src_it = iter(ordered(source, "source"))
-    dst_it = iter(ordered(dest, "destination"))
-    s = next(src_it, _END)
-    d = next(dst_it, _END)
-    while s is not _END or d is not _END:
-        if d is _END or (s is not _END and s.key < d.key):  # type: ignore[union-attr]
-            yield Change(Action.COPY, s.key, source=s)  # type: ignore[union-attr,arg-type]
-            s = next(src_it, _END)
-        elif s is _END or d.key < s.key:  # type: ignore[union-attr]
-            yield Change(Action.DELETE, d.key, dest=d)  # type: ignore[union-attr,arg-type]
-            d = next(dst_it, _END)
+def plan(source: Iterable[ObjectInfo], dest: Iterable[ObjectInfo]) -> Generator[Change, None, None]:
+    """Merge-join two listings into one Change per key, in key order. A generator, so
+    that a caller can close it (and the listings it pulls) before the end."""
+    src_it = ordered(source, "source")
+    dst_it = ordered(dest, "destination")
+    s = next(src_it, None)
+    d = next(dst_it, None)
+    while s is not None and d is not None:
+        if s.key < d.key:
+            yield Change(Action.COPY, s.key, source=s)
+            s = next(src_it, None)
+        elif d.key < s.key:
+            yield Change(Action.DELETE, d.key, dest=d)
+            d = next(dst_it, None)
         else:
-            yield Change(compare(s, d), s.key, source=s, dest=d)  # type: ignore[arg-type,union-attr]
-            s = next(src_it, _END)
-            d = next(dst_it, _END)
+            yield Change(compare(s, d), s.key, source=s, dest=d)
+            s = next(src_it, None)
+            d = next(dst_it, None)
+    # One side has ended: the rest of the other is only on its side.
+    while s is not None:
+        yield Change(Action.COPY, s.key, source=s)
+        s = next(src_it, None)
+    while d is not None:
+        yield Change(Action.DELETE, d.key, dest=d)
+        d = next(dst_it, None)
