@@ -21,6 +21,7 @@ guarded batches after a clean run (reconcile.py), never one key at a time.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from loguru import logger
@@ -159,4 +160,4 @@ class Converger:
         return Result(Outcome.DELETED)
 
     def _still_gone(self, keys: list[str]) -> list[str]:
-        return [key for key in keys if self.policy.call(lambda key=key: self.source.stat(key)) is None]
+        return [key for key in keys if self.policy.call(functools.partial(self.source.stat, key)) is None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar, Union
@@ -164,7 +164,8 @@ class _Ahead:
 Part = Union[list[T], Callable[[], Iterable[list[T]]]]
 
 
-def ordered_chain(parts: Iterable[Part], workers: int, *, buffer: int = 2, name: str = "chain") -> Iterator[T]:
+def ordered_chain(parts: Iterable[Part[T]], workers: int, *, buffer: int = 2,
+                  name: str = "chain") -> Generator[T, None, None]:
     """Yield every item of ``parts``, in order. A part is a list of items, or a callable
     that returns an iterable of lists. Callables run in up to ``workers`` threads,
     started ahead of their turn, each at most ``buffer`` lists ahead of the consumer.

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TextIO
@@ -86,7 +86,7 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
 
 
 def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy, stats: RunStats, *,
-                   until: Callable[[], bool]) -> Iterator[Change]:
+                   until: Callable[[], bool]) -> Generator[Change, None, None]:
     """The diff of both listings, as every full comparison walks it (a reconcile, and
     ``verify``): each listing resumes after a transient failure, runs in a thread of its
     own a bounded distance ahead, and is counted into ``stats``. Attributes come in both

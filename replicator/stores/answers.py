@@ -113,9 +113,10 @@ def object_parts(body: bytes) -> tuple[str, list[tuple[int, int]], int | None]:
     etag = (_text(root, "ETag") or "").strip('"').lower()
     if not etag:
         raise MalformedAnswer("the object's attributes have no ETag")
-    [objects] = _children(root, "ObjectParts") or [None]
-    if objects is None:
+    found = _children(root, "ObjectParts")
+    if not found:
         return etag, [], None
+    [objects] = found
     parts = []
     for part in _children(objects, "Part"):
         try:
@@ -126,7 +127,7 @@ def object_parts(body: bytes) -> tuple[str, list[tuple[int, int]], int | None]:
     marker = _text(objects, "NextPartNumberMarker")
     if not truncated:
         return etag, parts, None
-    if not (marker or "").strip().isdigit():
+    if marker is None or not marker.strip().isdigit():
         raise MalformedAnswer("a truncated list of parts without its NextPartNumberMarker")
     return etag, parts, int(marker)
 

@@ -56,7 +56,9 @@ class Reader(Protocol):
 class DestinationStore(Protocol):
     side: str
     bucket: str
-    lists_metadata: bool  # its listings carry attributes (known once check() ran)
+    @property
+    def lists_metadata(self) -> bool:
+        """Its listings carry attributes (known once check() ran)."""
 
     def check(self, create: bool) -> None:
         """Reachable, credentials accepted; bucket exists (created when ``create``)."""

@@ -158,9 +158,11 @@ class S3Destination:
         bucket_url = urlsplit(self.client.generate_presigned_url("head_bucket", Params={"Bucket": self.bucket}))
         self._aws = endpoint.is_aws
         self._bucket_path = bucket_url.path.rstrip("/")  # "/bucket" (path style) or "" (virtual)
+        credentials = self._session.get_credentials()
+        assert credentials is not None  # _session() refuses to return a session without them
         self._transport = Transport(
             self.side, f"{bucket_url.scheme}://{bucket_url.netloc}", region=self.region,
-            credentials=self._session.get_credentials(), verify=settings.dest_verify_tls,
+            credentials=credentials, verify=settings.dest_verify_tls,
             ca_bundle=settings.dest_ca_bundle,
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
             maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy)
@@ -403,7 +405,7 @@ class S3Destination:
         except PermanentError as error:
             if isinstance(error, NotFound):
                 raise
-            wanted = f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode else "no retention"
+            wanted = f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode and lock.retain_until else "no retention"
             raise PermanentError(
                 self.side, "put retention", key,
                 f"{error.detail}{_server_message(error)}: the destination refuses {wanted} (a COMPLIANCE retention "

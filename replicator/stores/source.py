@@ -192,7 +192,7 @@ class MinioSource:
             raise self._map(exc, "stat", key) from exc
         except Exception as exc:
             raise self._map(exc, "stat", key) from exc
-        if not obj.metadata.get("ETag"):
+        if not obj.metadata or not obj.metadata.get("ETag"):
             raise TransientError(self.side, "stat", key, f"{self.endpoint} answered a HEAD without an ETag: "
                                  "not an S3 answer")
         return describe(key, obj.metadata)  # minio-py puts the raw response headers there

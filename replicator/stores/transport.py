@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
@@ -61,7 +61,8 @@ def pool_manager(*, verify: bool, ca_bundle: str | None, connect_timeout: float,
     """An HTTP pool with *no* retries: retry.py owns retries. minio-py's default pool
     retries 5 times with 300 s timeouts, which would hide a dead endpoint for minutes.
     Through ``proxy`` when given: HTTPS by CONNECT, so TLS runs end to end."""
-    options = dict(
+    # Keyword arguments of every connection pool; urllib3 takes them as **Any.
+    options: dict[str, Any] = dict(
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         maxsize=maxsize,
         block=False,
@@ -236,7 +237,7 @@ class Body:
 def release(response: urllib3.BaseHTTPResponse) -> None:
     """Hand the connection back; one with unread bytes (an object too big for one PUT)
     is closed instead, since reading the rest could cost the object's size."""
-    if not response.isclosed():
+    if not response.closed:
         response.close()
     response.release_conn()
 
