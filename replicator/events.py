@@ -50,16 +50,15 @@ def to_item(record: dict) -> WorkItem | None:
     if not key:
         return None
     when = _epoch(record.get("eventTime"))
-    common = dict(etag=(obj.get("eTag") or "").strip('"').lower() or None, size=obj.get("size"),
-                  version=obj.get("versionId"), event_time=when)
+    size = obj.get("size")
     if name in METADATA_EVENTS:
         changed = METADATA_EVENTS[name]
         return WorkItem(key, content=False, tags=changed == "tags", retention=changed == "retention",
-                        legal_hold=changed == "legal_hold", **common)
+                        legal_hold=changed == "legal_hold", size=size, event_time=when)
     if name.startswith("s3:ObjectCreated:"):
-        return WorkItem(key, content=True, tags=False, attributes=True, **common)
+        return WorkItem(key, content=True, tags=False, attributes=True, size=size, event_time=when)
     if name.startswith("s3:ObjectRemoved:"):
-        return WorkItem(key, content=True, tags=False, removed=True, **common)
+        return WorkItem(key, content=True, tags=False, removed=True, size=size, event_time=when)
     return None
 
 
@@ -84,7 +83,6 @@ class Listener:
     connected: threading.Event = field(default_factory=threading.Event, init=False)
     reconnects: int = field(default=0, init=False)
     subscriptions: int = field(default=0, init=False)  # every one made; reconnects misses a restart's first
-    last_event: float | None = field(default=None, init=False)
     dropped: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _subscription: Subscription | None = field(default=None, init=False, repr=False)
@@ -180,7 +178,6 @@ class Listener:
                 self.stopping.wait(self._backoff(failures))
 
     def _enqueue(self, item: WorkItem) -> None:
-        self.last_event = time.time()
         metrics.events_received.labels(_kind(item)).inc()
         logger.debug("{}: event ({})", item.key, _kind(item))
         if not self.queue.put(item, timeout=ENQUEUE_TIMEOUT):

@@ -20,7 +20,6 @@ class ObjectInfo:
     key: str
     size: int
     etag: str  # without quotes
-    last_modified: float | None = None  # epoch seconds
     # Content-Type, copied headers, user metadata and tags as the listing gave them
     # (drift.listed_attributes), where a listing can (MinIO's metadata=true); else None.
     attributes: frozenset[tuple[str, str]] | None = None
@@ -97,7 +96,3 @@ class RunStats:
     duration: float = 0.0
     guard: str | None = None
     dry_run: bool = False
-
-    @property
-    def throughput(self) -> float:
-        return self.bytes_copied / self.duration if self.duration > 0 else 0.0

@@ -29,9 +29,7 @@ class WorkItem:
     content: bool  # the object's bytes may have changed (created, overwritten, removed)
     tags: bool  # its tags may have changed (a metadata-only event)
     event_time: float  # epoch seconds of the oldest event folded into this item
-    etag: str | None = None
     size: int | None = None
-    version: str | None = None
     removed: bool = False  # the newest event was a removal (a hint only; workers re-read)
     retention: bool = False  # its object lock retention may have changed (metadata-only)
     legal_hold: bool = False  # its legal hold may have changed (metadata-only)
@@ -80,7 +78,6 @@ class KeyedQueue:
         self._room_cond = threading.Condition(self._lock)  # producers in put()
         self._free_cond = threading.Condition(self._lock)  # reconcile claims waiting for keys
         self._closed = False
-        self.coalesced = 0
 
     # -- producer ------------------------------------------------------------------
 
@@ -95,7 +92,6 @@ class KeyedQueue:
                 existing = self._items.get(item.key)
                 if existing is not None:
                     self._items[item.key] = existing.merge(item)
-                    self.coalesced += 1
                     return True
                 if len(self._items) < self.maxsize:
                     break

@@ -93,20 +93,13 @@ def test_keys_are_used_verbatim_never_unquoted(key):
 
 def test_details_of_a_created_event():
     item = to_item(record("s3:ObjectCreated:Put", etag='"0123ABCD"', size=1234, version="v-1"))
-    assert item.etag == "0123abcd"  # unquoted, lower case: compared with listings' ETags
     assert item.size == 1234
-    assert item.version == "v-1"
     assert item.event_time == pytest.approx(WHEN)
 
 
-def test_a_removal_carries_no_size_or_etag():
+def test_a_removal_carries_no_size():
     item = to_item(record("s3:ObjectRemoved:Delete", etag=None, size=None))
-    assert item.etag is None
     assert item.size is None
-
-
-def test_an_empty_etag_is_none():
-    assert to_item(record("s3:ObjectCreated:Put", etag='""')).etag is None
 
 
 @pytest.mark.parametrize(

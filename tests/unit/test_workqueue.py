@@ -14,8 +14,8 @@ from replicator.workqueue import Closed, KeyedQueue, WorkItem
 SHORT = 0.05  # a put/get that is expected to give up: long enough to block, short to wait out
 
 
-def created(key: str, t: float = 100.0, etag: str = "e") -> WorkItem:
-    return WorkItem(key, content=True, tags=False, event_time=t, etag=etag)
+def created(key: str, t: float = 100.0, size: int = 1) -> WorkItem:
+    return WorkItem(key, content=True, tags=False, event_time=t, size=size)
 
 
 def tagged(key: str, t: float = 100.0) -> WorkItem:
@@ -40,12 +40,11 @@ def legal_hold(key: str, t: float = 100.0) -> WorkItem:
 def test_a_burst_to_one_key_is_one_pending_item():
     q = KeyedQueue(maxsize=10)
     for n in range(50):
-        assert q.put(created("a", t=100.0 + n, etag=f"e{n}"))
+        assert q.put(created("a", t=100.0 + n, size=n))
     assert q.depth() == 1
-    assert q.coalesced == 49
     item = q.get(timeout=0)
     assert item.key == "a"
-    assert item.etag == "e49"  # the newest event's details
+    assert item.size == 49  # the newest event's details
     assert item.event_time == 100.0  # the oldest event's time: lag counts from the first write
     assert q.get(timeout=0) is None
 
@@ -97,16 +96,16 @@ def test_merge_keeps_the_oldest_event_time_whatever_the_arrival_order():
 
 def test_a_held_key_gets_one_pending_item_handed_out_only_after_done():
     q = KeyedQueue(maxsize=10)
-    q.put(created("a", etag="first"))
+    q.put(created("a", size=0))
     first = q.get(timeout=0)
     for n in range(5):  # a burst while a worker has "a"
-        q.put(created("a", etag=f"later{n}"))
+        q.put(created("a", size=10 + n))
     assert q.depth() == 1
     assert q.in_flight() == 1
     assert q.get(timeout=SHORT) is None  # not to a second worker
     q.done(first.key)
     second = q.get(timeout=0)
-    assert second.etag == "later4"
+    assert second.size == 14  # the newest of the burst
     q.done(second.key)
     assert q.get(timeout=0) is None
 
@@ -275,7 +274,8 @@ def test_done_after_close_is_harmless():
 
 def test_no_key_is_ever_held_by_two_workers_at_once():
     """Producers hammer a few keys while workers record every key they hold: any
-    overlap fails, and so does work left behind once the producers are done."""
+    overlap fails, and so does work left behind once the producers are done, or a
+    key whose last item worked isn't its newest write."""
     q = KeyedQueue(maxsize=3)
     keys = [f"k{n}" for n in range(5)]
     holders: Counter[str] = Counter()
@@ -285,13 +285,20 @@ def test_no_key_is_ever_held_by_two_workers_at_once():
     refused: list[str] = []
     errors: list[BaseException] = []
     producers_done = threading.Event()
+    # Each put carries a stamp (as its size); a lock per key orders the puts to one key,
+    # so that its newest write is well defined while puts to other keys still race.
+    key_locks = {key: threading.Lock() for key in keys}
+    newest: dict[str, int] = {}
+    last_worked: dict[str, int | None] = {}
 
     def producer(seed: int) -> None:
         rng = random.Random(seed)
         for n in range(400):
             key = rng.choice(keys)
-            if not q.put(created(key, t=float(n)), timeout=10):
-                refused.append(key)
+            with key_locks[key]:
+                if not q.put(created(key, t=float(n), size=seed * 400 + n), timeout=10):
+                    refused.append(key)
+                newest[key] = seed * 400 + n
 
     def worker() -> None:
         try:
@@ -306,6 +313,7 @@ def test_no_key_is_ever_held_by_two_workers_at_once():
                     if holders[item.key] > 1:
                         violations.append(item.key)
                     processed[item.key] += 1
+                    last_worked[item.key] = item.size
                 threading.Event().wait(0.0005)  # hold the key a moment: overlaps get a chance
                 with guard:
                     holders[item.key] -= 1
@@ -328,7 +336,7 @@ def test_no_key_is_ever_held_by_two_workers_at_once():
     assert violations == []
     assert q.depth() == 0 and q.in_flight() == 0
     assert set(processed) == set(keys)
-    assert sum(processed.values()) + q.coalesced == 3 * 400  # every put was either worked or folded
+    assert last_worked == newest  # coalescing folds writes into the newest, and never loses it
 
 
 # Regressions: a claim on a waiting key, and close() with work still waiting.
