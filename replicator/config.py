@@ -24,8 +24,9 @@ import functools
 import ipaddress
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -652,25 +653,24 @@ def proxy_password(url: str | None) -> str | None:
 _PREFIX = "S3_SYNC_"
 
 
-class RecordingEnvironment(dict):
+class RecordingEnvironment(Mapping[str, str]):
     """An environment that remembers every name it is asked for (``read``): how
-    :func:`known_variables` learns them, and how the tests check it."""
+    :func:`known_variables` learns them, and how the tests check it. ``get`` and ``in``
+    ask ``__getitem__`` (Mapping's mixins), so they are remembered too."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, values: Mapping[str, str]):
+        self._values = dict(values)
         self.read: set[str] = set()
 
-    def get(self, key, default=None):
+    def __getitem__(self, key: str) -> str:
         self.read.add(key)
-        return super().get(key, default)
+        return self._values[key]
 
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
 
-    def __contains__(self, key):
-        self.read.add(key)
-        return super().__contains__(key)
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 @functools.cache
@@ -703,6 +703,6 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     return messages
 
 
-def replace(settings: Settings, **changes) -> Settings:
+def replace(settings: Settings, **changes: Any) -> Settings:
     """A copy with some fields changed (tests and CLI flags)."""
     return dataclasses.replace(settings, **changes)

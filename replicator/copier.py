@@ -212,8 +212,8 @@ class Copier:
         if is_multipart_etag(src.etag):
             sizes = self.policy.call(lambda: self.source.part_sizes(src.key, src.etag))
             why = source_layout(sizes, src.size, src.etag, self.threshold)
-            if why is None:
-                return sizes  # type: ignore[return-value]
+            if why is None and sizes is not None:
+                return sizes
             logger.debug("{}: parts of {} bytes, not the source's ({})", src.key, self.chunk, why)
         chunk = part_size(src.size, self.chunk)
         # An empty object uploaded in parts (one part of 0 bytes) still needs one.

@@ -100,6 +100,6 @@ def listed_attributes(user_metadata: dict[str, str], user_tags: str | None) -> f
     return frozenset(found)
 
 
-def listed_alike(source: frozenset | None, copy: frozenset | None) -> bool:
+def listed_alike(source: frozenset[tuple[str, str]] | None, copy: frozenset[tuple[str, str]] | None) -> bool:
     """Whether two listings' attributes agree; True where either listing has none."""
     return source is None or copy is None or source == copy

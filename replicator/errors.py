@@ -74,8 +74,9 @@ def annotated(error: StoreError, note: str) -> StoreError:
 class TransientError(StoreError):
     """Retrying the same operation later may succeed."""
 
-    def __init__(self, *args, retry_after: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, side: str, op: str, key: str | None, detail: str, *, code: str | None = None,
+                 server_message: str | None = None, retry_after: float | None = None):
+        super().__init__(side, op, key, detail, code=code, server_message=server_message)
         self.retry_after = retry_after
 
 

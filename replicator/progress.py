@@ -50,7 +50,7 @@ class Snapshot:
                 f"({size(self.bytes_copied)} of {size(self.bytes_to_copy)}), {self.failed:,} failed, "
                 f"{self.to_delete:,} to delete; {size(self.rate)}/s{eta}; {duration(self.elapsed)} elapsed")
 
-    def as_status(self) -> dict:
+    def as_status(self) -> dict[str, object]:
         """For ``/status``: the counters, with times as ISO-8601 UTC strings."""
         return {
             "started_at": iso(self.started), "elapsed_seconds": round(self.elapsed, 3),
@@ -122,7 +122,7 @@ class Reporter:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()

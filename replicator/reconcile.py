@@ -250,14 +250,15 @@ class _Run:
         Runs on a pool thread."""
         key = change.key
         o = self.o
-        listed = (change.source, change.dest) if change.action is Action.VERIFY else None
+        listed = ((change.source, change.dest) if change.action is Action.VERIFY
+                  and change.source is not None and change.dest is not None else None)  # a VERIFY has both
         try:
             with o.key_lock([key]):
                 if self.dry_run:
                     self._plan(change, listed)
                     return
                 result = o.converger.converge(key, Hint(missing=change.action is Action.COPY,
-                                                        listed=listed))  # type: ignore[arg-type]
+                                                        listed=listed))
         except (ReplicatorError, Stopped) as error:
             if not isinstance(error, Stopped):
                 self._failed(key, error)

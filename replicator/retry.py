@@ -52,9 +52,9 @@ class RetryPolicy:
         """Backoff before attempt ``attempt + 1``: full jitter over an exponential
         ceiling (many workers hitting one SlowDown mustn't retry in lockstep),
         never shorter than the server's Retry-After."""
-        ceiling = min(MAX_BACKOFF, self.base_delay * (2 ** (attempt - 1)))
+        ceiling = min(MAX_BACKOFF, self.base_delay * (2.0 ** (attempt - 1)))  # int ** int is Any to mypy
         wait = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-        retry_after = getattr(error, "retry_after", None)
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
         if retry_after:
             wait = max(wait, min(retry_after, MAX_BACKOFF))
         return wait
