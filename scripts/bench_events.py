@@ -366,118 +366,12 @@ class Bench:
         return dirs
 
     def export_replicator(self) -> Path:
-        directory, self.replicator_commit = benchlib.replicator_snapshot(self.args.replicator_rev,
-                                                                         self.workdir / "replicator-src")
-        return directory
-
-    def start(self) -> None:
-        for tool in self.names:
-            self.logs[tool] = self.workdir / f"{tool}.log"
-            with open(self.logs[tool], "wb") as out:
-                self.procs[tool] = subprocess.Popen(
-                    self.argv[tool], env=self.env[tool], stdout=out, stderr=subprocess.STDOUT,
-                    cwd=self.cwd[tool], start_new_session=True)
-        deadline = time.monotonic() + 120
-        for tool in self.ports:
-            while self.get(tool, "/readyz")[0] != 200:
-                self.check_alive()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{tool} not ready after 120 s: {self.get(tool, '/readyz')}")
-                time.sleep(0.2)
-
-    def check_alive(self) -> None:
-        for tool, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{tool} exited with {proc.returncode}:\n"
-                                   f"{self.logs[tool].read_text(errors='replace')[-3000:]}")
-
-    def get(self, tool: str, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.ports[tool]}{path}", timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError as exc:
-            return 0, str(exc).encode()
-
-    def metrics(self, tool: str) -> dict[str, float]:
-        """A replicator's /metrics as {series: value} (only the replicator_* series); {} for mc."""
-        if tool not in self.ports:
-            return {}
-        code, body = self.get(tool, "/metrics")
-        values: dict[str, float] = {}
-        if code != 200:
-            return values
-        for line in body.decode().splitlines():
-            if line.startswith("replicator_"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    values[name] = float(value)
-                except ValueError:
-                    pass
-        return values
-
-    def cpu_seconds(self, tool: str) -> float:
-        import psutil
-
-        try:
-            proc = psutil.Process(self.procs[tool].pid)
-            times = proc.cpu_times()
-            return times.user + times.system
-        except psutil.Error:
-            return float("nan")
-
-    def stop(self) -> None:
-        for tool, proc in self.procs.items():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for tool, proc in self.procs.items():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-# -- the benchmark ----------------------------------------------------------------------
-
-class Bench:
-    def __init__(self, args, workdir: Path):
-        self.args = args
-        self.workdir = workdir
-        self.results: list[dict] = []
-        self.src = self.dst = None
-        self.tools: Tools | None = None
-        self.ctx = mp.get_context("spawn")  # the poller must not inherit our threads or locks
-        self.payload = os.urandom(MiB)
-        self.replicator_commit = ""
-
-    def replicator_dirs(self) -> dict[str, Path]:
-        dirs = {"replicator": self.export_replicator()}
-        for spec in self.args.variant:
-            name, _, directory = spec.partition("=")
-            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,40}", name) or name in TOOLS or not directory:
-                raise SystemExit(f"--variant {spec!r}: expected NAME=DIR, NAME in a-z0-9- and not {TOOLS}")
-            dirs[name] = Path(directory).resolve()
-        return dirs
-
-    def export_replicator(self) -> Path:
         """The package at ``--replicator-rev`` (default HEAD), exported to the work dir, so
         the measurement doesn't pick up someone's half-saved edit. 'worktree' measures the
         working tree."""
-        rev = self.args.replicator_rev
-        if rev == "worktree":
-            self.replicator_commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                                    capture_output=True, text=True).stdout.strip() + " (worktree)"
-            return REPO
-        self.replicator_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev],
-                                                capture_output=True, text=True, check=True).stdout.strip()
-        target = self.workdir / "replicator-src"
-        target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", self.replicator_commit, "replicator"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-        return target
+        directory, self.replicator_commit = benchlib.replicator_snapshot(self.args.replicator_rev,
+                                                                         self.workdir / "replicator-src")
+        return directory
 
     def start(self) -> None:
         replicator_dirs = self.replicator_dirs()
