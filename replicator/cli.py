@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return EXIT_FAILED
-    except Exception:  # noqa: BLE001 - a bug; Python's own traceback would bypass the redaction
+    except Exception:  # a bug; Python's own traceback would bypass the redaction
         logger.exception("unexpected error; this is a bug, please report it")
         return EXIT_FAILED
 

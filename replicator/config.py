@@ -138,7 +138,7 @@ class Settings:
     log_format: str = "text"
     # Service
     http_port: int = 8080
-    http_host: str = "0.0.0.0"
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the sidecar's container
     shutdown_timeout: float = 10.0
     state_dir: str = "/var/lib/replicator"
     queue_size: int = 10000
@@ -501,10 +501,11 @@ def load(env: Mapping[str, str]) -> Settings:
         list_page_size=int(r.number("S3_SYNC_LIST_PAGE_SIZE", 1000, integer=True)),
         connect_timeout=r.number("S3_SYNC_CONNECT_TIMEOUT", 10.0),
         read_timeout=r.number("S3_SYNC_READ_TIMEOUT", 60.0),
-        log_level=r.choice("S3_SYNC_LOG_LEVEL", "info", ("trace", "debug", "info", "success", "warning", "error")).upper(),
+        log_level=r.choice("S3_SYNC_LOG_LEVEL", "info",
+                           ("trace", "debug", "info", "success", "warning", "error")).upper(),
         log_format=r.choice("S3_SYNC_LOG_FORMAT", "text", ("text", "json")),
         http_port=int(r.number("S3_SYNC_HTTP_PORT", 8080, integer=True)),
-        http_host=r.bind_host("S3_SYNC_HTTP_HOST", "0.0.0.0"),
+        http_host=r.bind_host("S3_SYNC_HTTP_HOST", "0.0.0.0"),  # noqa: S104 - as above
         shutdown_timeout=r.number("S3_SYNC_SHUTDOWN_TIMEOUT", 10.0),
         queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
@@ -677,7 +678,8 @@ class RecordingEnvironment(Mapping[str, str]):
 def known_variables() -> frozenset[str]:
     """Every variable :func:`load` reads, learnt by watching it read them: a setting added
     to ``load`` is known without being listed a second time."""
-    env = RecordingEnvironment({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret", "S3_SYNC_BUCKET": "mirror"})
+    env = RecordingEnvironment({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret",
+                                "S3_SYNC_BUCKET": "mirror"})
     try:
         load(env)
     except ConfigError:  # the defaults are valid; and the names were read all the same

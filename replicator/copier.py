@@ -278,7 +278,7 @@ class Copier:
                 logger.warning("{}: could not abort unfinished multipart upload {} ({}): {}; the next reconcile "
                                "tries again", upload.key, upload.upload_id, where, error)
                 return False
-            except Exception:  # noqa: BLE001 - a bug: said loudly, and the run goes on without this abort
+            except Exception:  # a bug: said loudly, and the run goes on without this abort
                 logger.exception("{}: unexpected error aborting unfinished multipart upload {}", upload.key,
                                  upload.upload_id)
                 return False

@@ -117,7 +117,7 @@ class Listener:
         while not self.stopping.is_set():
             try:
                 self._listen()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("listener: unexpected error; restarting it")
                 self.connected.clear()
                 metrics.listener_connected.set(0)

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar, Union
+from typing import TypeVar
 
 from .retry import Stopped
 
@@ -99,7 +99,7 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
                     pending = []
             put(pending)
             put((_DONE, None))
-        except BaseException as exc:  # forwarded to the consumer, which decides
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer, which decides
             put(pending)
             put((_DONE, exc))
         finally:
@@ -140,7 +140,7 @@ class _Ahead:
                 if not self._put(chunk):
                     return
             self._put((_DONE, None))
-        except BaseException as exc:  # forwarded to the consumer, at this part's turn
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer, at this part's turn
             self._put((_DONE, exc))
         finally:
             _close(lists)
@@ -152,7 +152,7 @@ class _Ahead:
             except queue.Empty:
                 if self.future is not None and self.future.done() and self._lists.empty():
                     self.future.result()  # the worker died outside run()'s handler
-                    raise RuntimeError("an ordered_chain worker ended without its result")
+                    raise RuntimeError("an ordered_chain worker ended without its result") from None
                 continue
             if type(chunk) is tuple:
                 if chunk[1] is not None:
@@ -161,7 +161,7 @@ class _Ahead:
             yield chunk
 
 
-Part = Union[list[T], Callable[[], Iterable[list[T]]]]
+Part = list[T] | Callable[[], Iterable[list[T]]]
 
 
 def ordered_chain(parts: Iterable[Part[T]], workers: int, *, buffer: int = 2,

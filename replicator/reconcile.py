@@ -263,7 +263,7 @@ class _Run:
             if not isinstance(error, Stopped):
                 self._failed(key, error)
             return
-        except Exception as error:  # noqa: BLE001 - a bug must fail the run, not kill the pool silently
+        except Exception as error:  # a bug must fail the run, not kill the pool silently
             logger.exception("{}: unexpected error", key)
             self._failed(key, error)
             return

@@ -137,7 +137,7 @@ class Scheduler:
         except ReplicatorError as exc:
             logger.error("{}", exc)
             error = exc
-        except Exception as exc:  # noqa: BLE001 - a bug must not end the schedule
+        except Exception as exc:  # a bug must not end the schedule
             logger.exception("reconcile crashed")
             error = exc
         if self.on_result:

@@ -33,13 +33,13 @@ from collections.abc import Callable
 from loguru import logger
 
 from . import drift
+from .app import App
 from .errors import FatalError, ReplicatorError
 from .observability import metrics
 from .pool import BoundedExecutor
 from .progress import iso
 from .retry import RetryPolicy, Stopped
 from .scheduler import Trigger
-from .app import App
 from .stores.base import DestinationStore, SourceStore
 from .workqueue import KeyedQueue, WorkItem
 
@@ -111,7 +111,7 @@ class MetadataSweep:
                 self.sweep(reason or "scheduled")
             except Stopped:
                 return
-            except Exception:  # noqa: BLE001 - a bug must not end the sweeps for good
+            except Exception:  # a bug must not end the sweeps for good
                 logger.exception("metadata sweep crashed; the next one runs on schedule")
             self.trigger.after(self.interval)
 
@@ -188,9 +188,9 @@ class MetadataSweep:
         if copy is None or not drift.same_bytes(source, copy):
             return frozenset()  # not copied yet, or other bytes: the reconcile's, and a copy carries all
         found = set(drift.differences(source, copy, lock=self.dest.mirrored_lock(source)))
-        if drift.TAGS not in found and source.tag_count:
-            if drift.tags_differ(call(lambda: self.source.get_tags(key)), call(lambda: self.dest.get_tags(key))):
-                found.add(drift.TAGS)
+        if (drift.TAGS not in found and source.tag_count
+                and drift.tags_differ(call(lambda: self.source.get_tags(key)), call(lambda: self.dest.get_tags(key)))):
+            found.add(drift.TAGS)
         return frozenset(found)
 
     def _queue(self, item: WorkItem) -> None:

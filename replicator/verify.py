@@ -305,7 +305,7 @@ class Verifier:
         except ReplicatorError as error:
             self._failed(key, error)
             return None
-        except Exception as error:  # noqa: BLE001 - a bug must fail the verify, not vanish in the pool
+        except Exception as error:  # a bug must fail the verify, not vanish in the pool
             logger.exception("{}: unexpected error", key)
             self._failed(key, error)
             return None

@@ -123,7 +123,7 @@ class Workers:
                 item = self.queue.get(timeout=0.5)
             except Closed:
                 return
-            except Exception:  # noqa: BLE001 - a dead worker would silently stop replication
+            except Exception:  # a dead worker would silently stop replication
                 logger.exception("event worker: the queue failed; going on")
                 self.on_failure("work queue error")
                 time.sleep(0.5)
@@ -167,7 +167,7 @@ class Workers:
                              "metadata sweep tries again)", item.key, error)
                 return  # nothing a reconcile could repair
             self.on_failure("event copies failed")
-        except Exception as error:  # noqa: BLE001 - a bug must not kill the worker
+        except Exception as error:  # a bug must not kill the worker
             self._count_failure(type(error).__name__)
             logger.exception("{}: unexpected error; left for the next reconcile", item.key)
             self.on_failure("event copies failed")
@@ -189,8 +189,8 @@ class Workers:
             if self.queue.put(item, timeout=0):
                 logger.info("{}: {}; queued again", item.key, result.detail)
             else:
-                logger.warning("{}: {}; not queued again (the queue is full or closing), so left for the next reconcile",
-                               item.key, result.detail)
+                logger.warning("{}: {}; not queued again (the queue is full or closing), so left for the next "
+                               "reconcile", item.key, result.detail)
                 self.on_failure("a key changed during every copy attempt")
             return
         if result.outcome is Outcome.COPIED:

@@ -36,7 +36,7 @@ def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
         def _json(self, code: int, payload: dict) -> None:
             self._send(code, json.dumps(payload, default=str).encode() + b"\n", "application/json")
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib's name
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 self._json(200, {"status": "alive", "state": health.state})

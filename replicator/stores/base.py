@@ -31,7 +31,7 @@ class SourceStore(Protocol):
         """All objects after ``start_after`` (all when None), in key order; with
         ``metadata``, each with its attributes and tags (ObjectInfo.attributes)."""
 
-    def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, "Reader"]]:
+    def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, Reader]]:
         """GET the whole object: its description and a byte reader."""
 
     def read_range(self, key: str, offset: int, length: int, etag: str) -> bytes:

@@ -405,7 +405,8 @@ class S3Destination:
         except PermanentError as error:
             if isinstance(error, NotFound):
                 raise
-            wanted = f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode and lock.retain_until else "no retention"
+            wanted = (f"{lock.mode} until {iso8601(lock.retain_until)}" if lock.mode and lock.retain_until
+                      else "no retention")
             raise PermanentError(
                 self.side, "put retention", key,
                 f"{error.detail}{_server_message(error)}: the destination refuses {wanted} (a COMPLIANCE retention "

@@ -77,12 +77,12 @@ class Subscription:
         # urllib3 raise ValueError or RuntimeError here, and either way it's closed.
         try:
             self._response.shutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - best effort, as above
             pass
         try:
             self._response.close()
             self._response.release_conn()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - best effort, as above
             pass
 
 

@@ -62,14 +62,14 @@ def pool_manager(*, verify: bool, ca_bundle: str | None, connect_timeout: float,
     retries 5 times with 300 s timeouts, which would hide a dead endpoint for minutes.
     Through ``proxy`` when given: HTTPS by CONNECT, so TLS runs end to end."""
     # Keyword arguments of every connection pool; urllib3 takes them as **Any.
-    options: dict[str, Any] = dict(
-        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        maxsize=maxsize,
-        block=False,
-        cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
-        ca_certs=ca_bundle or certifi.where(),
-        retries=False,
-    )
+    options: dict[str, Any] = {
+        "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        "maxsize": maxsize,
+        "block": False,
+        "cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+        "ca_certs": ca_bundle or certifi.where(),
+        "retries": False,
+    }
     if proxy:
         return urllib3.ProxyManager(proxy, **options)
     return urllib3.PoolManager(**options)
