@@ -201,7 +201,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> CliResult:
     with tempfile.TemporaryDirectory(prefix="replicator-state-") as state:
         proc = subprocess.run([sys.executable, "-m", "replicator", *args],
                               env={**clean, "S3_SYNC_STATE_DIR": state, **env}, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
     result = CliResult(proc.returncode, proc.stdout, proc.stderr)
     for secret in secret_values(env):
         assert secret not in result.output, f"a credential leaked into the output of {args}:\n{result.output}"

@@ -61,7 +61,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(200,), cafile: str | None = None) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(200,),
+               cafile: str | None = None) -> None:
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -75,7 +75,7 @@ class Sidecar:
             return exc.code, exc.read()
         except OSError:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}") from None
             return None
 
     def status(self) -> dict:

@@ -11,8 +11,8 @@ and the destination holds nothing it shouldn't, and loses nothing it had.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 from minio.commonconfig import Tags

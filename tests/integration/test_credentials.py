@@ -65,7 +65,7 @@ class ContainerCredentials:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 owner.hits += 1
                 chosen = owner.sets[0] if owner.hits == 1 else owner.sets[1]
                 expires = (datetime.now(timezone.utc) + owner.first_lifetime if owner.hits == 1

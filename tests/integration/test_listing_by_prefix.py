@@ -108,7 +108,7 @@ def synced(pair, make_app) -> list[str]:
 def break_prefix(app, side: str, prefix: str, times: int) -> list:
     """Make the listing of one prefix fail ``times`` times, at the page request."""
     store = app.source if side == "source" else app.dest
-    real = store._list_page
+    real = store._list_page  # noqa: SLF001 - the one request a prefix's listing makes
     failed = []
 
     def page(request):
@@ -117,7 +117,7 @@ def break_prefix(app, side: str, prefix: str, times: int) -> list:
             raise TransientError(store.side, "list", request.subject, "connection reset by peer")
         return real(request)
 
-    store._list_page = page
+    store._list_page = page  # noqa: SLF001
     return failed
 
 

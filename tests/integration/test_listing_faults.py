@@ -73,7 +73,8 @@ def last_pages(request: Request):
 
 
 FAULTS = {
-    "2nd page: 200 + HTML": (lambda: later_pages(html_page()), "not a <ListBucketResult> document (root element <html>)"),
+    "2nd page: 200 + HTML": (lambda: later_pages(html_page()),
+                             "not a <ListBucketResult> document (root element <html>)"),
     "last page: 200 + HTML": (lambda: last_pages, "not a <ListBucketResult> document (root element <html>)"),
     "2nd page: 200 + <Error> document": (lambda: later_pages(s3_error_document("InternalError", 200)),
                                           "the answer is an S3 error document: InternalError"),

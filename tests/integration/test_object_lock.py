@@ -132,7 +132,7 @@ def test_without_a_check_the_first_refused_write_decides(pair, make_app):
     assert "refused the object's retention and legal hold (InvalidRequest (HTTP 400): Bucket is missing" in warnings[0]
 
 
-def test_retention_and_legal_hold_changes_reach_the_destination_by_event(pair, sidecars):  # noqa: F811
+def test_retention_and_legal_hold_changes_reach_the_destination_by_event(pair, sidecars):
     locked = pair.with_object_lock()
     first, later, shorter = days(1), days(3), days(2)
     put(locked, "doc.txt", b"a document", mode=GOVERNANCE, until=first)
@@ -171,7 +171,7 @@ def test_retention_and_legal_hold_changes_reach_the_destination_by_event(pair, s
 
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
-def test_a_lock_event_for_an_object_the_destination_lost_copies_it(pair, sidecars):  # noqa: F811
+def test_a_lock_event_for_an_object_the_destination_lost_copies_it(pair, sidecars):
     # MinIO only: moto 5.2.5 answers PutObjectRetention on a key it doesn't have with
     # HTTP 500 (AttributeError: 'NoneType' object has no attribute 'lock_mode'), not
     # S3's 404 NoSuchKey, so the sidecar would retry and fail instead of copying.
@@ -193,7 +193,7 @@ def test_a_lock_event_for_an_object_the_destination_lost_copies_it(pair, sidecar
 
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
-def test_a_compliance_retention_the_destination_holds_longer_is_never_shortened(pair, sidecars):  # noqa: F811
+def test_a_compliance_retention_the_destination_holds_longer_is_never_shortened(pair, sidecars):
     # MinIO only: moto 5.2.5 doesn't enforce retention modes on PutObjectRetention at all.
     locked = pair.with_object_lock()
     put(locked, "kept.txt", b"kept", mode=GOVERNANCE, until=days(1))
@@ -217,7 +217,7 @@ def test_a_compliance_retention_the_destination_holds_longer_is_never_shortened(
     assert sidecar.metrics()['replicator_failures_total{reason="InvalidRequest"}'] == 1
 
 
-def test_lock_events_for_a_destination_without_object_lock_fail_nothing(pair, sidecars):  # noqa: F811
+def test_lock_events_for_a_destination_without_object_lock_fail_nothing(pair, sidecars):
     locked = pair.with_object_lock(dest=False)
     put(locked, "doc.txt", b"a document", mode=GOVERNANCE, until=days(1))
     sidecar = sidecars(locked.env)

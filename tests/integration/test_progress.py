@@ -14,6 +14,7 @@ import select
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import pytest
 from minio.commonconfig import SnowballObject
@@ -48,13 +49,13 @@ def numbers(match: re.Match) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
 def test_a_long_reconcile_logs_progress_lines_as_it_goes(slow_pair):
-    pair, env = slow_pair
+    _, env = slow_pair
     result = run_cli(env, "reconcile")
     assert result.code == 0, result.stderr
     lines = list(PROGRESS.finditer(result.stderr))
     assert len(lines) >= 2, result.stderr
     counts = [numbers(m) for m in lines]
-    assert all(all(b >= a for a, b in zip(earlier, later)) for earlier, later in zip(counts, counts[1:])), counts
+    assert all(all(b >= a for a, b in zip(earlier, later, strict=True)) for earlier, later in pairwise(counts)), counts
     assert counts[-1][2] > counts[0][2]  # copies went on between two lines
     assert all(listed <= OBJECTS and copied <= to_copy for listed, _, copied, to_copy in counts), counts
     assert f"✓ Sync completed successfully: {OBJECTS} copied" in result.stderr
@@ -71,7 +72,7 @@ def test_progress_lines_can_be_turned_off(pair):
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
 def test_status_shows_the_reconcile_in_progress(slow_pair, sidecars):
-    pair, env = slow_pair
+    _, env = slow_pair
     sidecar = sidecars(env)
     running = wait_for(lambda: (sidecar.status()["reconcile"]["in_progress"] or {}).get("copied", {}).get("objects"),
                        timeout=60, what="a reconcile in progress with copies done")
@@ -120,7 +121,7 @@ def run_on_a_terminal(env: dict[str, str], *args: str, timeout: float = 120) -> 
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
 def test_a_terminal_gets_a_live_display_and_no_progress_lines(slow_pair, tmp_path):
-    pair, env = slow_pair
+    _, env = slow_pair
     env = {**env, "S3_SYNC_STATE_DIR": str(tmp_path / "state")}
     code, out = run_on_a_terminal(env, "reconcile")
     assert code == 0, out
@@ -133,7 +134,7 @@ def test_a_terminal_gets_a_live_display_and_no_progress_lines(slow_pair, tmp_pat
 
 @pytest.mark.parametrize("pair", ["minio"], indirect=True)
 def test_no_progress_gives_a_terminal_the_plain_lines(slow_pair, tmp_path):
-    pair, env = slow_pair
+    _, env = slow_pair
     env = {**env, "S3_SYNC_STATE_DIR": str(tmp_path / "state"), "NO_COLOR": "1"}
     code, out = run_on_a_terminal(env, "reconcile", "--no-progress")
     assert code == 0, out

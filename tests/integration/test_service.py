@@ -151,8 +151,9 @@ def test_a_silent_half_open_stream_is_noticed_and_replaced(pair, sidecars):
 
 def test_source_restart_reconnects_and_catches_up(minio_dest, sidecars, tmp_path):
     """Restart a real source MinIO under the running sidecar."""
-    from tests.conftest import DEST_USER, DEST_PASSWORD, boto_client, unique_bucket
     from minio import Minio
+
+    from tests.conftest import DEST_PASSWORD, DEST_USER, boto_client, unique_bucket
 
     source = MinioServer("restart-src", workdir=str(tmp_path)).start()
     try:

@@ -17,12 +17,14 @@ def doc(root: str, inner: str = "", ns: str = NS) -> bytes:
 
 
 GOOD = [
-    ("CreateMultipartUpload", {}, doc("InitiateMultipartUploadResult", "<Bucket>b</Bucket><Key>k</Key><UploadId>u-1</UploadId>")),
+    ("CreateMultipartUpload", {},
+     doc("InitiateMultipartUploadResult", "<Bucket>b</Bucket><Key>k</Key><UploadId>u-1</UploadId>")),
     ("CreateMultipartUpload", {}, doc("InitiateMultipartUploadResult", "<UploadId>u-1</UploadId>", ns="")),
     ("CompleteMultipartUpload", {}, doc("CompleteMultipartUploadResult", "<Key>k</Key><ETag>&quot;e-2&quot;</ETag>")),
     ("DeleteObjects", {}, doc("DeleteResult")),
     ("DeleteObjects", {}, doc("DeleteResult", "<Error><Key>k</Key><Code>AccessDenied</Code></Error>")),
-    ("GetObjectLockConfiguration", {}, doc("ObjectLockConfiguration", "<ObjectLockEnabled>Enabled</ObjectLockEnabled>")),
+    ("GetObjectLockConfiguration", {},
+     doc("ObjectLockConfiguration", "<ObjectLockEnabled>Enabled</ObjectLockEnabled>")),
     ("GetObjectTagging", {}, doc("Tagging", "<TagSet/>")),
     ("PutObjectTagging", {}, b""),
     ("PutObjectRetention", {}, b"  \n"),
@@ -119,7 +121,7 @@ def test_object_parts_of_a_truncated_page_give_the_next_marker():
     assert answers.object_parts(body) == ("ab-2", [(1, 5242880)], 1)
 
 
-@pytest.mark.parametrize("body, why", [
+@pytest.mark.parametrize(("body", "why"), [
     (b"<html><body>sign in</body></html>", "not a <GetObjectAttributesResponse>"),
     (b"<Error><Code>InternalError</Code></Error>", "S3 error document"),
     (b"<GetObjectAttributesResponse><ObjectParts/></GetObjectAttributesResponse>", "no ETag"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replicator import config
-from replicator.config import MiB, Endpoint, Secret
+from replicator.config import Endpoint, MiB, Secret
 from replicator.errors import ConfigError
 
 REQUIRED = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "dest-Secret-1234", "S3_SYNC_BUCKET": "mirror"}
@@ -100,7 +100,7 @@ def test_empty_optional_values_mean_the_default():
 # --- missing required variables ---------------------------------------------------
 
 @pytest.mark.parametrize(
-    "missing, named",
+    ("missing", "named"),
     [
         # One key of the pair is a mistake: the other is named missing.
         (("S3_SYNC_ACCESS_KEY",), ("S3_SYNC_ACCESS_KEY",)),
@@ -137,7 +137,7 @@ def test_a_session_token_without_keys_is_refused_and_not_shown():
 
 
 def test_blank_required_variable_counts_as_missing():
-    with pytest.raises(ConfigError, match="Missing required environment variables: S3_SYNC_SECRET_KEY$"):
+    with pytest.raises(ConfigError, match=r"Missing required environment variables: S3_SYNC_SECRET_KEY$"):
         config.load({**REQUIRED, "S3_SYNC_SECRET_KEY": "   "})
 
 
@@ -219,7 +219,7 @@ def test_endpoint_credentials_are_not_echoed():
 
 
 def test_missing_wins_over_invalid():
-    with pytest.raises(ConfigError, match="^Missing required environment variables: S3_SYNC_BUCKET$"):
+    with pytest.raises(ConfigError, match=r"^Missing required environment variables: S3_SYNC_BUCKET$"):
         config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b", "S3_SYNC_INTERVAL": "abc"})
 
 
@@ -631,7 +631,7 @@ def test_copy_connections_cover_event_workers_and_reconcile_copies_at_once():
 PROXY = "http://127.0.0.1:3128"
 
 
-@pytest.mark.parametrize("env, source, dest", [
+@pytest.mark.parametrize(("env", "source", "dest"), [
     ({}, None, None),
     # Each side by its own endpoint's scheme: the source is http://minio:9000 by default.
     ({"HTTPS_PROXY": PROXY}, None, PROXY),
@@ -652,7 +652,7 @@ def test_each_side_gets_the_proxy_of_its_scheme_unless_no_proxy_names_it(env, so
     assert (settings.source_proxy, settings.dest_proxy) == (source, dest)
 
 
-@pytest.mark.parametrize("host, port, no_proxy, expected", [
+@pytest.mark.parametrize(("host", "port", "no_proxy", "expected"), [
     ("minio", 9000, "minio", True),
     ("minio", 9000, "minio:9000", True),
     ("minio", 9000, "minio:9001", False),
@@ -670,7 +670,7 @@ def test_no_proxy_entries(host, port, no_proxy, expected):
     assert config.bypasses(host, port, no_proxy) is expected
 
 
-@pytest.mark.parametrize("value, why", [
+@pytest.mark.parametrize(("value", "why"), [
     ("socks5://127.0.0.1:1080", "SOCKS proxies are not supported"),
     ("http://:3128", "with a host"),
     ("http://127.0.0.1:port", "not a proxy URL"),

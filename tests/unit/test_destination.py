@@ -8,6 +8,7 @@ import ssl
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -31,9 +32,9 @@ LOCKED = ObjectLock("GOVERNANCE", datetime.now(timezone.utc) + timedelta(days=1)
 class _Recorder(BaseHTTPRequestHandler):
     """Answers every PUT as S3 does (200 with an ETag) and keeps its headers."""
 
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+    def do_PUT(self) -> None:  # http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append({k.lower(): v for k, v in self.headers.items()})
         self.send_response(200)

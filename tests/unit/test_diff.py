@@ -73,7 +73,7 @@ BYTE_ORDER = ["A", "Z", "a", "a b", "a#b", "a%b", "a+b", "a/b", "a?b", "ab", "z"
 
 
 def test_utf8_byte_order_is_accepted_and_merged():
-    assert BYTE_ORDER == sorted(BYTE_ORDER, key=lambda k: k.encode())  # the table itself is right
+    assert sorted(BYTE_ORDER, key=lambda k: k.encode()) == BYTE_ORDER  # the table itself is right
     source = [obj(k) for k in BYTE_ORDER]
     dest = [obj(k) for k in BYTE_ORDER[::2]]
     plan = keys_and_actions(source, dest)
@@ -151,7 +151,8 @@ def _listed(**attrs) -> frozenset:
     (None, _listed(**{"content-type": "text/csv"}), Action.UNCHANGED),
 ])
 def test_listed_attributes_decide_where_both_listings_carry_them(source, dest, expected):
-    assert diff.compare(ObjectInfo("k", 1, "e", attributes=source), ObjectInfo("k", 1, "e", attributes=dest)) is expected
+    assert diff.compare(ObjectInfo("k", 1, "e", attributes=source),
+                        ObjectInfo("k", 1, "e", attributes=dest)) is expected
 
 
 CSV, PLAIN = _listed(**{"content-type": "text/csv"}), _listed(**{"content-type": "text/plain"})

@@ -53,8 +53,8 @@ def test_without_url_encoding_keys_are_taken_verbatim():
 
 
 def test_sizes_etags_and_truncation():
-    got = parse(page(entry("a", 0, "&quot;d41d8cd98f00b204e9800998ecf8427e&quot;") + entry("b", 12345, "&quot;0F-3&quot;"),
-                     truncated=True), "b", TOP)
+    got = parse(page(entry("a", 0, "&quot;d41d8cd98f00b204e9800998ecf8427e&quot;")
+                     + entry("b", 12345, "&quot;0F-3&quot;"), truncated=True), "b", TOP)
     assert got.items == [ObjectInfo("a", 0, "d41d8cd98f00b204e9800998ecf8427e"), ObjectInfo("b", 12345, "0f-3")]
     assert (got.truncated, got.token) == (True, "tok")
 
@@ -81,7 +81,8 @@ def test_echoes_of_the_request_are_accepted_encoded_or_not():
     # MinIO encodes the echoed Prefix, moto too, but moto not its StartAfter (unchecked).
     request = PageRequest("a b/1", "a b/", "/")
     for prefix in ("a+b/", "a%20b/", "a b/"):
-        body = page(entry("a+b%2F2"), extra=f"<Prefix>{prefix}</Prefix><Delimiter>%2F</Delimiter><KeyCount>1</KeyCount>")
+        body = page(entry("a+b%2F2"),
+                    extra=f"<Prefix>{prefix}</Prefix><Delimiter>%2F</Delimiter><KeyCount>1</KeyCount>")
         assert keys(body, request) == ["a b/2"]
 
 

@@ -115,7 +115,7 @@ def test_the_walk_lists_exactly_what_one_sequential_listing_lists(layout, max_ke
 def test_a_walk_resumed_after_any_key_lists_every_later_key_once(layout, mode):
     keys = sorted(LAYOUTS[layout])
     # Resumption points: every key, and strings between keys (as after a deleted key).
-    starts = keys + ["a/bz", "a/c", "a/\U0010ffff", "data/d1/", "data/d1/obj-9", "b/c", "\U0010ffff"]
+    starts = [*keys, "a/bz", "a/c", "a/\U0010ffff", "data/d1/", "data/d1/obj-9", "b/c", "\U0010ffff"]
     for max_keys in (1, 1000):
         for start in starts:
             server = FakeS3(keys, max_keys=max_keys, mode=mode)

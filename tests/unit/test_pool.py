@@ -224,7 +224,6 @@ def test_byte_budget_gives_up_waiting_on_abort_and_clamps_a_request_to_the_whole
     with budget.hold(1000, abort):  # more than the budget: takes all of it, doesn't deadlock
         assert budget.held() == 100
         abort.set()
-        with pytest.raises(Stopped):
-            with budget.hold(1, abort):
-                pass
+        with pytest.raises(Stopped), budget.hold(1, abort):
+            pass
     assert budget.held() == 0 and not budget._waiting  # noqa: SLF001

@@ -26,8 +26,8 @@ BASE = config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b", "S3_SY
 
 
 def settings(**changes) -> config.Settings:
-    defaults = dict(workers=2, max_retries=3, retry_delay=0.0, multipart_threshold=64, multipart_chunk_size=16,
-                    multipart_concurrency=1)
+    defaults = {"workers": 2, "max_retries": 3, "retry_delay": 0.0, "multipart_threshold": 64,
+                "multipart_chunk_size": 16, "multipart_concurrency": 1}
     return config.replace(BASE, **{**defaults, **changes})
 
 

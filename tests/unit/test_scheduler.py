@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
@@ -80,7 +81,7 @@ class Harness:
                                    retry_delay=retry_delay, stop=self.stop, min_gap=min_gap,
                                    on_result=lambda s, e: self.results.append((s, e)), clock=self.clock)
         self.wake = FakeWake(self.clock, self.stop, self.clock.now + until)
-        self.scheduler.trigger._wake = self.wake  # the one seam: sleeping
+        self.scheduler.trigger._wake = self.wake  # noqa: SLF001 - the one seam: sleeping
 
     def _reconcile(self) -> RunStats:
         self.starts.append(self.clock.now)
@@ -148,14 +149,14 @@ def test_min_gap_never_exceeds_the_interval():
 def test_failures_back_off_exponentially_capped_at_the_interval():
     h = Harness(failing, interval=1000.0, retry_delay=60.0, until=3000.0)
     starts = h.run()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in pairwise(starts)]
     assert gaps[:6] == [60, 120, 240, 480, 960, 1000]
     assert set(gaps[5:]) == {1000}
 
 
 def test_a_raised_error_backs_off_like_a_failed_run():
-    errors = [TransientError("source", "list", None, "connection refused"), FatalError("source", "check", None, "InvalidAccessKeyId (HTTP 403)"),
-              RuntimeError("a bug")]
+    errors = [TransientError("source", "list", None, "connection refused"),
+              FatalError("source", "check", None, "InvalidAccessKeyId (HTTP 403)"), RuntimeError("a bug")]
 
     def outcome(n: int):
         return errors[n - 1] if n <= len(errors) else RunStats()

@@ -24,8 +24,8 @@ UNTIL = datetime(2031, 1, 1, tzinfo=timezone.utc)
 
 
 def obj(**fields) -> SourceObject:
-    base = dict(key="k", size=1, etag="e", content_type="text/plain", headers={"Cache-Control": "max-age=60"},
-                metadata={"color": "red"}, tag_count=0, lock=NO_LOCK)
+    base = {"key": "k", "size": 1, "etag": "e", "content_type": "text/plain",
+            "headers": {"Cache-Control": "max-age=60"}, "metadata": {"color": "red"}, "tag_count": 0, "lock": NO_LOCK}
     return SourceObject(**{**base, **fields})
 
 

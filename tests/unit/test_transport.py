@@ -23,7 +23,7 @@ def _certificate_error() -> ssl.SSLCertVerificationError:
     return exc
 
 
-@pytest.mark.parametrize("exc, kind, detail", [
+@pytest.mark.parametrize(("exc", "kind", "detail"), [
     (NewConnectionError(None, "Connection refused"), TransientError,
      f"cannot connect to {ENDPOINT}: connection refused or unreachable"),
     (ReadTimeoutError(None, ENDPOINT, "read timed out"), TransientError, f"{ENDPOINT} timed out (ReadTimeoutError)"),
@@ -46,7 +46,7 @@ def test_map_transport_error(exc, kind, detail):
     assert "proxy-secret" not in str(error)
 
 
-@pytest.mark.parametrize("url, shown", [
+@pytest.mark.parametrize(("url", "shown"), [
     (PROXY, "http://127.0.0.1:3128"),
     ("http://user@proxy:3128", "http://proxy:3128"),
     ("http://proxy:3128", "http://proxy:3128"),

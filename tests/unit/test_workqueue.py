@@ -212,10 +212,9 @@ def test_a_claimed_key_is_not_handed_to_a_worker_until_released():
 
 def test_claim_releases_its_keys_when_the_block_raises():
     q = KeyedQueue(maxsize=10)
-    with pytest.raises(RuntimeError):
-        with q.claim(["a"]):
-            q.put(created("a"))
-            raise RuntimeError("copy crashed")
+    with pytest.raises(RuntimeError), q.claim(["a"]):
+        q.put(created("a"))
+        raise RuntimeError("copy crashed")
     assert q.get(timeout=0).key == "a"
 
 
@@ -371,7 +370,6 @@ def test_a_reconcile_claim_on_a_waiting_key_kills_an_event_worker():
     """The consequence in the service: Workers._loop calls queue.get() outside its try,
     so the KeyError above ends the worker thread for good (the sidecar keeps running
     with one worker fewer; with all gone, the queue fills and events are dropped)."""
-    import threading
     from replicator.workers import Workers
 
     q = KeyedQueue(maxsize=10)
@@ -397,7 +395,7 @@ def test_a_reconcile_claim_on_a_waiting_key_kills_an_event_worker():
         if "b" in processed:
             break
         deadline.wait(0.01)
-    alive = [t.is_alive() for t in workers._threads]
+    alive = [t.is_alive() for t in workers._threads]  # noqa: SLF001 - whether a worker thread died
     q.close()
     assert processed == ["a", "b"]      # FAILS: ["a"]; the worker died of KeyError('a')
     assert alive == [True]
@@ -406,9 +404,6 @@ def test_a_reconcile_claim_on_a_waiting_key_kills_an_event_worker():
 def test_no_key_is_held_by_a_worker_and_a_reconcile_claim_at_once():
     """Producers, workers and two claiming 'reconciles' on a few keys: every holder
     records the keys it holds; any overlap, or a crashed thread, fails."""
-    import random, threading
-    from collections import Counter
-
     q = KeyedQueue(maxsize=3)
     keys = [f"k{n}" for n in range(5)]
     holders, guard, violations, errors = Counter(), threading.Lock(), [], []
@@ -431,9 +426,11 @@ def test_no_key_is_held_by_a_worker_and_a_reconcile_claim_at_once():
                 item = q.get(timeout=0.01)
                 if item is None:
                     continue
-                hold(item.key, 1); threading.Event().wait(0.0005); hold(item.key, -1)
+                hold(item.key, 1)
+                threading.Event().wait(0.0005)
+                hold(item.key, -1)
                 q.done(item.key)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             errors.append(e)
 
     def reconcile(seed):
@@ -442,18 +439,23 @@ def test_no_key_is_held_by_a_worker_and_a_reconcile_claim_at_once():
             while not done.is_set():
                 claimed = rng.sample(keys, 2)
                 with q.claim(claimed):
-                    for k in claimed: hold(k, 1)
+                    for k in claimed:
+                        hold(k, 1)
                     threading.Event().wait(0.0005)
-                    for k in claimed: hold(k, -1)
-        except BaseException as e:
+                    for k in claimed:
+                        hold(k, -1)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             errors.append(e)
 
     producers = [threading.Thread(target=producer, args=(n,)) for n in range(3)]
     others = [threading.Thread(target=worker) for _ in range(4)] + \
              [threading.Thread(target=reconcile, args=(n,)) for n in range(2)]
-    for t in producers + others: t.start()
-    for t in producers: t.join(20)
+    for t in producers + others:
+        t.start()
+    for t in producers:
+        t.join(20)
     done.set()
-    for t in others: t.join(20)
+    for t in others:
+        t.join(20)
     assert errors == [] and violations == []   # FAILS today: KeyError in get(), and overlaps
     assert q.depth() == 0
