@@ -11,8 +11,8 @@ What runs, all on 127.0.0.1 free ports with temporary directories:
 
 The TcpProxy (tests/sidecar.py) adds latency, cuts connections (FIN or RST) and
 blackholes them; the FaultProxy (tests/faultproxy.py, with two fixes in
-AuditFaultProxy below) answers 503 in place of the server. The servers themselves are restarted, and replicator is SIGKILLed and started
-again on the same state directory.
+AuditFaultProxy below) answers 503 in place of the server. The servers themselves are
+restarted, and replicator is SIGKILLed and started again on the same state directory.
 
 1. The workload performs ``--ops`` operations chosen by ``--seed``, spread over
    ``--duration`` seconds: new keys, same-size and other-size overwrites, deletes, a
@@ -263,7 +263,7 @@ class Workload:
                 self.multipart_done.set()
             return ok
         if op.kind == "overwrite_burst":
-            return all([self._put(key, op, self.rng.randbytes(op.size)) for _ in range(3)])
+            return all([self._put(key, op, self.rng.randbytes(op.size)) for _ in range(3)])  # noqa: C419 - all three put
         if op.kind == "delete":
             return self._delete(key)
         if op.kind == "delete_then_put":

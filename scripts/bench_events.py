@@ -82,11 +82,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from minio import Minio  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+
 from botocore.credentials import Credentials  # noqa: E402
+from minio import Minio  # noqa: E402
 
 import benchlib  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from replicator.stores.notifications import Subscription  # noqa: E402
 from replicator.stores.transport import Transport, object_path  # noqa: E402
 from tests.servers import HOST, MinioServer, find_tool, free_port  # noqa: E402
@@ -113,7 +114,7 @@ def key_name(prefix: str, index: int) -> str:
 def sizes(n: int, seed: int) -> list[int]:
     rng = random.Random(seed)
     lo, hi = math.log(KiB), math.log(MiB)
-    return [int(round(math.exp(rng.uniform(lo, hi)))) for _ in range(n)]
+    return [round(math.exp(rng.uniform(lo, hi))) for _ in range(n)]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -332,10 +333,10 @@ class Tools:
             return float("nan")
 
     def stop(self) -> None:
-        for tool, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for tool, proc in self.procs.items():
+        for proc in self.procs.values():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -435,7 +436,7 @@ class Bench:
               record: bool = True) -> dict | None:
         assert self.tools is not None
         self.tools.check_alive()
-        total = max(1, int(round(rate * seconds)))
+        total = max(1, round(rate * seconds))
         prefix = f"{label or 'r'}{rate:03d}-{round_}/"
         object_sizes = sizes(total, seed=rate * 1000 + round_)
         bucket = f"src-{tool}"
@@ -506,7 +507,8 @@ class Bench:
         log(f"{tool:<10} {rate:>3}/s round {round_}: n={len(latencies)}/{total} "
             + " ".join(f"p{p}={stats[f'p{p}'] * 1000:.0f}ms" for p in PERCENTILES)
             + f" max={max(latencies, default=float('nan')) * 1000:.0f}ms, achieved {phase['achieved_rate']:.1f}/s, "
-            f"announced {phase['announced']}/{total} (listed {phase['listed_after_announced_p50'] * 1000:.1f}ms later), "
+            f"announced {phase['announced']}/{total} "
+            f"(listed {phase['listed_after_announced_p50'] * 1000:.1f}ms later), "
             f"poll every {result['period'] * 1000:.1f}ms, cpu {phase['cpu'][tool]:.1f}s; "
             f"server clock p50={phase['server_p50'] * 1000:.0f}ms p99={phase['server_p99'] * 1000:.0f}ms")
         return phase
@@ -702,7 +704,7 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
     ax.set_title("p50 / p95 / p99 by upload rate")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", which="both", alpha=0.3)
-    for ax, rate in zip(axes[1:], rates):
+    for ax, rate in zip(axes[1:], rates, strict=True):
         for tool in names:
             # Clipped at 1 ms: a few "early" objects have a negative latency (see the doc).
             lat = sorted(max(1.0, x * 1000) for x in summary[rate].get(tool, {}).get("latencies", []))

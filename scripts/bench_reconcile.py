@@ -526,8 +526,8 @@ def summarize(results: list[dict]) -> dict:
     out: dict[str, dict[str, dict]] = {}
     for r in results:
         out.setdefault(r["phase"], {}).setdefault(r["tool"], {"runs": []})["runs"].append(r)
-    for phase, tools in out.items():
-        for tool, s in tools.items():
+    for tools in out.values():
+        for s in tools.values():
             runs = s["runs"]
             walls = [r["wall"] for r in runs]
             apis: dict[str, dict[str, float]] = {}
@@ -549,7 +549,7 @@ def summarize(results: list[dict]) -> dict:
         peers = [tools[p]["wall"] for p in PEERS if p in tools]
         fastest = min(peers) if peers else float("nan")
         leanest = min((tools[p]["cpu"] for p in PEERS if p in tools), default=float("nan"))
-        for tool, s in tools.items():
+        for s in tools.values():
             s["vs_fastest_peer"] = s["wall"] / fastest if fastest else float("nan")
             s["cpu_vs_leanest_peer"] = s["cpu"] / leanest if leanest else float("nan")
     return out
@@ -647,7 +647,7 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
     phases = [p for p in titles if p in summary]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     flat = list(axes.flat)
-    for ax, phase in zip(flat, phases):
+    for ax, phase in zip(flat, phases, strict=False):  # six panels, as many phases as were run
         tools = [t for t in order if t in summary[phase]]
         for x, tool in enumerate(tools):
             s = summary[phase][tool]
@@ -672,7 +672,7 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
         ys = [summary[p][tool]["maxrss"] / MB for p in phases if tool in summary[p]]
         if xs:
             ax.bar(xs, ys, width, color=colors[tool], label=tool)
-            for x, y in zip(xs, ys):
+            for x, y in zip(xs, ys, strict=True):
                 ax.annotate(f"{y:.0f}", (x, y), ha="center", va="bottom", fontsize=6)
     ax.axhline(100, color="red", linestyle="--", linewidth=1)
     ax.annotate("target 100 MB", (-0.45, 102), color="red", fontsize=7)
@@ -696,7 +696,7 @@ def plot(summary: dict, path: Path, meta: dict) -> None:
                                    if request_kind(api) == kind))
             xs = [x + (k - 1) * width for x in range(len(tools))]
             ax.bar(xs, heights, width, color=color, label=kind)
-            for x, h in zip(xs, heights):
+            for x, h in zip(xs, heights, strict=True):
                 ax.annotate(f"{h:,.0f}", (x, h), ha="center", va="bottom", fontsize=7)
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)

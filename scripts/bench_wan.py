@@ -58,8 +58,7 @@ sys.path.insert(0, str(REPO))
 from minio import Minio  # noqa: E402
 
 import benchlib  # noqa: E402
-from bench_reconcile import (RandomStream, check_copy, empty_bucket, listing, log, populate_small,  # noqa: E402
-                             run_measured)
+from bench_reconcile import RandomStream, check_copy, empty_bucket, listing, log, populate_small, run_measured  # noqa: E402
 from tests.servers import HOST, MinioServer, find_tool  # noqa: E402
 from tests.tls import make_ca  # noqa: E402
 
@@ -455,7 +454,8 @@ def merged(files: list[str]) -> tuple[list[dict], dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default="loopback,tls-20ms,tls-80ms",
-                        type=lambda v: [s for s in v.split(",") if s], help="comma-separated, of: " + ", ".join(SETTINGS))
+                        type=lambda v: [s for s in v.split(",") if s],
+                        help="comma-separated, of: " + ", ".join(SETTINGS))
     parser.add_argument("--cases", default=",".join(CASES), type=lambda v: [c for c in v.split(",") if c],
                         help="comma-separated, of: " + ", ".join(CASES))
     parser.add_argument("--tools", default=",".join(TOOLS), type=lambda v: [c for c in v.split(",") if c],
@@ -465,7 +465,8 @@ def main() -> int:
     parser.add_argument("--noop", type=int, default=100_000, help="objects in the in-sync pass (default 100000)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="200 / 32 MiB / 2000, 1 run: validate the script")
-    parser.add_argument("--replicator-rev", default="HEAD", help="git revision of replicator/ to measure, or 'worktree'")
+    parser.add_argument("--replicator-rev", default="HEAD",
+                        help="git revision of replicator/ to measure, or 'worktree'")
     parser.add_argument("--workdir", help="where servers keep data (default: a new temp dir, removed at the end)")
     parser.add_argument("--results", help="JSON results (default docs/benchmarks-wan.json; /tmp/... with --quick)")
     parser.add_argument("--plot", help="PNG plot (default docs/benchmarks-wan.png; /tmp/... with --quick)")

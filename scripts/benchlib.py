@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def sh(*cmd: str) -> str:
     """A command's output (trailing white space dropped), or why it could not run."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.rstrip()
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout.rstrip()
     except OSError as exc:
         return f"({exc})"
 

@@ -145,7 +145,7 @@ def show_and_compare(source: MinioServer, dest: MinioServer) -> bool:
     return True
 
 
-def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+def _terminate(signum, frame):  # a signal handler's signature
     raise KeyboardInterrupt  # unwinds through the finally below, which stops the servers
 
 
