@@ -210,7 +210,7 @@ def _install_signals(on_signal) -> None:
     """Route SIGTERM/SIGINT to ``on_signal(count)``: the first drains, the second aborts."""
     count = 0
 
-    def handler(signum, frame) -> None:
+    def handler(signum, _frame) -> None:
         nonlocal count
         count += 1
         on_signal(signal.Signals(signum).name, count)

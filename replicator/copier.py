@@ -51,7 +51,6 @@ class CopyResult:
     key: str
     size: int
     etag: str
-    multipart: bool
 
 
 class _Large(Exception):
@@ -167,7 +166,7 @@ class Copier:
             self.dest.put(key, data, src, self._tags(src))
             del data  # the budget is released next
         metrics.bytes_copied.inc(src.size)
-        return CopyResult(key, src.size, src.etag, multipart=False)
+        return CopyResult(key, src.size, src.etag)
 
     def _copy_multipart(self, src: SourceObject) -> CopyResult:
         key = src.key
@@ -202,7 +201,7 @@ class Copier:
         self.uploads.finished(upload)
         metrics.bytes_copied.inc(src.size)
         logger.debug("{}: uploaded in {} parts", key, len(parts))
-        return CopyResult(key, src.size, src.etag, multipart=True)
+        return CopyResult(key, src.size, src.etag)
 
     def _layout(self, src: SourceObject) -> list[int]:
         """The copy's part sizes: the source's own where they can be (source_layout),

@@ -41,7 +41,7 @@ class LiveProgress:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+                 _trace: TracebackType | None) -> None:
         self._live.stop()  # the last frame stays on the screen, above the shell's prompt
 
     def _render(self) -> RenderableType:
