@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Install what the tests need (idempotent), then run them against real servers.
+# Install what the tests need (idempotent), lint, then run the tests against real servers.
 #
 #   bash scripts/test.sh                          # the whole suite
 #   bash scripts/test.sh tests/unit -x            # a subset; extra arguments go to pytest
 #   bash scripts/test.sh -k guard                 # no path given: runs tests/ filtered by -k
+#
+# The lint (ruff, mypy and vulture, configured in pyproject.toml) runs first and every
+# time, whatever subset of tests is asked for: it takes seconds, and a subset that passes
+# must not hide a lint failure CI would stop on. A finding stops the script before any
+# test runs. To iterate on a test without the lint, run pytest itself from the venv.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bootstrap
 cd "$ROOT"
+
+say "ruff check replicator tests scripts"
+python -m ruff check replicator tests scripts || die "ruff: see above (ruff check --fix repairs some)"
+say "mypy (replicator/; the pure core strict)"
+python -m mypy || die "mypy: see above"
+say "vulture (dead code in replicator/)"
+python -m vulture || die "vulture: remove the dead code above, or name it in pyproject.toml's [tool.vulture] with why"
 
 # Default to tests/ unless the arguments already name a path (tests/x.py, tests/x.py::test_y).
 has_path=0
