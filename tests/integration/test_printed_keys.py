@@ -22,7 +22,8 @@ REFUSED = {0x00: "XMinioInvalidObjectName"}  # "Object name contains unsupported
 ACCEPTED = [n for n in CANDIDATES if n not in REFUSED]
 # Every character printable escapes: C0, DEL, C1, U+2028/9, bidi controls, surrogates.
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-TEXT_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] . ")  # then the message, from column 25
+# The timestamp, then a mark for warnings, errors and debug lines, then the message.
+TEXT_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (?:[·!✗] )?")
 
 
 def unescape(printed: str) -> str:
@@ -90,8 +91,9 @@ def log_messages(stderr: str, fmt: str) -> list[str]:
             assert {"time", "level", "message", "logger"} <= set(record), line
             messages.append(record["message"])
         else:
-            assert TEXT_LINE.match(line), repr(line)
-            messages.append(line[24:])
+            m = TEXT_LINE.match(line)
+            assert m, repr(line)
+            messages.append(line[m.end():])
     return messages
 
 
