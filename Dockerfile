@@ -1,6 +1,11 @@
 # The replicator sidecar. Build: docker-compose build s3-sync (or docker build -t replicator .)
 # Configuration comes from the environment at run time (.env via docker-compose); no
 # credential is ever baked into the image.
+#
+# The base is pinned by tag only: its digest could not be read where this was written (no
+# route to registry-1.docker.io). Where the registry is reachable, pin it:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# and write FROM python:3.11-slim-bookworm@sha256:<that digest>, keeping the tag for readers.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
