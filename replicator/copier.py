@@ -6,7 +6,8 @@ Planning follows s3transfer: one GET tells the object's size; up to
 above it the GET is dropped and the object goes up in parts, each part a ranged GET
 pinned to the ETag (``If-Match``) plus an UploadPart. Memory is bounded by
 ``min(workers, MEMORY_SLOTS) × threshold`` for small objects (a byte budget: a copy
-holds its object's size from before reading it until its PUT is done) and
+holds its object's size from before reading it until its PUT is done), plus
+``UNMETERED`` for each thread copying an object no larger than that, and
 ``multipart_concurrency × 2 × part size`` for parts, whatever the object sizes.
 
 Retry units (retry.py): a small object's GET+PUT; one part's GET+UploadPart; the
@@ -44,6 +45,10 @@ MAX_PARTS = 10_000  # S3's limit
 # (128 MiB by default), however many threads copy: more threads than this buy
 # concurrency for small objects, where copies wait on round trips, not memory.
 MEMORY_SLOTS = 8
+# Objects this small skip the budget: each copying thread holds at most one, so they are
+# bounded by the thread count already, and taking the budget's lock twice per copy from
+# 64 threads made a convoy of it (docs/benchmarks.md, where the small copy's time goes).
+UNMETERED = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,8 @@ class Copier:
                     # its copy has its ETag (_layout): one PUT would cost a HEAD at every
                     # reconcile after, to compare the recorded source ETag.
                     raise _Large(src)
-                held.enter_context(self._memory.hold(src.size, self.abort))  # before the body is read
+                if src.size > UNMETERED:
+                    held.enter_context(self._memory.hold(src.size, self.abort))  # before the body is read
                 data = body.read()
             if len(data) != src.size:
                 raise TransientError("source", "get", key, f"short read: {len(data)} of {src.size} bytes")

@@ -11,7 +11,7 @@ import pytest
 
 from replicator import config
 from replicator.config import MiB
-from replicator.copier import MAX_PARTS, Copier, part_size, source_layout
+from replicator.copier import MAX_PARTS, UNMETERED, Copier, part_size, source_layout
 from replicator.errors import NotFound, TransientError
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore, multipart_etag
@@ -74,6 +74,36 @@ def test_small_copies_hold_at_most_eight_thresholds_of_memory_whatever_the_threa
     assert dest.contents() == source.contents()
     # Without the budget, sixteen 5 MiB objects would be in memory at once.
     assert (dest.most <= 8) if capped else (dest.most > 8)
+
+
+class _BudgetWatch(MemoryStore):
+    """A destination that notes the copier's budget held as each PUT arrives."""
+
+    def __init__(self):
+        super().__init__("destination")
+        self.copier = None
+        self.seen: dict[str, int] = {}
+
+    def put(self, key, data, src, tags, digests=None):
+        self.seen[key] = self.copier._memory.held()  # noqa: SLF001 - what the budget counts
+        super().put(key, data, src, tags)
+
+
+def test_objects_of_at_most_256_kib_copy_without_the_budget_and_larger_ones_hold_it():
+    settings = config.replace(config.load({"S3_SYNC_ACCESS_KEY": "a", "S3_SYNC_SECRET_KEY": "b",
+                                           "S3_SYNC_BUCKET": "mirror"}), retry_delay=0.0)
+    source, dest = MemoryStore("source"), _BudgetWatch()
+    for key, size in (("tiny", 1024), ("edge", UNMETERED), ("over", UNMETERED + 1)):
+        source.add(key, b"x" * size)
+    copier = Copier(source, dest, settings, RetryPolicy(1, 0.0, stop=threading.Event()))
+    dest.copier = copier
+    try:
+        for key in ("tiny", "edge", "over"):
+            copier.copy(key)
+    finally:
+        copier.close()
+    assert dest.seen == {"tiny": 0, "edge": 0, "over": UNMETERED + 1}
+    assert dest.contents() == source.contents()
 
 
 def test_a_small_copys_tag_read_is_one_attempt_of_the_copys_own_retries():
