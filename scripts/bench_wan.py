@@ -330,44 +330,37 @@ def tables(summary: dict, meta: dict) -> str:
 
 
 def targets(summary: dict) -> list[tuple[str, str, bool | None]]:
-    """Issue 11's targets, each as (target, measured, met)."""
+    """Issue 11's targets, each as (target, measured, met); one whose peers a run didn't
+    measure (--tools) is left out."""
     out = []
 
-    def best(tools: dict, names) -> tuple[str, float]:
-        name = min((n for n in names if n in tools), key=lambda n: tools[n]["wall"])
-        return name, tools[name]["wall"]
+    def compare(tools: dict, names, label: str, met, ratio_text=None) -> None:
+        present = [n for n in names if n in tools]
+        if "replicator" not in tools or not present:
+            return
+        name = min(present, key=lambda n: tools[n]["wall"])
+        r, wall = tools["replicator"]["wall"], tools[name]["wall"]
+        shown = ratio_text(r, wall) if ratio_text else f"ratio {r / wall:.2f}"
+        out.append((label, f"{fmt(r)} s vs {name} {fmt(wall)} s ({shown})", met(r, wall)))
 
     for setting in ("tls-20ms", "tls-80ms"):
-        tools = summary.get(setting, {}).get("copy-small")
-        if tools and "replicator" in tools:
-            r = tools["replicator"]["wall"]
-            name, wall = best(tools, DEFAULT_PEERS)
-            out.append((f"{setting}, small copy: ≥ 1.5× faster than the best peer at its defaults",
-                        f"{fmt(r)} s vs {name} {fmt(wall)} s: {wall / r:.2f}× faster", wall / r >= 1.5))
-            name, wall = best(tools, MATCHED_PEERS)
-            out.append((f"{setting}, small copy: no slower than the best matched peer",
-                        f"{fmt(r)} s vs {name} {fmt(wall)} s (ratio {r / wall:.2f})", r <= wall))
+        tools = summary.get(setting, {}).get("copy-small", {})
+        compare(tools, DEFAULT_PEERS, f"{setting}, small copy: ≥ 1.5× faster than the best peer at its defaults",
+                lambda r, wall: wall / r >= 1.5, lambda r, wall: f"{wall / r:.2f}× faster")
+        compare(tools, MATCHED_PEERS, f"{setting}, small copy: no slower than the best matched peer",
+                lambda r, wall: r <= wall)
     for setting, cases in summary.items():
-        for case, label, limit in (("copy-large", "large copy: no slower than the best peer", 1.0),
-                                   ("noop", "in-sync pass: within 1.0× of the best peer", 1.0)):
-            tools = cases.get(case)
-            if tools and "replicator" in tools and setting != "loopback":
-                r = tools["replicator"]["wall"]
-                name, wall = best(tools, PEERS)
-                out.append((f"{setting}, {label}", f"{fmt(r)} s vs {name} {fmt(wall)} s (ratio {r / wall:.2f})",
-                            r <= wall * limit))
-    tools = summary.get("loopback", {}).get("copy-small")
-    if tools and "replicator" in tools and "mc" in tools:
-        r, mc = tools["replicator"]["wall"], tools["mc"]["wall"]
-        out.append(("loopback, small copy: ≤ 1.15× mc's time", f"{fmt(r)} s vs mc {fmt(mc)} s (ratio {r / mc:.2f})",
-                    r <= 1.15 * mc))
+        if setting == "loopback":
+            continue
+        compare(cases.get("copy-large", {}), PEERS, f"{setting}, large copy: no slower than the best peer",
+                lambda r, wall: r <= wall)
+        compare(cases.get("noop", {}), PEERS, f"{setting}, in-sync pass: within 1.0× of the best peer",
+                lambda r, wall: r <= wall)
+    loopback = summary.get("loopback", {})
+    compare(loopback.get("copy-small", {}), ("mc",), "loopback, small copy: ≤ 1.15× mc's time",
+            lambda r, wall: r <= 1.15 * wall)
     for case in ("copy-large", "noop"):
-        tools = summary.get("loopback", {}).get(case)
-        if tools and "replicator" in tools:
-            r = tools["replicator"]["wall"]
-            name, wall = best(tools, PEERS)
-            out.append((f"(context) loopback, {case}", f"{fmt(r)} s vs {name} {fmt(wall)} s (ratio {r / wall:.2f})",
-                        None))
+        compare(loopback.get(case, {}), PEERS, f"(context) loopback, {case}", lambda r, wall: None)
     return out
 
 
