@@ -81,6 +81,18 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(
     raise ServerError(f"{url} not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Signal a server still running, and kill it if it hasn't exited within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class MinioServer:
     """One single-drive MinIO server. ``stop()``/``start()`` keep port and data, so a
     restart looks to clients like the same server going away and coming back. With
@@ -132,13 +144,7 @@ class MinioServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, sig, timeout=15)
         self.proc = None
 
     def close(self) -> None:
@@ -171,12 +177,7 @@ class MotoServer:
         return self
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -227,13 +228,7 @@ class PrometheusServer:
         return self._api("alerts")["alerts"]
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
