@@ -816,10 +816,7 @@ def main() -> int:
     log(f"rates {args.rates} objects/s, {args.seconds:g} s each, {args.rounds} round(s); {meta['nproc']} cores, "
         f"load {os.getloadavg()[0]:.2f}")
 
-    def on_term(*_) -> None:  # a SIGTERM must still stop the servers and tools
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    benchlib.sigterm_as_interrupt()
     bench = Bench(args, workdir)
     started = time.monotonic()
     ok = False

@@ -212,8 +212,10 @@ def run_measured(cmd: list[str], env: dict, cwd: Path, logfile: Path, servers: d
     before = {side: s3_requests(s) for side, s in servers.items()}
     with open(logfile, "wb") as out:
         started = time.monotonic()
+        # A session of its own: interrupted, the benchmark kills the tool with its
+        # wrapper, instead of leaving it running against servers that are gone.
         proc = subprocess.Popen([GNU_TIME, "-o", str(timing), "-f", "%e %U %S %M", "--", *cmd],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     peak_poll = 0
     finished = threading.Event()
 
@@ -239,7 +241,12 @@ def run_measured(cmd: list[str], env: dict, cwd: Path, logfile: Path, servers: d
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
-    rc = proc.wait()
+    try:
+        rc = proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     wall = time.monotonic() - started
     finished.set()
     thread.join()
@@ -816,11 +823,7 @@ def main() -> int:
     log(f"{args.objects:,} / {args.copy_objects:,} objects, {args.large_mib} MiB, {args.runs} run(s); "
         f"{meta['nproc']} cores, load {os.getloadavg()[0]:.2f}")
     bench = Bench(args, workdir)
-    # A SIGTERM (e.g. from nohup's parent going away) must still stop the servers.
-    def on_term(*_) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    benchlib.sigterm_as_interrupt()
     started = time.monotonic()
     ok = False
     try:

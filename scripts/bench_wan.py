@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -486,10 +485,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"  # the request counters, read by MinioServer's child env
 
-    def on_term(*_) -> None:  # a SIGTERM must still stop the servers
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    benchlib.sigterm_as_interrupt()
     started = time.monotonic()
     bench = Bench(args, workdir)
     log(f"{args.small:,} small / {args.large_mib} MiB / {args.noop:,} in sync, {args.runs} run(s), "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -93,3 +94,13 @@ def replicator_snapshot(rev: str, target: Path) -> tuple[Path, str]:
     if not probe.startswith(str(target)):
         raise RuntimeError(f"the snapshot is not what python -m replicator imports: {probe}")
     return target, commit
+
+
+def sigterm_as_interrupt() -> None:
+    """Make a SIGTERM (a ``kill``, or nohup's parent going away) raise KeyboardInterrupt,
+    so that a benchmark's ``finally`` still stops its servers and the tool it runs."""
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
