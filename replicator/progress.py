@@ -77,6 +77,7 @@ class Progress:
         self.started_mono = clock()
         self.started = wall()
         self.listed = False
+        self.done = False  # the run has ended: this is its last state
         self.compared = 0
         self.to_copy = 0
         self.bytes_to_copy = 0
@@ -109,7 +110,8 @@ class Progress:
 
 
 class Reporter:
-    """Logs ``progress``'s line every ``interval`` seconds until ``close()``."""
+    """Logs ``progress``'s line every ``interval`` seconds while its ``with`` block runs
+    (none with an interval of 0)."""
 
     def __init__(self, progress: Progress, interval: float):
         self.progress = progress

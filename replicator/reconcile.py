@@ -126,9 +126,8 @@ class Reconciler:
     key_lock: KeyLock = _no_lock
     out: TextIO = field(default_factory=lambda: sys.stdout)
     _run_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)  # never two at once
-    _current: _Run | None = field(default=None, init=False, repr=False)
-    # The progress of the run now, or of the last one once it ended: its final figures
-    # (the terminal display's last frame).
+    # The progress of the run now, or of the last one once it ended (``done``): its final
+    # figures are the terminal display's last frame.
     last_progress: Progress | None = field(default=None, init=False, repr=False)
 
     @property
@@ -143,21 +142,21 @@ class Reconciler:
         counted as repaired. The service gives none until a reconcile has succeeded (the
         ones before are the initial copy), and a reconcile by hand has no listener."""
         with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
-            self._current = _Run(self, dry_run, allow_mass_delete, listening)
-            self.last_progress = self._current.progress
+            run = _Run(self, dry_run, allow_mass_delete, listening)
+            self.last_progress = run.progress
             try:
-                return self._current.execute()
+                return run.execute()
             except Exception:  # an endpoint unusable (check_endpoints), or a bug: the caller logs it
                 if not dry_run:
                     metrics.reconciles.labels("failed").inc()
                 raise
             finally:
-                self._current = None
+                run.progress.done = True
 
     def progress(self) -> Snapshot | None:
         """How far the reconcile running now has got; None when none runs."""
-        run = self._current
-        return run.progress.snapshot() if run is not None else None
+        progress = self.last_progress
+        return progress.snapshot() if progress is not None and not progress.done else None
 
 
 class _Run:
