@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _verify(settings, content=args.content, sample=args.sample or 0, metrics_file=args.metrics_file)
         return _reconcile(settings, args.dry_run, args.allow_mass_delete,
-                          live=not args.no_progress and _isatty(sys.stdout))
+                          live=not args.no_progress and logsetup.isatty(sys.stdout))
     except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
         logger.error("{}", error)
         return EXIT_CONFIG
@@ -283,13 +283,6 @@ def _one_shot(app: App, work: Callable[[threading.Event], int], *, stopped: str)
         return EXIT_FAILED
     finally:
         app.close()
-
-
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _verify(settings: config.Settings, *, content: bool, sample: int, metrics_file: str | None) -> int:

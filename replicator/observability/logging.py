@@ -48,7 +48,7 @@ class _Stderr:
         sys.stderr.flush()
 
     def isatty(self) -> bool:
-        return _isatty(sys.stderr)
+        return isatty(sys.stderr)
 
 
 class _Redactor:
@@ -109,12 +109,13 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
         return head + "{message}" + tail + "\n"
 
     logger.configure(patcher=patch)
-    use_color = colorize if colorize is not None else (_isatty(out) and not os.environ.get("NO_COLOR"))
+    use_color = colorize if colorize is not None else (isatty(out) and not os.environ.get("NO_COLOR"))
     logger.add(out, level=level, format=text_format, colorize=use_color, backtrace=False, diagnose=False,
                catch=False)
 
 
-def _isatty(stream: TextIO | _Stderr) -> bool:
+def isatty(stream: TextIO | _Stderr) -> bool:
+    """Whether ``stream`` is a terminal (False for a stream that can't say, or is closed)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
