@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 REQUIRED = ("S3_SYNC_BUCKET",)
+# Set: the mirrors come from this TOML file (config_file.py), not from one pair's variables.
+CONFIG_FILE = "S3_SYNC_CONFIG"
 # Given together, or neither: then the destination's credentials come from the AWS chain.
 KEYS = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY")
 
@@ -148,6 +150,15 @@ class Settings:
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
     progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
+    # The names of this pair, as metric labels, /status and the --mirror/--destination
+    # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
+    # its destinations. Unnamed (a single pair from the environment): the bucket names.
+    mirror: str = ""
+    destination: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mirror", self.mirror or self.source_bucket)
+        object.__setattr__(self, "destination", self.destination or self.dest_bucket)
 
     @property
     def copy_connections(self) -> int:
@@ -295,20 +306,26 @@ _USERINFO = re.compile(r"(^|//)[^/]*@")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 
-class _Reader:
+class Reader:
     """Reads variables, collecting problems instead of raising at the first."""
 
-    def __init__(self, env: Mapping[str, str]):
+    def __init__(self, env: Mapping[str, str], labels: Mapping[str, str] | None = None):
         self.env = env
+        # How a problem names the setting: the variable's own name, or (from the
+        # configuration file) the TOML path its value came from.
+        self.labels = labels or {}
         self.problems: list[str] = []
         self.failed: set[str] = set()  # names with a problem: cross-checks skip them
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, name)
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
         return value.strip() if value is not None else None
 
     def bad(self, name: str, value: str, why: str) -> None:
-        self.problems.append(f"{name}={value!r}: {why}")
+        self.problems.append(f"{self.label(name)}={value!r}: {why}")
         self.failed.add(name)
 
     def text(self, name: str, default: str) -> str:
@@ -437,17 +454,46 @@ class _Reader:
         return value
 
 
+def load_all(env: Mapping[str, str]) -> tuple[Settings, ...]:
+    """Every (mirror, destination) pair to replicate: those of the file ``S3_SYNC_CONFIG``
+    names, or else the one pair of the variables. Raises one ConfigError naming every
+    problem."""
+    path = (env.get(CONFIG_FILE) or "").strip()
+    if not path:
+        return (load(env),)
+    from . import config_file
+
+    return config_file.load(path, env)
+
+
 def load(env: Mapping[str, str]) -> Settings:
-    """Parse settings from ``env``. Raises one ConfigError naming every problem."""
+    """Parse one pair's settings from ``env``. Raises one ConfigError naming every problem."""
+    missing = missing_variables(env)
+    if missing:
+        raise ConfigError(f"Missing required environment variables: {', '.join(missing)}")
+    r = Reader(env)
+    settings = read(r)
+    if r.problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
+    return settings
+
+
+def missing_variables(env: Mapping[str, str]) -> list[str]:
+    """The required names ``env`` lacks: the bucket, and a key whose pair was given
+    (one key of a pair is a mistake, never a wish for the credential chain)."""
     missing = [name for name in REQUIRED if not (env.get(name) or "").strip()]
     keys = [name for name in KEYS if (env.get(name) or "").strip()]
     if len(keys) == 1:
-        # One key of a pair is a mistake, never a wish for the credential chain.
         missing += [name for name in KEYS if name not in keys]
-    if missing:
-        raise ConfigError(f"Missing required environment variables: {', '.join(missing)}")
+    return missing
 
-    r = _Reader(env)
+
+def read(r: Reader) -> Settings:
+    """Every setting of one pair, read through ``r``, whose ``problems`` collect what
+    was wrong (the values in their place are the defaults). The required names are
+    the caller's to check first (:func:`missing_variables`)."""
+    env = r.env
+    keys = all((env.get(name) or "").strip() for name in KEYS)
     dest_endpoint = r.endpoint("S3_SYNC_ENDPOINT", "s3.amazonaws.com")
     path_style = r.choice("S3_SYNC_PATH_STYLE", "auto", ("auto", "true", "false"))
     timezone = r.text("S3_SYNC_TIMEZONE", "UTC")
@@ -516,12 +562,10 @@ def load(env: Mapping[str, str]) -> Settings:
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
     )
     _contradictions(r, settings)
-    if r.problems:
-        raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
     return settings
 
 
-def _contradictions(r: _Reader, s: Settings) -> None:
+def _contradictions(r: Reader, s: Settings) -> None:
     """Settings each valid alone but not together. One that was itself invalid is left
     out: its default stands in for what the user meant."""
 
@@ -531,23 +575,24 @@ def _contradictions(r: _Reader, s: Settings) -> None:
     chunk, threshold = "S3_SYNC_MULTIPART_CHUNK_SIZE", "S3_SYNC_MULTIPART_THRESHOLD"
     if s.multipart_chunk_size > s.multipart_threshold and valid(chunk, threshold):
         given = repr(r.raw(threshold)) if r.raw(threshold) else f"{_size_text(s.multipart_threshold)} by default"
-        r.bad(chunk, r.raw(chunk) or "", f"must be at most {threshold} ({given}): only objects larger than the "
-                                         "threshold are copied in parts")
+        r.bad(chunk, r.raw(chunk) or "", f"must be at most {r.label(threshold)} ({given}): only objects larger "
+                                         "than the threshold are copied in parts")
     tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
            ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
     for side, verifies, verify, bundle in tls:
         if r.raw(bundle) and not verifies:
-            r.bad(bundle, r.raw(bundle) or "", f"contradicts {verify}={r.raw(verify)!r}: with verification off, no "
-                                              f"certificate of the {side} is checked and the bundle would be ignored; "
-                                              "drop one of the two")
-    if (s.source_bucket == s.dest_bucket and _address(s.source_endpoint) == _address(s.dest_endpoint)
+            r.bad(bundle, r.raw(bundle) or "", f"contradicts {r.label(verify)}={r.raw(verify)!r}: with verification "
+                                              f"off, no certificate of the {side} is checked and the bundle would be "
+                                              "ignored; drop one of the two")
+    if (s.source_bucket == s.dest_bucket and address(s.source_endpoint) == address(s.dest_endpoint)
             and valid("MINIO_ENDPOINT", "S3_SYNC_ENDPOINT", "MINIO_BUCKET", "S3_SYNC_BUCKET")):
         r.bad("S3_SYNC_BUCKET", s.dest_bucket,
-              f"the destination is the source: MINIO_BUCKET on the same endpoint (MINIO_ENDPOINT "
-              f"{s.source_endpoint}, S3_SYNC_ENDPOINT {s.dest_endpoint}); a bucket can't be mirrored onto itself")
+              f"the destination is the source: {r.label('MINIO_BUCKET')} on the same endpoint "
+              f"({r.label('MINIO_ENDPOINT')} {s.source_endpoint}, {r.label('S3_SYNC_ENDPOINT')} {s.dest_endpoint}); "
+              "a bucket can't be mirrored onto itself")
 
 
-def _address(endpoint: Endpoint) -> tuple[str, int]:
+def address(endpoint: Endpoint) -> tuple[str, int]:
     """Where an endpoint's server listens: host and port, with the scheme's default port
     filled in, so http://minio and http://MINIO:80 are one place. (Names aren't resolved:
     localhost and 127.0.0.1 stay two.)"""
@@ -560,21 +605,21 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
     return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _session_token(r: _Reader, keys: bool) -> Secret | None:
+def _session_token(r: Reader, keys: bool) -> Secret | None:
     """S3_SYNC_SESSION_TOKEN: temporary keys' third part, meaningless without the keys."""
     token = r.raw("S3_SYNC_SESSION_TOKEN")
     if not token:
         return None
     if not keys:
-        r.bad("S3_SYNC_SESSION_TOKEN", "***", "given without S3_SYNC_ACCESS_KEY and S3_SYNC_SECRET_KEY, whose "
-                                            "temporary keys it completes")
+        r.bad("S3_SYNC_SESSION_TOKEN", "***", f"given without {r.label('S3_SYNC_ACCESS_KEY')} and "
+                                            f"{r.label('S3_SYNC_SECRET_KEY')}, whose temporary keys it completes")
         return None
     return Secret(token)
 
 
 # --- proxies ------------------------------------------------------------------------
 
-def _proxy_for(r: _Reader, endpoint: Endpoint) -> str | None:
+def _proxy_for(r: Reader, endpoint: Endpoint) -> str | None:
     """The proxy for ``endpoint``, as curl and most tools read the environment: the
     scheme's variable (HTTPS_PROXY or HTTP_PROXY; the lower-case name wins when both are
     set), unless NO_PROXY names the host."""
@@ -681,7 +726,7 @@ def known_variables() -> frozenset[str]:
     env = RecordingEnvironment({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret",
                                 "S3_SYNC_BUCKET": "mirror"})
     try:
-        load(env)
+        load_all(env)
     except ConfigError:  # the defaults are valid; and the names were read all the same
         pass
     return frozenset(env.read)

@@ -72,6 +72,8 @@ EXPECTED_DEFAULTS = {
     "metadata_sweep_interval": 86400.0,
     "metadata_sweep_rate": 100.0,
     "progress_interval": 30.0,
+    "mirror": "relics",  # unnamed: the buckets name the pair
+    "destination": "mirror",
     "list_metadata": False,
 }
 
