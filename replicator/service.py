@@ -93,9 +93,9 @@ class Service:
                            self.http.port)
             return
         several = len(self.pairs) > 1
-        for settings, health in zip(self.pairs, self.healths, strict=True):
-            replica = Replica(settings, health, self.stop_event, several=several)
-            self.replicas.append(replica)
+        self.replicas = [Replica(settings, health, self.stop_event, several=several)
+                         for settings, health in zip(self.pairs, self.healths, strict=True)]
+        for replica in self.replicas:  # all built first: a listener feeds every replica of its bucket
             replica.spawn("startup", functools.partial(self._startup, replica))
 
     def _ready_metrics(self) -> None:
