@@ -243,3 +243,42 @@ def test_the_example_file_is_valid(tmp_path):
     pairs = config.load_all({**ENV, "B2_KEY_ID": "k", "B2_APPLICATION_KEY": "s", "BACKUP_MINIO_SECRET": "x",
                              "S3_SYNC_CONFIG": str(example)})
     assert len(pairs) >= 3
+
+
+def _readme_section() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return readme[readme.index("## Several mirrors: one sidecar"):]
+
+
+README_ENV = {**ENV, "OFFSITE_SECRET": "offsite-secret", "B2_KEY_ID": "k", "B2_APPLICATION_KEY": "s"}
+
+
+def test_the_readme_example_file_is_valid_and_says_what_it_shows(tmp_path):
+    import re
+
+    text = re.search(r"```toml\n(.*?)```", _readme_section(), re.S).group(1)
+    path = tmp_path / "replicator.toml"
+    path.write_text(text)
+    pairs = config.load_all({**README_ENV, "S3_SYNC_CONFIG": str(path)})
+    assert [(s.mirror, s.destination) for s in pairs] == [("photos", "aws"), ("photos", "offsite"),
+                                                          ("documents", "documents-mirror")]
+    aws, offsite, documents = pairs
+    assert (aws.delete, offsite.delete, offsite.workers, documents.delete_max_percent) == (True, False, 16, 20)
+
+
+def test_the_readme_error_example_is_what_such_a_file_gets(tmp_path):
+    import re
+
+    section = _readme_section()
+    text = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    shown = re.search(r"```\n(Invalid configuration in \S+: .*?)\n```", section, re.S).group(1)
+    bad = (text.replace("interval = 1800", "interval = 1800\nworkers = 0")
+           .replace("  workers = 16", "  workers = 16\n  regoin = \"eu-west-1\"")
+           .replace("  bucket = \"documents-mirror\"\n", ""))
+    path = tmp_path / "replicator.toml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError) as caught:
+        config.load_all({**README_ENV, "S3_SYNC_CONFIG": str(path)})
+    assert str(caught.value).replace(str(path), "/etc/replicator/replicator.toml") == shown
