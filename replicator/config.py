@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .filters import EVERYTHING, KeyFilter, parse_rules
 
 REQUIRED = ("S3_SYNC_BUCKET",)
 # Set: the mirrors come from this TOML file (config_file.py), not from one pair's variables.
@@ -150,6 +151,7 @@ class Settings:
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
     progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
+    key_filter: KeyFilter = EVERYTHING  # the keys the mirror holds (filters.py); the rest is never touched
     # The names of this pair, as metric labels, /status and the --mirror/--destination
     # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
     # its destinations. Unnamed (a single pair from the environment): the bucket names.
@@ -192,7 +194,7 @@ class Settings:
                 else "off"
             ),
             "Workers": str(self.workers),
-        }
+        } | ({} if self.key_filter.everything else {"Keys": str(self.key_filter)})
 
 
 # --- parsing ---------------------------------------------------------------
@@ -443,6 +445,17 @@ class Reader:
             return default
         return value
 
+    def key_filter(self, prefix: str, rules: str) -> KeyFilter:
+        """A key prefix, and filter rules one per line (filters.py; a TOML list of them
+        arrives joined by newlines)."""
+        value = self.env.get(rules) or ""
+        try:
+            parsed = parse_rules(value.split("\n"))
+        except ValueError as exc:
+            self.bad(rules, value.strip(), str(exc))
+            parsed = ()
+        return KeyFilter(self.text(prefix, ""), parsed)
+
     def ca_bundle(self, name: str) -> str | None:
         import os.path  # only a file check; the value itself comes from the mapping
 
@@ -560,6 +573,7 @@ def read(r: Reader) -> Settings:
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
+        key_filter=r.key_filter("S3_SYNC_PREFIX", "S3_SYNC_FILTER"),
     )
     _contradictions(r, settings)
     return settings

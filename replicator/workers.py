@@ -200,6 +200,8 @@ class Workers:
 
     @staticmethod
     def _done(item: WorkItem, result: Result, duration: float) -> None:
+        if result.outcome is Outcome.EXCLUDED:
+            return  # not the mirror's key: converge logged it
         fields = {"event": result.outcome.name.lower(), "key": item.key, "trigger": "event",
                   "duration_s": round(duration, 3)}
         if result.outcome is Outcome.GONE:

@@ -288,11 +288,11 @@ class S3Destination:
         if not enabled:
             self.can.object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        """The listing; with each object's attributes and tags where the destination can
-        list them (``lists_metadata``)."""
+    def list_from(self, start_after: str | None, *, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The listing (of the keys under ``prefix``); with each object's attributes and
+        tags where the destination can list them (``lists_metadata``)."""
         return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
-                                     self.list_concurrency)
+                                     self.list_concurrency, prefix)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # Raw, and parsed by listing.py: botocore's generic parser is most of a no-op

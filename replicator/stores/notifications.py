@@ -95,7 +95,12 @@ class Notifications:
         self.source = source
         self.bucket = source.bucket
         self.read_timeout = max(settings.listen_timeout, PING + 5)
+        # Only the events under the mirror's prefix: MinIO matches "prefix*" as a wildcard
+        # pattern, so a '*' or '?' in the prefix lets more through, never less; the rules,
+        # and the prefix itself, are converge's to apply to what comes (filters.py).
+        self.prefix = settings.key_filter.prefix
 
     def subscribe(self) -> Subscription:
-        query = [*(("events", event) for event in EVENTS), ("ping", str(PING)), ("prefix", ""), ("suffix", "")]
+        query = [*(("events", event) for event in EVENTS), ("ping", str(PING)), ("prefix", self.prefix),
+                 ("suffix", "")]
         return Subscription(self.source.listen(query, self.read_timeout), self.source.endpoint)

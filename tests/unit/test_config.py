@@ -11,6 +11,7 @@ import pytest
 from replicator import config
 from replicator.config import Endpoint, MiB, Secret
 from replicator.errors import ConfigError
+from replicator.filters import EVERYTHING, KeyFilter, Rule
 
 REQUIRED = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "dest-Secret-1234", "S3_SYNC_BUCKET": "mirror"}
 
@@ -75,6 +76,7 @@ EXPECTED_DEFAULTS = {
     "mirror": "relics",  # unnamed: the buckets name the pair
     "destination": "mirror",
     "list_metadata": False,
+    "key_filter": EVERYTHING,
 }
 
 
@@ -605,6 +607,29 @@ def test_sizes(value, expected):
 )
 def test_values(env, field, expected):
     assert getattr(load(**env), field) == expected
+
+
+# --- filters ----------------------------------------------------------------------
+
+def test_prefix_and_filter_rules_are_read_one_rule_a_line():
+    s = load(S3_SYNC_PREFIX=" photos/ ", S3_SYNC_FILTER="# the rules\n- *.tmp\r\n\n  + /photos/**  \n- **\n")
+    assert s.key_filter == KeyFilter("photos/", (Rule(False, "*.tmp"), Rule(True, "/photos/**"), Rule(False, "**")))
+    assert s.summary()["Keys"] == "prefix 'photos/'; - *.tmp; + /photos/**; - **"
+    assert "Keys" not in load().summary()
+
+
+@pytest.mark.parametrize(
+    ("rules", "why"),
+    [
+        ("*.tmp", "rule '*.tmp': expected '+ pattern' (include) or '- pattern' (exclude)"),
+        ("- *.tmp\n+", "rule '+': empty pattern"),
+        ("- cache/", "write 'cache/**'"),
+    ],
+)
+def test_a_bad_filter_rule_is_named_with_the_variable(rules, why):
+    message = problem(S3_SYNC_FILTER=rules, S3_SYNC_INTERVAL="abc")
+    assert "S3_SYNC_FILTER=" in message and why in message
+    assert "S3_SYNC_INTERVAL" in message  # with every other problem, at once
 
 
 # --- secrets ---------------------------------------------------------------------
