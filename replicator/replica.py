@@ -54,10 +54,12 @@ class Replica:
         if settings.metadata_sweep_interval > 0:
             self.sweep = MetadataSweep(self.app.source, self.app.dest, self.queue, self.app.policy,
                                        interval=settings.metadata_sweep_interval, rate=settings.metadata_sweep_rate,
-                                       concurrency=min(settings.workers, 16), min_gap=settings.reconcile_cooldown)
+                                       concurrency=min(settings.workers, 16), min_gap=settings.reconcile_cooldown,
+                                       key_filter=settings.key_filter)
             self.health.sweep = self.sweep.status
         self.workers: Workers = self.app.workers(self.queue, on_failure=self.scheduler.request)
-        self.intake = Intake(self.queue, self.gap, self.workers.waiting_room.keep, name=self.name if several else "")
+        self.intake = Intake(self.queue, self.gap, self.workers.waiting_room.keep, accepts=settings.key_filter,
+                             name=self.name if several else "")
         self.listener: Listener | None = None  # its source bucket's, once the service starts it
         self.threads: list[threading.Thread] = []
         self._caught_up = False  # a reconcile has succeeded: the initial copy is done

@@ -135,7 +135,10 @@ class Service:
             if listener is not None:
                 return listener
             replicas = [r for r in self.replicas if r.settings.source_bucket == bucket]
-            notifications = Notifications(first.app.source, first.settings)
+            # Events under the prefix every mirror of the bucket shares; each intake's
+            # filter then takes its own.
+            shared = os.path.commonprefix([r.settings.key_filter.prefix for r in replicas])  # noqa: RUF071 - key prefixes are strings, not paths
+            notifications = Notifications(first.app.source, first.settings, prefix=shared)
 
             def gap(reason: str) -> None:
                 for replica in replicas:

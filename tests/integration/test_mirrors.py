@@ -16,8 +16,17 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from tests.conftest import (DEST_PASSWORD, DEST_USER, MOTO_KEY, MOTO_SECRET, SOURCE_PASSWORD, SOURCE_USER,
-                            boto_client, run_cli, unique_bucket)
+from tests.conftest import (
+    DEST_PASSWORD,
+    DEST_USER,
+    MOTO_KEY,
+    MOTO_SECRET,
+    SOURCE_PASSWORD,
+    SOURCE_USER,
+    boto_client,
+    run_cli,
+    unique_bucket,
+)
 from tests.servers import MinioServer
 from tests.sidecar import TcpProxy, wait_for
 
@@ -41,7 +50,7 @@ class Destination:
         self.client.create_bucket(Bucket=self.bucket)
         self.via = via  # the endpoint replicator is told, where a proxy stands in front
 
-    def keys(self) -> set[str]:
+    def listed(self) -> set[str]:
         found: set[str] = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             found.update(item["Key"] for item in page.get("Contents", ()))
@@ -137,14 +146,14 @@ def test_several_pairs_reconcile_each_and_the_flags_choose(tmp_path, minio_sourc
     assert checked.code == 0, checked.output
     only = run_cli(env, "reconcile", "--mirror", "docs")
     assert only.code == 0, only.output
-    assert docs_minio.keys() == {f"d/{n}.txt" for n in range(5)}
-    assert photo_minio.keys() == set() and photo_moto.keys() == set()
+    assert docs_minio.listed() == {f"d/{n}.txt" for n in range(5)}
+    assert photo_minio.listed() == set() and photo_moto.listed() == set()
     assert "docs/docs-minio: " in only.output  # each line names its pair
 
     every = run_cli(env, "reconcile")
     assert every.code == 0, every.output
     for destination in (photo_minio, photo_moto):
-        assert destination.keys() == {f"p/{n}.jpg" for n in range(5)}
+        assert destination.listed() == {f"p/{n}.jpg" for n in range(5)}
         assert destination.body("p/3.jpg") == b"photo 3"
     assert "photos/photos-minio: " in every.output and "photos/photos-moto: " in every.output
 
@@ -184,7 +193,7 @@ def test_a_blackholed_destination_delays_no_other(tmp_path, minio_source, three,
     def watch(destination: Destination) -> None:
         while not stop.is_set():
             now = time.monotonic()
-            for key in destination.keys():
+            for key in destination.listed():
                 seen[destination.name].setdefault(key, now)
             time.sleep(0.1)
 
@@ -216,7 +225,7 @@ def test_a_blackholed_destination_delays_no_other(tmp_path, minio_source, three,
         assert p99 < 1.0, f"{destination.name}: p99 {p99:.2f}s over {len(latencies)} uploads"
     assert len(uploaded) >= 300
 
-    wait_for(lambda: dead.keys() >= set(uploaded), timeout=120, what="the blackholed destination to catch up")
+    wait_for(lambda: dead.listed() >= set(uploaded), timeout=120, what="the blackholed destination to catch up")
     metrics = sidecar.metrics()
     for destination in destinations:
         assert labelled(metrics, "replicator_objects_copied_total", mirror="fan",
@@ -235,7 +244,7 @@ def test_status_and_readiness_cover_every_destination(tmp_path, minio_source, th
     wait_for(sidecar.ready, timeout=60, what="readiness of every destination")
     put(source, bucket, "one.txt", b"one")
     try:
-        wait_for(lambda: all("one.txt" in d.keys() for d in destinations), timeout=20, what="the event copies")
+        wait_for(lambda: all("one.txt" in d.listed() for d in destinations), timeout=20, what="the event copies")
     except AssertionError:
         print(sidecar.log()[-6000:])
         raise
