@@ -73,6 +73,10 @@ EXPECTED_DEFAULTS = {
     "metadata_sweep_rate": 100.0,
     "progress_interval": 30.0,
     "list_metadata": False,
+    "sse": None,  # the bucket's default encryption
+    "sse_kms_key_id": None,
+    "sse_c_key": None,
+    "storage_class": None,  # the bucket's default class
 }
 
 
