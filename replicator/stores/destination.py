@@ -24,7 +24,7 @@ from urllib3 import HTTPHeaderDict
 
 from ..config import Settings
 from ..drift import recorded_etag
-from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError
+from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError, annotated
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
 from . import answers, listing, parallel_listing
 from .encryption import write_options
@@ -312,9 +312,23 @@ class S3Destination:
 
     def stat(self, key: str) -> SourceObject | None:
         try:
-            head = self._call("head", key, self.client.head_object, Key=key, **self._write.customer_params)
-        except NotFound:
-            return None
+            head = self.client.head_object(Bucket=self.bucket, Key=key, **self._write.customer_params)
+        except Exception as exc:
+            error = self._map(exc, "head", key)
+            if isinstance(error, NotFound):
+                return None
+            if self._write.customer and isinstance(exc, ClientError):
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 400:
+                    # S3 and MinIO refuse an SSE-C key for an object not encrypted with
+                    # one: written before S3_SYNC_SSE_C_KEY was set, or by someone else.
+                    # As good as missing: the copy that replaces it is encrypted.
+                    logger.debug("{}: not encrypted with S3_SYNC_SSE_C_KEY (HTTP 400); copied again", key)
+                    return None
+                if status == 403:
+                    error = annotated(error, "; or the object is encrypted with another SSE-C key than "
+                                             "S3_SYNC_SSE_C_KEY")
+            raise error from exc
         # The raw headers, read as the source's are: one rule (drift.py) compares both.
         return describe(key, HTTPHeaderDict(head["ResponseMetadata"]["HTTPHeaders"]))
 

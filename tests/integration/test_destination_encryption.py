@@ -15,6 +15,7 @@ import pytest
 from minio.commonconfig import Tags
 
 from replicator.converge import Hint, Outcome
+from replicator.errors import PermanentError
 from replicator.verify import Verifier
 from tests.conftest import KMS_KEY_NAME, MOTO_KEY, MOTO_SECRET, boto_client, kms_pair, make_pair
 from tests.integration.test_reconcile_sync import count_calls
@@ -171,3 +172,52 @@ def test_sse_c_objects_are_readable_only_with_the_key_and_stay_in_sync(customer_
         for app in apps:
             app.close()
 
+
+def test_turning_sse_c_on_over_a_mirror_recopies_what_the_key_cant_read(customer_pair):
+    """Objects copied before S3_SYNC_SSE_C_KEY was set aren't SSE-C objects, and S3
+    refuses a HEAD with a key for them (400). Those a reconcile must HEAD (their ETags
+    differ) are copied again, encrypted; those whose ETags agree stay as they are."""
+    from replicator.app import build as build_app
+
+    pair = customer_pair
+    upload(pair)
+    # Uploaded in parts above the threshold: re-cut into 5 MiB parts, its copy's ETag isn't the source's.
+    pair.source.put_object(pair.source_bucket, "recut.bin", io.BytesIO(os.urandom(12 * MiB)), 12 * MiB,
+                           part_size=6 * MiB)
+    apps = [build_app(pair.settings(**MULTIPART))]
+    assert apps[0].reconciler.run().copied == 4
+    headed = incomparable(pair)
+    assert headed == ["recut.bin"]
+    try:
+        for expected in (len(headed), 0):
+            apps.append(build_app(pair.settings(**MULTIPART, S3_SYNC_SSE_C_KEY=CUSTOMER_KEY_B64)))
+            stats = apps[-1].reconciler.run()
+            assert (stats.copied + stats.updated, stats.failed) == (expected, 0)
+        for key in headed:
+            head = pair.dest.head_object(Bucket=pair.dest_bucket, Key=key, **SSE_C)
+            assert head["SSECustomerAlgorithm"] == "AES256"
+    finally:
+        for app in apps:
+            app.close()
+
+
+def test_another_key_is_an_error_naming_the_setting_never_a_recopy(customer_pair):
+    """An object encrypted with another key (the key was changed) answers 403 to the
+    HEAD: that could as well be a missing permission, so it fails the pair, and says
+    which setting to look at."""
+    from replicator.app import build as build_app
+
+    pair = customer_pair
+    upload(pair)
+    other = base64.b64encode(os.urandom(32)).decode()
+    apps = [build_app(pair.settings(**MULTIPART, S3_SYNC_SSE_C_KEY=key)) for key in (CUSTOMER_KEY_B64, other)]
+    try:
+        assert apps[0].reconciler.run().copied == 3
+        stats = apps[1].reconciler.run()
+        assert (stats.copied, stats.failed) == (0, 3)
+        with pytest.raises(PermanentError, match="another SSE-C key than S3_SYNC_SSE_C_KEY"):
+            apps[1].dest.stat("small.txt")
+        assert pair.dest.get_object(Bucket=pair.dest_bucket, Key="small.txt", **SSE_C)["Body"].read()
+    finally:
+        for app in apps:
+            app.close()
