@@ -18,6 +18,8 @@ them, since this module logs nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import functools
@@ -152,6 +154,14 @@ class Settings:
     metadata_sweep_rate: float = 100.0  # objects per second
     progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
     key_filter: KeyFilter = EVERYTHING  # the keys the mirror holds (filters.py); the rest is never touched
+    # What each write to the destination asks for (stores/encryption.py): server-side
+    # encryption, SSE-S3 ("AES256") or SSE-KMS ("aws:kms", with the provider's default key
+    # unless one is named); or SSE-C with the customer's key (32 bytes, as given: raw or
+    # base64); and a storage class. None: the bucket's defaults.
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_c_key: Secret | None = None
+    storage_class: str | None = None
     # The names of this pair, as metric labels, /status and the --mirror/--destination
     # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
     # its destinations. Unnamed (a single pair from the environment): the bucket names.
@@ -177,7 +187,10 @@ class Settings:
             for s in (self.dest_access_key, self.dest_secret_key, self.dest_session_token, self.source_access_key,
                       self.source_secret_key)
             if s is not None and s.reveal()
-        ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p)
+        ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p) + (
+            # The key as given and as sent (base64), whichever the user wrote.
+            (self.sse_c_key.reveal(), base64.b64encode(customer_key(self.sse_c_key.reveal()) or b"").decode())
+            if self.sse_c_key else ())
 
     def summary(self) -> dict[str, str]:
         """What the start-up banner shows. Access keys are identifiers, but we still
@@ -194,7 +207,19 @@ class Settings:
                 else "off"
             ),
             "Workers": str(self.workers),
-        } | ({} if self.key_filter.everything else {"Keys": str(self.key_filter)})
+        } | ({} if self.key_filter.everything else {"Keys": str(self.key_filter)}) | self._write_options()
+
+    def _write_options(self) -> dict[str, str]:
+        """The banner's lines for encryption and storage class, where set."""
+        shown: dict[str, str] = {}
+        if self.sse_c_key:
+            shown["Encryption"] = "SSE-C (the customer's key)"
+        elif self.sse:
+            shown["Encryption"] = {"AES256": "SSE-S3 (AES256)", "aws:kms": "SSE-KMS"}[self.sse] + (
+                f", key {self.sse_kms_key_id}" if self.sse_kms_key_id else "")
+        if self.storage_class:
+            shown["Storage Class"] = self.storage_class
+        return shown
 
 
 # --- parsing ---------------------------------------------------------------
@@ -574,6 +599,7 @@ def read(r: Reader) -> Settings:
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
         key_filter=r.key_filter("S3_SYNC_PREFIX", "S3_SYNC_FILTER"),
+        **_encryption(r),
     )
     _contradictions(r, settings)
     return settings
@@ -604,6 +630,18 @@ def _contradictions(r: Reader, s: Settings) -> None:
               f"the destination is the source: {r.label('MINIO_BUCKET')} on the same endpoint "
               f"({r.label('MINIO_ENDPOINT')} {s.source_endpoint}, {r.label('S3_SYNC_ENDPOINT')} {s.dest_endpoint}); "
               "a bucket can't be mirrored onto itself")
+    sse, kms, customer = "S3_SYNC_SSE", "S3_SYNC_SSE_KMS_KEY_ID", "S3_SYNC_SSE_C_KEY"
+    sse_name, customer_name = r.label(sse), r.label(customer)
+    if s.sse_kms_key_id and s.sse != "aws:kms" and valid(sse):
+        r.bad(kms, s.sse_kms_key_id, f"names a KMS key, which only {sse_name}=aws:kms uses ({sse_name} is "
+                                     f"{r.raw(sse) or 'unset'}); set {sse_name}=aws:kms or drop the key")
+    if s.sse and s.sse_c_key:
+        r.bad(sse, r.raw(sse) or "", f"contradicts {customer_name}: an object is encrypted with the provider's key "
+                                     "or with the customer's, never both; drop one of the two")
+    if s.sse_c_key and not s.dest_endpoint.secure and valid("S3_SYNC_ENDPOINT"):
+        r.bad(customer, "***", f"would be sent with every request over plain HTTP ({r.label('S3_SYNC_ENDPOINT')} "
+                               f"{s.dest_endpoint}), for anyone on the way to read; use https (AWS and MinIO refuse "
+                               "SSE-C without it)")
 
 
 def address(endpoint: Endpoint) -> tuple[str, int]:
@@ -629,6 +667,52 @@ def _session_token(r: Reader, keys: bool) -> Secret | None:
                                             f"{r.label('S3_SYNC_SECRET_KEY')}, whose temporary keys it completes")
         return None
     return Secret(token)
+
+
+_STORAGE_CLASS = re.compile(r"^[A-Z0-9_]{1,64}$")
+_KMS_KEY_ID = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable ASCII: an ARN, an alias, a key name
+
+
+def customer_key(value: str) -> bytes | None:
+    """PURE: an SSE-C key's 32 bytes from what the user wrote: the 32 bytes themselves,
+    or their base64 (44 characters); None for anything else. The two can't be
+    confused: 32 characters of base64 decode to 24 bytes."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if len(raw) == 32:
+        return raw
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if len(decoded) == 32 else None
+
+
+def _encryption(r: Reader) -> dict[str, Any]:
+    """S3_SYNC_SSE, S3_SYNC_SSE_KMS_KEY_ID, S3_SYNC_SSE_C_KEY and S3_SYNC_STORAGE_CLASS."""
+    sse = {"": None, "aes256": "AES256", "aws:kms": "aws:kms"}.get((r.raw("S3_SYNC_SSE") or "").lower(), "?")
+    if sse == "?":
+        r.bad("S3_SYNC_SSE", r.raw("S3_SYNC_SSE") or "", "expected AES256 (SSE-S3) or aws:kms (SSE-KMS); "
+                                                         "for SSE-C, set S3_SYNC_SSE_C_KEY instead")
+        sse = None
+    kms = r.raw("S3_SYNC_SSE_KMS_KEY_ID") or None
+    if kms and not _KMS_KEY_ID.match(kms):
+        r.bad("S3_SYNC_SSE_KMS_KEY_ID", kms, "expected a key ID, ARN or alias, without spaces")
+        kms = None
+    key = r.raw("S3_SYNC_SSE_C_KEY") or None
+    if key and customer_key(key) is None:
+        # The value is a secret: never shown, not even a wrong one (it may be one typo from right).
+        r.bad("S3_SYNC_SSE_C_KEY", "***", f"expected a 256-bit key: 32 bytes, or their base64 (44 characters); "
+                                          f"got {len(key)} characters")
+        key = None
+    storage_class = r.raw("S3_SYNC_STORAGE_CLASS") or None
+    if storage_class and not _STORAGE_CLASS.match(storage_class):
+        hint = f" such as {storage_class.upper()}" if _STORAGE_CLASS.match(storage_class.upper()) else ""
+        r.bad("S3_SYNC_STORAGE_CLASS", storage_class,
+              f"expected a storage class as the provider names it{hint or ' (such as STANDARD_IA)'}: upper-case "
+              "letters, digits and underscores")
+        storage_class = None
+    return {"sse": sse, "sse_kms_key_id": kms, "sse_c_key": Secret(key) if key else None,
+            "storage_class": storage_class}
 
 
 # --- proxies ------------------------------------------------------------------------

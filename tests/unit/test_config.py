@@ -77,6 +77,10 @@ EXPECTED_DEFAULTS = {
     "destination": "mirror",
     "list_metadata": False,
     "key_filter": EVERYTHING,
+    "sse": None,  # the bucket's default encryption
+    "sse_kms_key_id": None,
+    "sse_c_key": None,
+    "storage_class": None,  # the bucket's default class
 }
 
 
