@@ -148,6 +148,9 @@ class Settings:
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
     progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
+    # What may be sent to the destination, events and reconciles together (ratelimit.py); None: no limit.
+    max_bandwidth: int | None = None  # bytes per second
+    max_requests_per_second: float | None = None
 
     @property
     def copy_connections(self) -> int:
@@ -252,6 +255,10 @@ RANGES: dict[str, Range] = {
     "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
     # 0 turns the progress lines off. A day: a reconcile that long still says something daily.
     "S3_SYNC_PROGRESS_INTERVAL": Range(0, DAY, "s"),
+    # Below 64 KiB/s a 5 MiB part takes minutes and a provider may time the upload out;
+    # 100 GiB/s is beyond any link a sidecar gets.
+    "S3_SYNC_MAX_BANDWIDTH": Range(64 * 1024, 100 * GiB, "bytes"),
+    "S3_SYNC_MAX_REQUESTS_PER_SECOND": Range(1, 100_000),
 }
 
 
@@ -263,7 +270,7 @@ def _number_text(value: float) -> str:
 
 
 def _size_text(value: float) -> str:
-    for factor, unit in ((GiB, "GiB"), (MiB, "MiB")):
+    for factor, unit in ((GiB, "GiB"), (MiB, "MiB"), (1024, "KiB")):
         if value >= factor:
             return f"{value / factor:g} {unit}"
     return f"{int(value)} bytes"
@@ -514,6 +521,8 @@ def load(env: Mapping[str, str]) -> Settings:
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
+        max_bandwidth=r.size("S3_SYNC_MAX_BANDWIDTH", 0) or None,  # 0: unset (or refused, below the range)
+        max_requests_per_second=r.number("S3_SYNC_MAX_REQUESTS_PER_SECOND", 0) or None,
     )
     _contradictions(r, settings)
     if r.problems:
