@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 
 from tests.faultproxy import FaultProxy
@@ -70,3 +71,25 @@ def test_paced_bodies_go_with_their_length_not_chunked(pair, make_app):
     sizes = sorted(int(request.headers["Content-Length"]) for request in puts)
     assert sizes == [300 * 1024, 2 * MiB, 5 * MiB]  # the small PUT, then both parts
     assert not [r for r in puts if "Transfer-Encoding" in r.headers or "transfer-encoding" in r.headers]
+
+
+def test_the_abort_cuts_a_paced_copy_short_and_its_upload_is_aborted(pair, make_app):
+    """Shutdown past its deadline: a copy waiting on the limit is abandoned, not finished,
+    and the abort of its multipart upload goes out although the limit would hold it."""
+    put(pair, "big.bin", os.urandom(12 * MiB))  # 12 s at 1 MiB/s
+    app = make_app(S3_SYNC_MAX_BANDWIDTH="1MiB", S3_SYNC_MAX_REQUESTS_PER_SECOND="1", **MULTIPART)
+
+    def abort_once_the_upload_started():
+        while not pair.dest.list_multipart_uploads(Bucket=pair.dest_bucket).get("Uploads"):
+            time.sleep(0.05)
+        time.sleep(0.5)  # parts under way
+        app.stop.set()
+        app.abort.set()
+
+    aborter = threading.Thread(target=abort_once_the_upload_started, daemon=True)
+    aborter.start()
+    stats = app.reconciler.run()
+    aborter.join()
+    assert stats.copied == 0
+    assert pair.dest_keys() == []
+    assert pair.dest.list_multipart_uploads(Bucket=pair.dest_bucket).get("Uploads", []) == []
