@@ -162,6 +162,9 @@ class Settings:
     sse_kms_key_id: str | None = None
     sse_c_key: Secret | None = None
     storage_class: str | None = None
+    # What may be sent to the destination, events and reconciles together (ratelimit.py); None: no limit.
+    max_bandwidth: int | None = None  # bytes per second
+    max_requests_per_second: float | None = None
     # The names of this pair, as metric labels, /status and the --mirror/--destination
     # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
     # its destinations. Unnamed (a single pair from the environment): the bucket names.
@@ -290,6 +293,10 @@ RANGES: dict[str, Range] = {
     "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
     # 0 turns the progress lines off. A day: a reconcile that long still says something daily.
     "S3_SYNC_PROGRESS_INTERVAL": Range(0, DAY, "s"),
+    # Below 64 KiB/s a 5 MiB part takes minutes and a provider may time the upload out;
+    # 100 GiB/s is beyond any link a sidecar gets.
+    "S3_SYNC_MAX_BANDWIDTH": Range(64 * 1024, 100 * GiB, "bytes"),
+    "S3_SYNC_MAX_REQUESTS_PER_SECOND": Range(1, 100_000),
 }
 
 
@@ -301,7 +308,7 @@ def _number_text(value: float) -> str:
 
 
 def _size_text(value: float) -> str:
-    for factor, unit in ((GiB, "GiB"), (MiB, "MiB")):
+    for factor, unit in ((GiB, "GiB"), (MiB, "MiB"), (1024, "KiB")):
         if value >= factor:
             return f"{value / factor:g} {unit}"
     return f"{int(value)} bytes"
@@ -600,6 +607,8 @@ def read(r: Reader) -> Settings:
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
         key_filter=r.key_filter("S3_SYNC_PREFIX", "S3_SYNC_FILTER"),
         **_encryption(r),
+        max_bandwidth=r.size("S3_SYNC_MAX_BANDWIDTH", 0) or None,  # 0: unset (or refused, below the range)
+        max_requests_per_second=r.number("S3_SYNC_MAX_REQUESTS_PER_SECOND", 0) or None,
     )
     _contradictions(r, settings)
     return settings

@@ -26,6 +26,7 @@ from ..config import Settings
 from ..drift import recorded_etag
 from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError, annotated
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
+from ..ratelimit import Limits
 from . import answers, listing, parallel_listing
 from .encryption import write_options
 from .object_lock import RETENTION_MARGIN, iso8601, lock_headers, sendable_lock
@@ -140,9 +141,10 @@ class S3Destination:
     def lists_metadata(self) -> bool:
         return self.can.lists_metadata
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, limits: Limits | None = None):
         self.bucket = settings.dest_bucket
         self._settings = settings
+        self._limits = limits  # bandwidth and request rate, on both HTTP stacks (ratelimit.py)
         # Signed for S3_SYNC_REGION until check() has asked the bucket (_learn_region).
         self.region = settings.dest_region or DEFAULT_REGION
         endpoint = settings.dest_endpoint
@@ -166,7 +168,8 @@ class S3Destination:
             credentials=credentials, verify=settings.dest_verify_tls,
             ca_bundle=settings.dest_ca_bundle,
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-            maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy)
+            maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy,
+            limits=limits)
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
         self.can = Capabilities(list_metadata_asked=settings.list_metadata)
@@ -183,6 +186,8 @@ class S3Destination:
         client = self._session.client("s3", endpoint_url=endpoint_url, verify=verify, region_name=region,
                                       config=client_config(self._settings, region))
         client.meta.events.register("before-parse.s3.*", prove_answer)
+        if self._limits is not None:
+            self._limits.hook(client.meta.events)
         return client
 
     # -- error mapping ---------------------------------------------------------
