@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-# The worst first: any failure is a failure; else a refused guard; else in sync.
-_SEVERITY = (EXIT_FAILED, EXIT_GUARD, EXIT_OK)
+# The worst first: a usage error; any failure; else a refused guard; else in sync.
+_SEVERITY = (EXIT_CONFIG, EXIT_FAILED, EXIT_GUARD, EXIT_OK)
 
 
 def _each(pairs: tuple[config.Settings, ...], command: Callable[[config.Settings, threading.Event], int]) -> int:
