@@ -18,7 +18,7 @@ from datetime import datetime
 from loguru import logger
 
 from .errors import StoreError, TransientError
-from .observability import metrics
+from .observability import context, metrics
 from .stores.notifications import Notifications, Subscription
 from .workqueue import KeyedQueue, WorkItem
 
@@ -76,7 +76,9 @@ class Intake:
     on_gap: Callable[[str], None]
     on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None
     accepts: Callable[[str], bool] = lambda key: True
-    name: str = ""  # the destination, in a log line; "" where there is only one
+    # Whose queue this is: what it drops is counted and logged as that destination's,
+    # though the listener's thread does it.
+    scope: context.Scope | None = None
     dropped: int = field(default=0, init=False)
 
     def offer(self, item: WorkItem, timeout: float, stopping: threading.Event) -> None:
@@ -84,13 +86,20 @@ class Intake:
             return
         if self.queue.put(item, timeout=timeout) or stopping.is_set():
             return
+        if self.scope is None:
+            self._shed(item, timeout)
+            return
+        with context.working_for(self.scope):
+            self._shed(item, timeout)
+
+    def _shed(self, item: WorkItem, timeout: float) -> None:
         # Backpressure held for too long: drop the hint, never the guarantee.
         self.dropped += 1
         metrics.failures.labels("queue_full").inc()
         if self.dropped == 1 or self.dropped % 1000 == 0:
-            where = f"{self.name}: " if self.name else ""
-            logger.warning("{}: {}work queue full for {:.0f}s; event dropped ({} so far), reconcile requested",
-                           item.key, where, timeout, self.dropped)
+            held = f" for {timeout:.0f}s" if timeout else ""  # several destinations: none may hold the listener
+            logger.warning("{}: work queue full{}; event dropped ({} so far), reconcile requested",
+                           item.key, held, self.dropped)
         self.on_dropped(item, "work queue full")
         self.on_gap("work queue overflowed")
 

@@ -37,10 +37,9 @@ SUBSCRIBE_WAIT = 10.0
 
 
 class Replica:
-    def __init__(self, settings: Settings, health: Health, stop: threading.Event, *, several: bool):
+    def __init__(self, settings: Settings, health: Health, stop: threading.Event):
         self.settings = settings
         self.scope = context.Scope(settings.source_bucket, settings.mirror, settings.destination)
-        self.name = f"{settings.mirror}/{settings.destination}"
         self.stop_event = stop
         self.health = health
         self.queue = KeyedQueue(settings.queue_size)
@@ -59,7 +58,7 @@ class Replica:
             self.health.sweep = self.sweep.status
         self.workers: Workers = self.app.workers(self.queue, on_failure=self.scheduler.request)
         self.intake = Intake(self.queue, self.gap, self.workers.waiting_room.keep, accepts=settings.key_filter,
-                             name=self.name if several else "")
+                             scope=self.scope)
         self.listener: Listener | None = None  # its source bucket's, once the service starts it
         self.threads: list[threading.Thread] = []
         self._caught_up = False  # a reconcile has succeeded: the initial copy is done

@@ -92,8 +92,7 @@ class Service:
             logger.warning("Sync is disabled (S3_SYNC_ENABLED=false): idling. Health and metrics stay up on :{}",
                            self.http.port)
             return
-        several = len(self.pairs) > 1
-        self.replicas = [Replica(settings, health, self.stop_event, several=several)
+        self.replicas = [Replica(settings, health, self.stop_event)
                          for settings, health in zip(self.pairs, self.healths, strict=True)]
         for replica in self.replicas:  # all built first: a listener feeds every replica of its bucket
             replica.spawn("startup", functools.partial(self._startup, replica))
