@@ -76,16 +76,17 @@ class Destination:
 
 
 def mirrors_file(tmp_path: Path, minio_source: MinioServer, mirrors: list[tuple[str, str, list[Destination]]],
-                 **defaults) -> dict[str, str]:
+                 *, filters: dict[str, str] | None = None, **defaults) -> dict[str, str]:
     """The environment of a process configured by a file of ``mirrors`` (name, source
-    bucket, destinations)."""
+    bucket, destinations), with ``filters`` (TOML lines by mirror name)."""
     lines = ["[source]", f"endpoint = {json.dumps(minio_source.endpoint)}", "access_key = \"${MINIO_KEY}\"",
              "secret_key = \"${MINIO_SECRET}\"", "", "[defaults]", "retry_delay = 0.05", "connect_timeout = 2",
              "read_timeout = 5", "reconcile_cooldown = 1", "interval = 3600"]
     lines += [f"{name} = {json.dumps(value)}" for name, value in defaults.items()]
     env = {"MINIO_KEY": SOURCE_USER, "MINIO_SECRET": SOURCE_PASSWORD, "S3_SYNC_STATE_DIR": str(tmp_path / "state")}
     for name, bucket, destinations in mirrors:
-        lines += ["", "[[mirrors]]", f"name = {json.dumps(name)}", f"source_bucket = {json.dumps(bucket)}", ""]
+        lines += ["", "[[mirrors]]", f"name = {json.dumps(name)}", f"source_bucket = {json.dumps(bucket)}",
+                  (filters or {}).get(name, ""), ""]
         for destination in destinations:
             lines.append(destination.toml())
             env.update(destination.secret_env())
@@ -261,3 +262,45 @@ def test_status_and_readiness_cover_every_destination(tmp_path, minio_source, th
     log = sidecar.log()
     for destination in destinations:
         assert f"fan/{destination.name}: ✓ Sync completed successfully" in log
+
+
+def test_two_mirrors_of_one_bucket_each_take_their_own_keys_on_both_paths(tmp_path, minio_source, minio_dest,
+                                                                         moto_server, sidecars):
+    """One source bucket, one listener, two mirrors with different filters: each
+    destination gets its mirror's keys by event and by reconcile, and keeps what its
+    mirror excludes, deletions on."""
+    source = source_client(minio_source)
+    bucket = unique_bucket("src-split")
+    source.make_bucket(bucket)
+    raw = Destination("raw", minio_dest.endpoint, DEST_USER, DEST_PASSWORD)
+    web = Destination("web", moto_server.endpoint, MOTO_KEY, MOTO_SECRET)
+    # The destinations hold data beside the mirror: never the mirror's to delete.
+    raw.client.put_object(Bucket=raw.bucket, Key="web/not-ours.jpg", Body=b"theirs")
+    web.client.put_object(Bucket=web.bucket, Key="web/cache/x.tmp", Body=b"theirs")
+    for key in ("raw/a.cr2", "raw/b.cr2", "web/a.jpg", "web/cache/y.tmp"):
+        put(source, bucket, key, key.encode())
+    env = mirrors_file(tmp_path, minio_source, [("raw", bucket, [raw]), ("web", bucket, [web])],
+                       filters={"raw": 'prefix = "raw/"', "web": 'prefix = "web/"\nfilter = ["- *.tmp"]'})
+
+    reconciled = run_cli(env, "reconcile")
+    assert reconciled.code == 0, reconciled.output
+    assert raw.listed() == {"raw/a.cr2", "raw/b.cr2", "web/not-ours.jpg"}
+    assert web.listed() == {"web/a.jpg", "web/cache/x.tmp"}
+
+    sidecar = sidecars(env)
+    wait_for(sidecar.ready, timeout=60, what="readiness")
+    put(source, bucket, "raw/c.cr2", b"new raw")
+    put(source, bucket, "web/b.jpg", b"new web")
+    put(source, bucket, "web/cache/z.tmp", b"excluded")
+    put(source, bucket, "web/a.jpg", b"overwritten")
+    source.remove_object(bucket, "raw/a.cr2")
+    wait_for(lambda: raw.listed() == {"raw/b.cr2", "raw/c.cr2", "web/not-ours.jpg"}, timeout=20,
+             what="raw's events")
+    wait_for(lambda: web.listed() == {"web/a.jpg", "web/b.jpg", "web/cache/x.tmp"} and
+             web.body("web/a.jpg") == b"overwritten", timeout=20, what="web's events")
+    # The excluded key deleted at the source stays where the destination has it.
+    source.remove_object(bucket, "web/cache/y.tmp")
+    put(source, bucket, "web/c.jpg", b"after")
+    wait_for(lambda: "web/c.jpg" in web.listed(), timeout=20, what="an event after the excluded delete")
+    assert "web/cache/x.tmp" in web.listed() and "web/not-ours.jpg" in raw.listed()
+    assert "listener: subscribed" in sidecar.log() and sidecar.log().count("listener: subscribed") == 1

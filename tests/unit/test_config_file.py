@@ -235,6 +235,50 @@ def test_a_secret_never_appears_in_a_problem(tmp_path):
     assert "aws-secret-value" not in message and "tok-secret" not in message
 
 
+def test_filters_encryption_and_limits_are_settings_of_the_file_too(tmp_path):
+    from replicator.filters import KeyFilter, Rule
+
+    [pair] = load(tmp_path, """
+        [defaults]
+        max_requests_per_second = 200
+        [[mirrors]]
+        source_bucket = "photos"
+        prefix = "albums/"
+        filter = ["- *.tmp", "+ /albums/2024/**", "- **"]
+        [[mirrors.destinations]]
+        endpoint = "https://s3.eu-central-1.amazonaws.com"
+        bucket = "photos-backup"
+        sse = "aws:kms"
+        sse_kms_key_id = "alias/backup"
+        storage_class = "STANDARD_IA"
+        max_bandwidth = "50MiB"
+    """)
+    assert pair.key_filter == KeyFilter("albums/", (Rule(False, "*.tmp"), Rule(True, "/albums/2024/**"),
+                                                    Rule(False, "**")))
+    assert (pair.sse, pair.sse_kms_key_id, pair.storage_class) == ("aws:kms", "alias/backup", "STANDARD_IA")
+    assert (pair.max_bandwidth, pair.max_requests_per_second) == (50 * 1024 * 1024, 200)
+
+
+def test_a_filter_belongs_to_a_mirror_not_to_one_of_its_destinations(tmp_path):
+    message = problems(tmp_path, M + "filter = [\"- *.tmp\"]\n")
+    assert ("mirrors[0].destinations[0].filter: not a setting here (filter belongs in a [[mirrors]] table or "
+            "[defaults])") in message
+
+
+def test_a_bad_rule_and_a_bad_customer_key_are_named_by_path_and_the_key_is_not_shown(tmp_path):
+    message = problems(tmp_path, """
+        [[mirrors]]
+        source_bucket = "photos"
+        filter = ["* no sign"]
+        [[mirrors.destinations]]
+        endpoint = "https://s3.amazonaws.com"
+        bucket = "photos-backup"
+        sse_c_key = "not-a-32-byte-key-at-all"
+    """)
+    assert "mirrors[0].filter=" in message and "mirrors[0].destinations[0].sse_c_key=" in message
+    assert "not-a-32-byte-key-at-all" not in message
+
+
 def test_the_example_file_is_valid(tmp_path):
     """replicator.example.toml, as shipped, with the variables it refers to set."""
     from pathlib import Path
