@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ratelimit
 from .config import Settings
 from .converge import Converger
 from .copier import Copier
@@ -50,10 +51,12 @@ def build(settings: Settings, *, key_lock: KeyLock = _no_lock, stop: threading.E
     policy = RetryPolicy(settings.max_retries, settings.retry_delay, stop=stop,
                          on_retry=lambda error: metrics.retries.labels(metrics.failure_reason(error)).inc())
     source = MinioSource(settings)
-    dest = S3Destination(settings)
+    # One budget per destination, whichever path sends: events and reconciles alike.
+    dest = S3Destination(settings, ratelimit.for_destination(settings, abort))
     # The endpoint and bucket as configured: a record names where its upload lives.
     uploads = Registry(Path(settings.state_dir) / "uploads", f"{settings.dest_endpoint.url}/{settings.dest_bucket}")
     copier = Copier(source, dest, settings, policy, abort=abort, uploads=uploads)
-    converger = Converger(source, dest, copier, policy, threshold=settings.multipart_threshold)
+    converger = Converger(source, dest, copier, policy, threshold=settings.multipart_threshold,
+                          key_filter=settings.key_filter)
     reconciler = Reconciler(source, dest, copier, converger, settings, policy, key_lock=key_lock)
     return App(settings, source, dest, policy, copier, converger, reconciler, stop, abort)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import os
 import signal
@@ -39,7 +40,8 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_GUARD = 0, 1, 2, 3
 # and a cron job or a CronJob alerts on anything but 0. The summary line says which.
 EXIT_DRIFT = EXIT_FAILED
 
-CONFIGURED = "Configuration comes from the S3_SYNC_* and MINIO_* environment variables; see the README."
+CONFIGURED = ("Configuration comes from the S3_SYNC_* and MINIO_* environment variables, or from the TOML file "
+              "S3_SYNC_CONFIG names; see the README.")
 
 VERIFY_DESCRIPTION = """\
 Prove that the destination is a whole mirror of the source, as a reconcile judges it,
@@ -100,21 +102,24 @@ def _parser() -> argparse.ArgumentParser:
                   "1  the run failed (an endpoint, a listing, a copy or a delete), or was interrupted",
                   config_error,
                   "3  a delete guard refused the run's deletions (nothing was deleted)")
+    _pair_flags(rec)
     rec.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     rec.add_argument("--allow-mass-delete", action="store_true",
                      help="delete even past S3_SYNC_DELETE_MAX_PERCENT or with an empty source, this once")
     rec.add_argument("--no-progress", action="store_true",
                      help="no live progress display on a terminal: log progress lines instead, every "
                           "S3_SYNC_PROGRESS_INTERVAL seconds, as when stdout is not a terminal")
-    command("check", "check both endpoints and buckets, then exit",
+    chk = command("check", "check both endpoints and buckets, then exit",
             "Check that both endpoints answer, the credentials are accepted, both buckets exist and "
             "the destination bucket's region is the one signed for; change nothing.",
             "0  both sides are usable",
             "1  one is not: the message names the side, the endpoint or bucket, and the cause",
             config_error)
+    _pair_flags(chk)
     ver = sub.add_parser("verify", help="prove the mirror is whole: print what is missing, extra or different; "
                                         "change nothing", description=VERIFY_DESCRIPTION, epilog=VERIFY_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    _pair_flags(ver)
     reading = ver.add_mutually_exclusive_group()
     reading.add_argument("--content", action="store_true",
                          help="also read every object both sides have with the same size, on both sides, and compare "
@@ -125,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="after a verify that compared every key, write the replicator_verify_* gauges to PATH in "
                           "Prometheus' text format, atomically (for node_exporter's textfile collector: a .prom file "
                           "in its directory); a failed verify leaves the file as it was")
-    command("sweep", "one metadata sweep: compare tags, Content-Type, user metadata, retention and "
+    swp = command("sweep", "one metadata sweep: compare tags, Content-Type, user metadata, retention and "
                      "legal hold object by object, repair what differs, then exit",
             "One metadata sweep: compare what a listing can't show (tags, Content-Type, user metadata, "
             "retention, legal hold) object by object, at most S3_SYNC_METADATA_SWEEP_RATE objects a "
@@ -133,7 +138,32 @@ def _parser() -> argparse.ArgumentParser:
             "0  every object compared and every repair made",
             "1  a comparison or a repair failed, or the sweep was interrupted",
             config_error)
+    _pair_flags(swp)
     return parser
+
+
+def _pair_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--mirror", metavar="NAME", action="append",
+                         help="only this mirror of S3_SYNC_CONFIG's file (again for more); default: every mirror")
+    command.add_argument("--destination", metavar="NAME", action="append",
+                         help="only the destinations of this name (again for more); default: every destination")
+
+
+def _select(pairs: tuple[config.Settings, ...], mirrors: list[str] | None,
+            destinations: list[str] | None) -> tuple[config.Settings, ...]:
+    """The pairs --mirror and --destination name; ConfigError for a name that matches none."""
+    for flag, names, known in (("--mirror", mirrors, [p.mirror for p in pairs]),
+                               ("--destination", destinations, [p.destination for p in pairs])):
+        for name in names or ():
+            if name not in known:
+                raise ConfigError(f"{flag} {name}: no such {flag.removeprefix('--')} (configured: "
+                                  f"{', '.join(dict.fromkeys(known))})")
+    chosen = tuple(p for p in pairs if (not mirrors or p.mirror in mirrors)
+                   and (not destinations or p.destination in destinations))
+    if not chosen:
+        raise ConfigError(f"no destination is both --mirror {' '.join(mirrors or [])} and --destination "
+                          f"{' '.join(destinations or [])}")
+    return chosen
 
 
 def _positive(text: str) -> int:
@@ -149,29 +179,42 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = config.load(os.environ)
+        every = config.load_all(os.environ)
     except ConfigError as error:
         logsetup.setup()
         _warn_unknown_variables()  # first: a misspelt name is often why a setting is missing
         logger.error("{}", error)
         return EXIT_CONFIG
-    logsetup.setup(settings.log_level, settings.log_format, settings.timezone, settings.secrets())
+    settings = every[0]  # the process's own settings (log, HTTP) are every pair's
+    secrets = tuple(dict.fromkeys(secret for pair in every for secret in pair.secrets()))
+    logsetup.setup(settings.log_level, settings.log_format, settings.timezone, secrets)
     _warn_unknown_variables()
+    # The file's mirrors are named in log lines and metric labels; one pair from the
+    # environment logs and counts exactly as it always did.
+    from .observability import metrics
+
+    metrics.name_pairs(bool((os.environ.get(config.CONFIG_FILE) or "").strip()))
     try:
         if args.command == "run":
             from .service import Service
 
-            service = Service(settings)
+            service = Service(every)
             with _start_up_heap_frozen():
                 return service.run_until_signalled(_install_signals)
+        pairs = _select(every, args.mirror, args.destination)
         if args.command == "check":
-            return _check(settings)
+            return _each(pairs, _check)
         if args.command == "sweep":
-            return _sweep(settings)
+            return _each(pairs, _sweep)
         if args.command == "verify":
-            return _verify(settings, content=args.content, sample=args.sample or 0, metrics_file=args.metrics_file)
-        return _reconcile(settings, args.dry_run, args.allow_mass_delete,
-                          live=not args.no_progress and logsetup.isatty(sys.stdout))
+            if args.metrics_file is not None and len(pairs) > 1:
+                raise ConfigError(f"--metrics-file: the gauges are one destination's, and {len(pairs)} are chosen; "
+                                  "choose one with --mirror and --destination")
+            return _each(pairs, functools.partial(_verify, content=args.content, sample=args.sample or 0,
+                                                  metrics_file=args.metrics_file))
+        return _each(pairs, functools.partial(_reconcile, dry_run=args.dry_run,
+                                              allow_mass_delete=args.allow_mass_delete,
+                                              live=not args.no_progress and logsetup.isatty(sys.stdout)))
     except ConfigError as error:  # found only on use: an HTTP address or port that can't be bound
         logger.error("{}", error)
         return EXIT_CONFIG
@@ -181,6 +224,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # a bug; Python's own traceback would bypass the redaction
         logger.exception("unexpected error; this is a bug, please report it")
         return EXIT_FAILED
+
+
+# The worst first: a usage error; any failure; else a refused guard; else in sync.
+_SEVERITY = (EXIT_CONFIG, EXIT_FAILED, EXIT_GUARD, EXIT_OK)
+
+
+def _each(pairs: tuple[config.Settings, ...], command: Callable[[config.Settings, threading.Event], int]) -> int:
+    """A one-shot command for each pair in turn, each in its own context (its log lines
+    name it, where the file has several), until a signal stops the lot. The exit code is
+    the worst of theirs."""
+    from .observability import context
+
+    stopping = threading.Event()
+    codes = []
+    for settings in pairs:
+        if stopping.is_set():
+            codes.append(EXIT_FAILED)  # not done: a stop is never a success
+            break
+        with context.working_for(context.Scope(settings.source_bucket, settings.mirror, settings.destination)):
+            codes.append(command(settings, stopping))
+    return min(codes, key=_SEVERITY.index)
 
 
 def _warn_unknown_variables() -> None:
@@ -219,7 +283,7 @@ def _install_signals(on_signal) -> None:
         signal.signal(sig, handler)
 
 
-def _check(settings: config.Settings) -> int:
+def _check(settings: config.Settings, _stopping: threading.Event) -> int:
     from .app import build
     from .reconcile import check_endpoints
 
@@ -234,10 +298,9 @@ def _check(settings: config.Settings) -> int:
     return EXIT_OK
 
 
-def _stop_on_signals(app) -> threading.Event:
-    """First signal: stop starting new work, let what runs finish. Second: exit now.
-    Returns the event set by the first."""
-    stopping = threading.Event()
+def _stop_on_signals(app, stopping: threading.Event) -> None:
+    """First signal: stop starting new work, let what runs finish; ``stopping`` is set.
+    Second: exit now."""
 
     def on_signal(name: str, count: int) -> None:
         if count > 1:
@@ -248,10 +311,9 @@ def _stop_on_signals(app) -> threading.Event:
         app.stop.set()
 
     _install_signals(on_signal)
-    return stopping
 
 
-def _sweep(settings: config.Settings) -> int:
+def _sweep(settings: config.Settings, stopping: threading.Event) -> int:
     from .app import build
     from .reconcile import check_endpoints
     from .sweep import sweep_and_repair
@@ -265,14 +327,14 @@ def _sweep(settings: config.Settings) -> int:
         stats, failed_repairs = sweep_and_repair(app, queue)
         return EXIT_FAILED if stats.failed or failed_repairs or stopping.is_set() else EXIT_OK
 
-    return _one_shot(app, work, stopped="stopped before the sweep was done")
+    return _one_shot(app, work, stopping, stopped="stopped before the sweep was done")
 
 
-def _one_shot(app: App, work: Callable[[threading.Event], int], *, stopped: str) -> int:
-    """A one-shot command's ``work`` on ``app``, which it gets the event a first signal
-    sets: a failure is logged, a stop while backing off is said, and the app is closed
-    whatever happened. Returns the exit code."""
-    stopping = _stop_on_signals(app)
+def _one_shot(app: App, work: Callable[[threading.Event], int], stopping: threading.Event, *, stopped: str) -> int:
+    """A one-shot command's ``work`` on ``app``, which it gets ``stopping``, the event a
+    first signal sets: a failure is logged, a stop while backing off is said, and the
+    app is closed whatever happened. Returns the exit code."""
+    _stop_on_signals(app, stopping)
     try:
         return work(stopping)
     except ReplicatorError as error:
@@ -285,7 +347,8 @@ def _one_shot(app: App, work: Callable[[threading.Event], int], *, stopped: str)
         app.close()
 
 
-def _verify(settings: config.Settings, *, content: bool, sample: int, metrics_file: str | None) -> int:
+def _verify(settings: config.Settings, stopping: threading.Event, *, content: bool, sample: int,
+            metrics_file: str | None) -> int:
     from .app import build
     from .observability import metrics
     from .verify import Verifier
@@ -314,10 +377,11 @@ def _verify(settings: config.Settings, *, content: bool, sample: int, metrics_fi
                 return EXIT_FAILED
         return EXIT_OK if tally.in_sync else EXIT_DRIFT
 
-    return _one_shot(app, work, stopped="stopped before the verify began")
+    return _one_shot(app, work, stopping, stopped="stopped before the verify began")
 
 
-def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool, *, live: bool) -> int:
+def _reconcile(settings: config.Settings, stopping: threading.Event, *, dry_run: bool, allow_mass_delete: bool,
+               live: bool) -> int:
     from .app import build
 
     display = None
@@ -339,7 +403,7 @@ def _reconcile(settings: config.Settings, dry_run: bool, allow_mass_delete: bool
                 return EXIT_FAILED
             return EXIT_GUARD if stats.guard else EXIT_OK
 
-        return _one_shot(app, work, stopped="stopped before the run began")
+        return _one_shot(app, work, stopping, stopped="stopped before the run began")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ them, since this module logs nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import functools
@@ -30,8 +32,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .filters import EVERYTHING, KeyFilter, parse_rules
 
 REQUIRED = ("S3_SYNC_BUCKET",)
+# Set: the mirrors come from this TOML file (config_file.py), not from one pair's variables.
+CONFIG_FILE = "S3_SYNC_CONFIG"
 # Given together, or neither: then the destination's credentials come from the AWS chain.
 KEYS = ("S3_SYNC_ACCESS_KEY", "S3_SYNC_SECRET_KEY")
 
@@ -148,6 +153,27 @@ class Settings:
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
     progress_interval: float = 30.0  # seconds between a reconcile's progress lines; 0: none
+    key_filter: KeyFilter = EVERYTHING  # the keys the mirror holds (filters.py); the rest is never touched
+    # What each write to the destination asks for (stores/encryption.py): server-side
+    # encryption, SSE-S3 ("AES256") or SSE-KMS ("aws:kms", with the provider's default key
+    # unless one is named); or SSE-C with the customer's key (32 bytes, as given: raw or
+    # base64); and a storage class. None: the bucket's defaults.
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_c_key: Secret | None = None
+    storage_class: str | None = None
+    # What may be sent to the destination, events and reconciles together (ratelimit.py); None: no limit.
+    max_bandwidth: int | None = None  # bytes per second
+    max_requests_per_second: float | None = None
+    # The names of this pair, as metric labels, /status and the --mirror/--destination
+    # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
+    # its destinations. Unnamed (a single pair from the environment): the bucket names.
+    mirror: str = ""
+    destination: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mirror", self.mirror or self.source_bucket)
+        object.__setattr__(self, "destination", self.destination or self.dest_bucket)
 
     @property
     def copy_connections(self) -> int:
@@ -164,7 +190,10 @@ class Settings:
             for s in (self.dest_access_key, self.dest_secret_key, self.dest_session_token, self.source_access_key,
                       self.source_secret_key)
             if s is not None and s.reveal()
-        ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p)
+        ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p) + (
+            # The key as given and as sent (base64), whichever the user wrote.
+            (self.sse_c_key.reveal(), base64.b64encode(customer_key(self.sse_c_key.reveal()) or b"").decode())
+            if self.sse_c_key else ())
 
     def summary(self) -> dict[str, str]:
         """What the start-up banner shows. Access keys are identifiers, but we still
@@ -181,7 +210,19 @@ class Settings:
                 else "off"
             ),
             "Workers": str(self.workers),
-        }
+        } | ({} if self.key_filter.everything else {"Keys": str(self.key_filter)}) | self._write_options()
+
+    def _write_options(self) -> dict[str, str]:
+        """The banner's lines for encryption and storage class, where set."""
+        shown: dict[str, str] = {}
+        if self.sse_c_key:
+            shown["Encryption"] = "SSE-C (the customer's key)"
+        elif self.sse:
+            shown["Encryption"] = {"AES256": "SSE-S3 (AES256)", "aws:kms": "SSE-KMS"}[self.sse] + (
+                f", key {self.sse_kms_key_id}" if self.sse_kms_key_id else "")
+        if self.storage_class:
+            shown["Storage Class"] = self.storage_class
+        return shown
 
 
 # --- parsing ---------------------------------------------------------------
@@ -252,6 +293,10 @@ RANGES: dict[str, Range] = {
     "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
     # 0 turns the progress lines off. A day: a reconcile that long still says something daily.
     "S3_SYNC_PROGRESS_INTERVAL": Range(0, DAY, "s"),
+    # Below 64 KiB/s a 5 MiB part takes minutes and a provider may time the upload out;
+    # 100 GiB/s is beyond any link a sidecar gets.
+    "S3_SYNC_MAX_BANDWIDTH": Range(64 * 1024, 100 * GiB, "bytes"),
+    "S3_SYNC_MAX_REQUESTS_PER_SECOND": Range(1, 100_000),
 }
 
 
@@ -263,7 +308,7 @@ def _number_text(value: float) -> str:
 
 
 def _size_text(value: float) -> str:
-    for factor, unit in ((GiB, "GiB"), (MiB, "MiB")):
+    for factor, unit in ((GiB, "GiB"), (MiB, "MiB"), (1024, "KiB")):
         if value >= factor:
             return f"{value / factor:g} {unit}"
     return f"{int(value)} bytes"
@@ -295,20 +340,26 @@ _USERINFO = re.compile(r"(^|//)[^/]*@")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 
-class _Reader:
+class Reader:
     """Reads variables, collecting problems instead of raising at the first."""
 
-    def __init__(self, env: Mapping[str, str]):
+    def __init__(self, env: Mapping[str, str], labels: Mapping[str, str] | None = None):
         self.env = env
+        # How a problem names the setting: the variable's own name, or (from the
+        # configuration file) the TOML path its value came from.
+        self.labels = labels or {}
         self.problems: list[str] = []
         self.failed: set[str] = set()  # names with a problem: cross-checks skip them
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, name)
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
         return value.strip() if value is not None else None
 
     def bad(self, name: str, value: str, why: str) -> None:
-        self.problems.append(f"{name}={value!r}: {why}")
+        self.problems.append(f"{self.label(name)}={value!r}: {why}")
         self.failed.add(name)
 
     def text(self, name: str, default: str) -> str:
@@ -426,6 +477,17 @@ class _Reader:
             return default
         return value
 
+    def key_filter(self, prefix: str, rules: str) -> KeyFilter:
+        """A key prefix, and filter rules one per line (filters.py; a TOML list of them
+        arrives joined by newlines)."""
+        value = self.env.get(rules) or ""
+        try:
+            parsed = parse_rules(value.split("\n"))
+        except ValueError as exc:
+            self.bad(rules, value.strip(), str(exc))
+            parsed = ()
+        return KeyFilter(self.text(prefix, ""), parsed)
+
     def ca_bundle(self, name: str) -> str | None:
         import os.path  # only a file check; the value itself comes from the mapping
 
@@ -437,17 +499,46 @@ class _Reader:
         return value
 
 
+def load_all(env: Mapping[str, str]) -> tuple[Settings, ...]:
+    """Every (mirror, destination) pair to replicate: those of the file ``S3_SYNC_CONFIG``
+    names, or else the one pair of the variables. Raises one ConfigError naming every
+    problem."""
+    path = (env.get(CONFIG_FILE) or "").strip()
+    if not path:
+        return (load(env),)
+    from . import config_file
+
+    return config_file.load(path, env)
+
+
 def load(env: Mapping[str, str]) -> Settings:
-    """Parse settings from ``env``. Raises one ConfigError naming every problem."""
+    """Parse one pair's settings from ``env``. Raises one ConfigError naming every problem."""
+    missing = missing_variables(env)
+    if missing:
+        raise ConfigError(f"Missing required environment variables: {', '.join(missing)}")
+    r = Reader(env)
+    settings = read(r)
+    if r.problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
+    return settings
+
+
+def missing_variables(env: Mapping[str, str]) -> list[str]:
+    """The required names ``env`` lacks: the bucket, and a key whose pair was given
+    (one key of a pair is a mistake, never a wish for the credential chain)."""
     missing = [name for name in REQUIRED if not (env.get(name) or "").strip()]
     keys = [name for name in KEYS if (env.get(name) or "").strip()]
     if len(keys) == 1:
-        # One key of a pair is a mistake, never a wish for the credential chain.
         missing += [name for name in KEYS if name not in keys]
-    if missing:
-        raise ConfigError(f"Missing required environment variables: {', '.join(missing)}")
+    return missing
 
-    r = _Reader(env)
+
+def read(r: Reader) -> Settings:
+    """Every setting of one pair, read through ``r``, whose ``problems`` collect what
+    was wrong (the values in their place are the defaults). The required names are
+    the caller's to check first (:func:`missing_variables`)."""
+    env = r.env
+    keys = all((env.get(name) or "").strip() for name in KEYS)
     dest_endpoint = r.endpoint("S3_SYNC_ENDPOINT", "s3.amazonaws.com")
     path_style = r.choice("S3_SYNC_PATH_STYLE", "auto", ("auto", "true", "false"))
     timezone = r.text("S3_SYNC_TIMEZONE", "UTC")
@@ -514,14 +605,16 @@ def load(env: Mapping[str, str]) -> Settings:
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
+        key_filter=r.key_filter("S3_SYNC_PREFIX", "S3_SYNC_FILTER"),
+        **_encryption(r),
+        max_bandwidth=r.size("S3_SYNC_MAX_BANDWIDTH", 0) or None,  # 0: unset (or refused, below the range)
+        max_requests_per_second=r.number("S3_SYNC_MAX_REQUESTS_PER_SECOND", 0) or None,
     )
     _contradictions(r, settings)
-    if r.problems:
-        raise ConfigError("Invalid configuration: " + "; ".join(r.problems))
     return settings
 
 
-def _contradictions(r: _Reader, s: Settings) -> None:
+def _contradictions(r: Reader, s: Settings) -> None:
     """Settings each valid alone but not together. One that was itself invalid is left
     out: its default stands in for what the user meant."""
 
@@ -531,23 +624,36 @@ def _contradictions(r: _Reader, s: Settings) -> None:
     chunk, threshold = "S3_SYNC_MULTIPART_CHUNK_SIZE", "S3_SYNC_MULTIPART_THRESHOLD"
     if s.multipart_chunk_size > s.multipart_threshold and valid(chunk, threshold):
         given = repr(r.raw(threshold)) if r.raw(threshold) else f"{_size_text(s.multipart_threshold)} by default"
-        r.bad(chunk, r.raw(chunk) or "", f"must be at most {threshold} ({given}): only objects larger than the "
-                                         "threshold are copied in parts")
+        r.bad(chunk, r.raw(chunk) or "", f"must be at most {r.label(threshold)} ({given}): only objects larger "
+                                         "than the threshold are copied in parts")
     tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
            ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
     for side, verifies, verify, bundle in tls:
         if r.raw(bundle) and not verifies:
-            r.bad(bundle, r.raw(bundle) or "", f"contradicts {verify}={r.raw(verify)!r}: with verification off, no "
-                                              f"certificate of the {side} is checked and the bundle would be ignored; "
-                                              "drop one of the two")
-    if (s.source_bucket == s.dest_bucket and _address(s.source_endpoint) == _address(s.dest_endpoint)
+            r.bad(bundle, r.raw(bundle) or "", f"contradicts {r.label(verify)}={r.raw(verify)!r}: with verification "
+                                              f"off, no certificate of the {side} is checked and the bundle would be "
+                                              "ignored; drop one of the two")
+    if (s.source_bucket == s.dest_bucket and address(s.source_endpoint) == address(s.dest_endpoint)
             and valid("MINIO_ENDPOINT", "S3_SYNC_ENDPOINT", "MINIO_BUCKET", "S3_SYNC_BUCKET")):
         r.bad("S3_SYNC_BUCKET", s.dest_bucket,
-              f"the destination is the source: MINIO_BUCKET on the same endpoint (MINIO_ENDPOINT "
-              f"{s.source_endpoint}, S3_SYNC_ENDPOINT {s.dest_endpoint}); a bucket can't be mirrored onto itself")
+              f"the destination is the source: {r.label('MINIO_BUCKET')} on the same endpoint "
+              f"({r.label('MINIO_ENDPOINT')} {s.source_endpoint}, {r.label('S3_SYNC_ENDPOINT')} {s.dest_endpoint}); "
+              "a bucket can't be mirrored onto itself")
+    sse, kms, customer = "S3_SYNC_SSE", "S3_SYNC_SSE_KMS_KEY_ID", "S3_SYNC_SSE_C_KEY"
+    sse_name, customer_name = r.label(sse), r.label(customer)
+    if s.sse_kms_key_id and s.sse != "aws:kms" and valid(sse):
+        r.bad(kms, s.sse_kms_key_id, f"names a KMS key, which only {sse_name}=aws:kms uses ({sse_name} is "
+                                     f"{r.raw(sse) or 'unset'}); set {sse_name}=aws:kms or drop the key")
+    if s.sse and s.sse_c_key:
+        r.bad(sse, r.raw(sse) or "", f"contradicts {customer_name}: an object is encrypted with the provider's key "
+                                     "or with the customer's, never both; drop one of the two")
+    if s.sse_c_key and not s.dest_endpoint.secure and valid("S3_SYNC_ENDPOINT"):
+        r.bad(customer, "***", f"would be sent with every request over plain HTTP ({r.label('S3_SYNC_ENDPOINT')} "
+                               f"{s.dest_endpoint}), for anyone on the way to read; use https (AWS and MinIO refuse "
+                               "SSE-C without it)")
 
 
-def _address(endpoint: Endpoint) -> tuple[str, int]:
+def address(endpoint: Endpoint) -> tuple[str, int]:
     """Where an endpoint's server listens: host and port, with the scheme's default port
     filled in, so http://minio and http://MINIO:80 are one place. (Names aren't resolved:
     localhost and 127.0.0.1 stay two.)"""
@@ -560,21 +666,67 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
     return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _session_token(r: _Reader, keys: bool) -> Secret | None:
+def _session_token(r: Reader, keys: bool) -> Secret | None:
     """S3_SYNC_SESSION_TOKEN: temporary keys' third part, meaningless without the keys."""
     token = r.raw("S3_SYNC_SESSION_TOKEN")
     if not token:
         return None
     if not keys:
-        r.bad("S3_SYNC_SESSION_TOKEN", "***", "given without S3_SYNC_ACCESS_KEY and S3_SYNC_SECRET_KEY, whose "
-                                            "temporary keys it completes")
+        r.bad("S3_SYNC_SESSION_TOKEN", "***", f"given without {r.label('S3_SYNC_ACCESS_KEY')} and "
+                                            f"{r.label('S3_SYNC_SECRET_KEY')}, whose temporary keys it completes")
         return None
     return Secret(token)
 
 
+_STORAGE_CLASS = re.compile(r"^[A-Z0-9_]{1,64}$")
+_KMS_KEY_ID = re.compile(r"^[\x21-\x7e]{1,2048}$")  # printable ASCII: an ARN, an alias, a key name
+
+
+def customer_key(value: str) -> bytes | None:
+    """PURE: an SSE-C key's 32 bytes from what the user wrote: the 32 bytes themselves,
+    or their base64 (44 characters); None for anything else. The two can't be
+    confused: 32 characters of base64 decode to 24 bytes."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if len(raw) == 32:
+        return raw
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if len(decoded) == 32 else None
+
+
+def _encryption(r: Reader) -> dict[str, Any]:
+    """S3_SYNC_SSE, S3_SYNC_SSE_KMS_KEY_ID, S3_SYNC_SSE_C_KEY and S3_SYNC_STORAGE_CLASS."""
+    sse = {"": None, "aes256": "AES256", "aws:kms": "aws:kms"}.get((r.raw("S3_SYNC_SSE") or "").lower(), "?")
+    if sse == "?":
+        r.bad("S3_SYNC_SSE", r.raw("S3_SYNC_SSE") or "", "expected AES256 (SSE-S3) or aws:kms (SSE-KMS); "
+                                                         "for SSE-C, set S3_SYNC_SSE_C_KEY instead")
+        sse = None
+    kms = r.raw("S3_SYNC_SSE_KMS_KEY_ID") or None
+    if kms and not _KMS_KEY_ID.match(kms):
+        r.bad("S3_SYNC_SSE_KMS_KEY_ID", kms, "expected a key ID, ARN or alias, without spaces")
+        kms = None
+    key = r.raw("S3_SYNC_SSE_C_KEY") or None
+    if key and customer_key(key) is None:
+        # The value is a secret: never shown, not even a wrong one (it may be one typo from right).
+        r.bad("S3_SYNC_SSE_C_KEY", "***", f"expected a 256-bit key: 32 bytes, or their base64 (44 characters); "
+                                          f"got {len(key)} characters")
+        key = None
+    storage_class = r.raw("S3_SYNC_STORAGE_CLASS") or None
+    if storage_class and not _STORAGE_CLASS.match(storage_class):
+        hint = f" such as {storage_class.upper()}" if _STORAGE_CLASS.match(storage_class.upper()) else ""
+        r.bad("S3_SYNC_STORAGE_CLASS", storage_class,
+              f"expected a storage class as the provider names it{hint or ' (such as STANDARD_IA)'}: upper-case "
+              "letters, digits and underscores")
+        storage_class = None
+    return {"sse": sse, "sse_kms_key_id": kms, "sse_c_key": Secret(key) if key else None,
+            "storage_class": storage_class}
+
+
 # --- proxies ------------------------------------------------------------------------
 
-def _proxy_for(r: _Reader, endpoint: Endpoint) -> str | None:
+def _proxy_for(r: Reader, endpoint: Endpoint) -> str | None:
     """The proxy for ``endpoint``, as curl and most tools read the environment: the
     scheme's variable (HTTPS_PROXY or HTTP_PROXY; the lower-case name wins when both are
     set), unless NO_PROXY names the host."""
@@ -681,7 +833,7 @@ def known_variables() -> frozenset[str]:
     env = RecordingEnvironment({"S3_SYNC_ACCESS_KEY": "key", "S3_SYNC_SECRET_KEY": "secret",
                                 "S3_SYNC_BUCKET": "mirror"})
     try:
-        load(env)
+        load_all(env)
     except ConfigError:  # the defaults are valid; and the names were read all the same
         pass
     return frozenset(env.read)

@@ -14,6 +14,11 @@ the key back on the queue; the reconcile counts it failed, which keeps the run d
 and the next run at it). A replica taking work from a durable log acks on anything
 else and redelivers on ``CHANGED``.
 
+A key outside the mirror's filter (filters.py) is refused here, whatever the trigger:
+never copied, never deleted (``EXCLUDED``). The listings are filtered before the diff
+(reconcile.listed_changes), so only events bring such keys; the check stands here
+because this is the one operation every trigger calls.
+
 A deletion the source made is mirrored here for events only: the reconcile deletes in
 guarded batches after a clean run (reconcile.py), never one key at a time.
 """
@@ -29,6 +34,7 @@ from loguru import logger
 from . import diff, drift
 from .copier import Copier
 from .errors import NotFound, ReplicatorError, SourceChanged
+from .filters import EVERYTHING, KeyFilter
 from .model import ObjectInfo, SourceObject
 from .retry import RetryPolicy
 from .stores.base import DestinationStore, SourceStore
@@ -44,6 +50,9 @@ class Outcome(enum.Enum):
     # whole (no half-written object, no upload left), and the destination still holds
     # what it held before. Try again: nothing failed, but nothing converged either.
     CHANGED = "changed while copying"
+    # Outside the mirror's filter (S3_SYNC_PREFIX, S3_SYNC_FILTER): not the mirror's,
+    # at either side; nothing was read, copied or deleted.
+    EXCLUDED = "excluded by the filter"
 
 
 @dataclass(frozen=True)
@@ -81,14 +90,19 @@ class Result:
 
 class Converger:
     def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, policy: RetryPolicy, *,
-                 threshold: int):
+                 threshold: int, key_filter: KeyFilter = EVERYTHING):
         self.source = source
         self.dest = dest
         self.copier = copier
         self.policy = policy
         self.threshold = threshold
+        self.key_filter = key_filter
 
     def converge(self, key: str, hint: Hint) -> Result:
+        if not self.key_filter(key):
+            logger.debug("{}: outside the mirror's filter ({}); neither copied nor deleted", key, self.key_filter,
+                         event="excluded", key=key)
+            return Result(Outcome.EXCLUDED)
         if hint.listed is not None:
             if self.in_sync_by_record(key, hint.listed):
                 return Result(Outcome.IN_SYNC)

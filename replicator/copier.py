@@ -32,7 +32,7 @@ from loguru import logger
 
 from .config import MiB, Settings
 from .diff import is_multipart_etag
-from .errors import NotFound, ReplicatorError, SourceChanged, TransientError
+from .errors import NotFound, PermanentError, ReplicatorError, SourceChanged, TransientError
 from .model import SourceObject
 from .observability import metrics
 from .pool import BoundedExecutor, ByteBudget
@@ -41,6 +41,7 @@ from .stores.base import DestinationStore, SourceStore
 from .uploads import LIFECYCLE_HINT, Owner, Registry, Upload
 
 MAX_PARTS = 10_000  # S3's limit
+OUTSIDE_FILTER = "outside the mirror's filter (S3_SYNC_PREFIX, S3_SYNC_FILTER): refused"
 # Small copies in flight hold at most this many multipart thresholds' worth of bytes
 # (128 MiB by default), however many threads copy: more threads than this buy
 # concurrency for small objects, where copies wait on round trips, not memory.
@@ -109,6 +110,9 @@ class Copier:
         # The multipart uploads in flight, on disk (uploads.py); None records nothing.
         self.uploads = uploads or Registry(None, "")
         self.threshold = settings.multipart_threshold
+        # Checked again where every copy and delete is sent from (defence in depth: the
+        # listings and converge.py filter first): the destination may hold other data.
+        self.key_filter = settings.key_filter
         self.chunk = settings.multipart_chunk_size
         # Set to abandon in-flight multipart uploads (shutdown past its deadline).
         self.abort = abort or policy.stop
@@ -126,6 +130,8 @@ class Copier:
         """Make the destination's ``key`` equal to the source's current object.
         Returns None when the source no longer has it (nothing to copy; the deletion,
         if any, is the reconcile's or the event's business)."""
+        if not self.key_filter(key):
+            raise PermanentError("destination", "put", key, OUTSIDE_FILTER)
         restarts = 0
         while True:
             try:
@@ -323,9 +329,11 @@ class Copier:
         """Delete keys at the destination (one request per 1000). ``recheck`` returns
         the keys the source still lacks; it runs before every retry, because a retry
         comes seconds after the caller's own check, and a key uploaded again meanwhile
-        must not be deleted. Returns the keys a delete was sent for, and the failures
-        among them."""
-        pending = list(keys)
+        must not be deleted. Returns the keys it dealt with (a delete sent, or refused), and
+        the failures among them. A key outside the mirror's filter is never sent: it is
+        refused, returned as failed (a bug upstream of here: the run must not look clean)."""
+        outside = {key: OUTSIDE_FILTER for key in keys if not self.key_filter(key)}
+        pending = [key for key in keys if key not in outside]
         attempts = 0
 
         def attempt() -> dict[str, str]:
@@ -337,4 +345,4 @@ class Copier:
 
         failed = self.policy.call(attempt)
         metrics.objects_deleted.inc(len(pending) - len(failed))
-        return pending, failed
+        return pending + list(outside), failed | outside

@@ -18,7 +18,7 @@ from datetime import datetime
 from loguru import logger
 
 from .errors import StoreError, TransientError
-from .observability import metrics
+from .observability import context, metrics
 from .stores.notifications import Notifications, Subscription
 from .workqueue import KeyedQueue, WorkItem
 
@@ -67,25 +67,77 @@ def _kind(item: WorkItem) -> str:
 
 
 @dataclass(eq=False)
+class Intake:
+    """One destination's door for events: its queue, which keys its mirror takes, and
+    what to do with an event it can't take (the reconcile repairs content; the
+    workers keep tag and lock changes for after it)."""
+
+    queue: KeyedQueue
+    on_gap: Callable[[str], None]
+    on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None
+    accepts: Callable[[str], bool] = lambda key: True
+    # Whose queue this is: what it drops is counted and logged as that destination's,
+    # though the listener's thread does it.
+    scope: context.Scope | None = None
+    dropped: int = field(default=0, init=False)
+
+    def offer(self, item: WorkItem, timeout: float, stopping: threading.Event) -> None:
+        if not self.accepts(item.key):
+            return
+        if self.queue.put(item, timeout=timeout) or stopping.is_set():
+            return
+        if self.scope is None:
+            self._shed(item, timeout)
+            return
+        with context.working_for(self.scope):
+            self._shed(item, timeout)
+
+    def _shed(self, item: WorkItem, timeout: float) -> None:
+        # Backpressure held for too long: drop the hint, never the guarantee.
+        self.dropped += 1
+        metrics.failures.labels("queue_full").inc()
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            held = f" for {timeout:.0f}s" if timeout else ""  # several destinations: none may hold the listener
+            logger.warning("{}: work queue full{}; event dropped ({} so far), reconcile requested",
+                           item.key, held, self.dropped)
+        self.on_dropped(item, "work queue full")
+        self.on_gap("work queue overflowed")
+
+
+@dataclass(eq=False)
 class Listener:
-    """Runs in its own thread; ``stop()`` from any thread ends it promptly."""
+    """Runs in its own thread; ``stop()`` from any thread ends it promptly.
+
+    Its events go to ``queue``, or, where one source bucket has several destinations,
+    to each of ``intakes``: then no queue may hold the listener (a full one drops the
+    event and asks its own reconcile), so a stalled destination never delays the
+    events of another."""
 
     notifications: Notifications
-    queue: KeyedQueue
+    queue: KeyedQueue | None
     stopping: threading.Event
-    on_gap: Callable[[str], None]
+    on_gap: Callable[[str], None]  # every destination's: a reconnect may have lost anyone's events
     _: KW_ONLY
     # Gets each dropped item: the reconcile repairs content, not tag or lock changes.
     on_dropped: Callable[[WorkItem, str], None] = lambda item, why: None
+    intakes: list[Intake] = field(default_factory=list)
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     rng: random.Random = field(default_factory=random.Random)
     connected: threading.Event = field(default_factory=threading.Event, init=False)
     reconnects: int = field(default=0, init=False)
     subscriptions: int = field(default=0, init=False)  # every one made; reconnects misses a restart's first
-    dropped: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _subscription: Subscription | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.intakes:
+            assert self.queue is not None
+            self.intakes = [Intake(self.queue, self.on_gap, self.on_dropped)]
+
+    @property
+    def dropped(self) -> int:
+        return sum(intake.dropped for intake in self.intakes)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -180,14 +232,6 @@ class Listener:
     def _enqueue(self, item: WorkItem) -> None:
         metrics.events_received.labels(_kind(item)).inc()
         logger.debug("{}: event ({})", item.key, _kind(item))
-        if not self.queue.put(item, timeout=ENQUEUE_TIMEOUT):
-            if self.stopping.is_set():
-                return
-            # Backpressure held for too long: drop the hint, never the guarantee.
-            self.dropped += 1
-            metrics.failures.labels("queue_full").inc()
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                logger.warning("{}: work queue full for {:.0f}s; event dropped ({} so far), reconcile requested",
-                               item.key, ENQUEUE_TIMEOUT, self.dropped)
-            self.on_dropped(item, "work queue full")
-            self.on_gap("work queue overflowed")
+        timeout = ENQUEUE_TIMEOUT if len(self.intakes) == 1 else 0.0
+        for intake in self.intakes:
+            intake.offer(item, timeout, self.stopping)

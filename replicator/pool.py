@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
+from .observability.context import inherit
 from .retry import Stopped
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ class BoundedExecutor:
     def submit(self, fn: Callable[..., T], *args) -> Future[T]:
         self._slots.acquire()
         try:
-            future = self._pool.submit(fn, *args)
+            future = self._pool.submit(inherit(fn), *args)
         except BaseException:
             self._slots.release()
             raise
@@ -105,7 +106,7 @@ def prefetch(source: Iterator[T], depth: int = 2000, name: str = "prefetch", bat
         finally:
             _close(source)
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread = threading.Thread(target=inherit(produce), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -190,7 +191,7 @@ def ordered_chain(parts: Iterable[Part[T]], workers: int, *, buffer: int = 2,
                     exhausted = True
                 elif callable(part):
                     ahead = _Ahead(part, max(1, buffer), closed)
-                    ahead.future = executor.submit(ahead.run)
+                    ahead.future = executor.submit(inherit(ahead.run))
                     pending.append(ahead)
                     running += 1
                 else:

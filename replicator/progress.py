@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from loguru import logger
 
 from .model import RunStats
+from .observability.context import inherit
 
 RATE_WINDOW = 30.0  # seconds
 
@@ -117,7 +118,7 @@ class Reporter:
         self.progress = progress
         self.interval = interval
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread = threading.Thread(target=inherit(self._run), name="progress", daemon=True)
 
     def __enter__(self) -> Reporter:
         if self.interval > 0:

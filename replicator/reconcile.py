@@ -36,6 +36,7 @@ from .config import Settings
 from .converge import Converger, Hint, Outcome
 from .copier import Copier
 from .errors import FatalError, GuardRefused, ReplicatorError, StoreError, log_fields
+from .filters import KeyFilter
 from .model import Action, Change, ObjectInfo, RunStats
 from .observability import metrics
 from .pool import BoundedExecutor, prefetch
@@ -86,17 +87,23 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
 
 
 def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy, stats: RunStats, *,
-                   until: Callable[[], bool]) -> Generator[Change, None, None]:
+                   until: Callable[[], bool], key_filter: KeyFilter) -> Generator[Change, None, None]:
     """The diff of both listings, as every full comparison walks it (a reconcile, and
     ``verify``): each listing resumes after a transient failure, runs in a thread of its
     own a bounded distance ahead, and is counted into ``stats``. Attributes come in both
     listings where the destination can list them (MinIO): then a metadata rewrite over
     the same bytes shows in the diff too. It ends early once ``until()`` is true (a
-    fatal error, a stop). Close it to stop both listings' threads."""
-    list_source = ((lambda after: source.list_from(after, metadata=True)) if dest.lists_metadata
-                   else source.list_from)
-    changes = diff.plan(_counted(list_source, "source", policy, stats),
-                        _counted(dest.list_from, "destination", policy, stats))
+    fatal error, a stop). Close it to stop both listings' threads.
+
+    Both listings hold only the keys of ``key_filter``: under its prefix (asked of the
+    servers), and passing its rules (asked here, before the diff and the counts). So a
+    destination object outside the mirror is never a difference, never a delete
+    candidate, and not counted into the share the delete guard allows."""
+    prefix = key_filter.prefix
+    changes = diff.plan(
+        _counted(list_with(source.list_from, prefix=prefix, metadata=dest.lists_metadata), "source", policy, stats,
+                 key_filter),
+        _counted(list_with(dest.list_from, prefix=prefix), "destination", policy, stats, key_filter))
     with closing(changes):  # closed with this generator, or when it ends early
         for change in changes:
             if until():
@@ -104,9 +111,22 @@ def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPol
             yield change
 
 
+def list_with(list_from: Callable[..., Iterator[ObjectInfo]], **options: object
+            ) -> Callable[[str | None], Iterator[ObjectInfo]]:
+    """``list_from`` with those of its options (``prefix``, ``metadata``) that are set;
+    ``list_from`` itself when none is."""
+    given = {name: value for name, value in options.items() if value}
+    return (lambda after: list_from(after, **given)) if given else list_from
+
+
 def _counted(list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str, policy: RetryPolicy,
-             stats: RunStats) -> Iterator[ObjectInfo]:
+             stats: RunStats, key_filter: KeyFilter) -> Iterator[ObjectInfo]:
+    # Filtered after the resumption: a listing that fails resumes after the last key it
+    # listed, whether or not the filter let that one through.
+    keep = None if key_filter.everything else key_filter
     for item in prefetch(policy.resumable(list_from, lambda item: item.key), name=f"list-{side}"):
+        if keep is not None and not keep(item.key):
+            continue
         if side == "source":
             stats.source_objects += 1
         else:
@@ -214,7 +234,8 @@ class _Run:
                 try:
                     # closing: a run that stops early stops both listings' threads now.
                     with closing(listed_changes(o.source, o.dest, o.policy, self.stats,
-                                                until=lambda: self.fatal is not None or o.stop.is_set())) as changes:
+                                                until=lambda: self.fatal is not None or o.stop.is_set(),
+                                                key_filter=o.settings.key_filter)) as changes:
                         for change in changes:
                             self.progress.compared += 1
                             if change.action is Action.UNCHANGED:

@@ -259,7 +259,8 @@ class Verifier:
     def _compare_listings(self, pool: BoundedExecutor, pending: deque[Future[Finding | None]]) -> None:
         try:
             with closing(listed_changes(self.source, self.dest, self.policy, self.listed,
-                                        until=lambda: self.fatal is not None or self.stop.is_set())) as changes:
+                                        until=lambda: self.fatal is not None or self.stop.is_set(),
+                                        key_filter=self.settings.key_filter)) as changes:
                 for change in changes:
                     self.tally.compared += 1
                     self._emit(pending, self._compare(change, pool))

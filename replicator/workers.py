@@ -24,6 +24,7 @@ from loguru import logger
 from .converge import Converger, Hint, Outcome, Result
 from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
+from .observability.context import inherit
 from .retry import Stopped
 from .workqueue import Closed, KeyedQueue, WorkItem
 
@@ -107,7 +108,7 @@ class Workers:
 
     def start(self) -> None:
         for n in range(self.threads):
-            thread = threading.Thread(target=self._loop, name=f"event-worker-{n}", daemon=True)
+            thread = threading.Thread(target=inherit(self._loop), name=f"event-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -199,6 +200,8 @@ class Workers:
 
     @staticmethod
     def _done(item: WorkItem, result: Result, duration: float) -> None:
+        if result.outcome is Outcome.EXCLUDED:
+            return  # not the mirror's key: converge logged it
         fields = {"event": result.outcome.name.lower(), "key": item.key, "trigger": "event",
                   "duration_s": round(duration, 3)}
         if result.outcome is Outcome.GONE:

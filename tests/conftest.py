@@ -1,11 +1,13 @@
 """Shared fixtures: real servers once per session, a fresh bucket pair per test.
 
 ``pair`` is parametrized over the destinations: a second MinIO, and moto's server
-(AWS-flavoured). A test that takes ``pair`` runs against both.
+(AWS-flavoured). A test that takes ``pair`` runs against both. ``minio_kms`` is a third
+MinIO, over HTTPS and with a KMS key, for destination encryption (``kms_pair``).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import os
@@ -106,9 +108,10 @@ class Pair:
         return {key: self.source_body(key) for key in self.source_keys()}
 
 
-def boto_client(endpoint: str, key: str, secret: str):
+def boto_client(endpoint: str, key: str, secret: str, *, verify: str | None = None):
     return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1",
+        verify=verify,
         config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
                       response_checksum_validation="when_required"),
     )
@@ -116,23 +119,27 @@ def boto_client(endpoint: str, key: str, secret: str):
 
 @pytest.fixture(params=["minio", "moto"])
 def pair(request, minio_source: MinioServer, tmp_path) -> Pair:
-    source = Minio(minio_source.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
-    source_bucket = unique_bucket("src")
-    source.make_bucket(source_bucket)
-    dest_bucket = unique_bucket("dst")
     if request.param == "minio":
         server = request.getfixturevalue("minio_dest")
         endpoint, key, secret = server.endpoint, DEST_USER, DEST_PASSWORD
     else:
         server = request.getfixturevalue("moto_server")
         endpoint, key, secret = server.endpoint, MOTO_KEY, MOTO_SECRET
-    dest = boto_client(endpoint, key, secret)
+    return make_pair(request.param, minio_source, server, boto_client(endpoint, key, secret),
+                     {"S3_SYNC_ACCESS_KEY": key, "S3_SYNC_SECRET_KEY": secret, "S3_SYNC_ENDPOINT": endpoint}, tmp_path)
+
+
+def make_pair(kind: str, minio_source: MinioServer, server, dest, dest_env: dict[str, str], tmp_path) -> Pair:
+    """A fresh source bucket and a fresh destination bucket on ``server``, whose client is
+    ``dest`` and whose settings are ``dest_env``."""
+    source = Minio(minio_source.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
+    source_bucket = unique_bucket("src")
+    source.make_bucket(source_bucket)
+    dest_bucket = unique_bucket("dst")
     dest.create_bucket(Bucket=dest_bucket)
     env = {
-        "S3_SYNC_ACCESS_KEY": key,
-        "S3_SYNC_SECRET_KEY": secret,
+        **dest_env,
         "S3_SYNC_BUCKET": dest_bucket,
-        "S3_SYNC_ENDPOINT": endpoint,
         "MINIO_ENDPOINT": minio_source.endpoint,
         "MINIO_ACCESS_KEY": SOURCE_USER,
         "MINIO_SECRET_KEY": SOURCE_PASSWORD,
@@ -144,8 +151,32 @@ def pair(request, minio_source: MinioServer, tmp_path) -> Pair:
         # machine's /var/lib/replicator.
         "S3_SYNC_STATE_DIR": str(tmp_path / "state"),
     }
-    return Pair(request.param, env, source, source_bucket, dest, dest_bucket,
-                servers={"source": minio_source, "dest": server})
+    return Pair(kind, env, source, source_bucket, dest, dest_bucket, servers={"source": minio_source, "dest": server})
+
+
+# MinIO's built-in KMS key (MINIO_KMS_SECRET_KEY, name:base64 of 32 bytes): SSE-S3 and
+# SSE-KMS need a KMS, and SSE-C needs TLS, so this destination has both.
+KMS_KEY_NAME = "replicator-test-key"
+
+
+@pytest.fixture(scope="session")
+def minio_kms(tmp_path_factory) -> Iterator[MinioServer]:
+    from tests.tls import make_ca
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    server = MinioServer("dest-kms", DEST_USER, DEST_PASSWORD, tls=make_ca(str(tmp_path_factory.mktemp("kms-tls"))),
+                         env={"MINIO_KMS_SECRET_KEY": f"{KMS_KEY_NAME}:{key}"}).start()
+    yield server
+    server.close()
+
+
+def kms_pair(minio_source: MinioServer, server: MinioServer, tmp_path) -> Pair:
+    """A pair whose destination is ``minio_kms``: over HTTPS, with a KMS."""
+    ca = str(server.tls.ca_file)
+    dest = boto_client(server.endpoint, DEST_USER, DEST_PASSWORD, verify=ca)
+    return make_pair("minio-kms", minio_source, server, dest,
+                     {"S3_SYNC_ACCESS_KEY": DEST_USER, "S3_SYNC_SECRET_KEY": DEST_PASSWORD,
+                      "S3_SYNC_ENDPOINT": server.endpoint, "S3_SYNC_CA_BUNDLE": ca}, tmp_path)
 
 
 # --- helpers for the reconcile and CLI suites -------------------------------------

@@ -37,14 +37,17 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
 class Sidecar:
     def __init__(self, env: dict[str, str], **overrides):
         self.port = free_port()
+        # A configuration file holds the per-destination settings itself (the test's
+        # file sets the interval and the cooldown); beside it they would be refused.
+        per_destination = {} if "S3_SYNC_CONFIG" in env else {"S3_SYNC_INTERVAL": "3600",
+                                                                "S3_SYNC_RECONCILE_COOLDOWN": "1"}
         self.env = {
             **replicator_environ(),
             **env,
             "S3_SYNC_ENABLED": "true",
             "S3_SYNC_HTTP_HOST": HOST,
             "S3_SYNC_HTTP_PORT": str(self.port),
-            "S3_SYNC_INTERVAL": "3600",
-            "S3_SYNC_RECONCILE_COOLDOWN": "1",
+            **per_destination,
             "S3_SYNC_LOG_LEVEL": "debug",
             **{k: str(v) for k, v in overrides.items()},
         }

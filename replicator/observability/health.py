@@ -104,3 +104,48 @@ def _printable(value):
     if isinstance(value, list | tuple):
         return [_printable(item) for item in value]
     return value
+
+
+class Board:
+    """``/healthz``, ``/readyz`` and ``/status`` over every destination's Health: ready
+    when every one is. One destination (a single pair) reports exactly as its Health
+    does; several are listed under ``mirrors``, each with its names."""
+
+    def __init__(self, healths: list[tuple[str, str, Health]], *, clock: Callable[[], float] = time.time):
+        self.healths = healths  # (mirror, destination, health), in configuration order
+        self.clock = clock
+        self.started = clock()
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        for _, _, health in self.healths:
+            health.set_state(state, detail)
+
+    @property
+    def state(self) -> str:
+        states = [health.state for _, _, health in self.healths]
+        if len(set(states)) == 1:
+            return states[0]
+        return next(state for state in states if state != "running")  # the one holding the others back
+
+    def ready(self) -> tuple[bool, str]:
+        if len(self.healths) == 1:
+            return self.healths[0][2].ready()
+        reasons = []
+        for mirror, destination, health in self.healths:
+            ready, why = health.ready()
+            if not ready:
+                reasons.append(f"{mirror}/{destination}: {why}")
+        return (False, "; ".join(reasons)) if reasons else (True, "ok")
+
+    def status(self) -> dict:
+        if len(self.healths) == 1:
+            return self.healths[0][2].status()
+        ready, why = self.ready()
+        return _printable({
+            "state": self.state,
+            "ready": ready,
+            "ready_reason": why,
+            "uptime_seconds": round(self.clock() - self.started, 3),
+            "mirrors": [{"mirror": mirror, "destination": destination, **health.status()}
+                        for mirror, destination, health in self.healths],
+        })

@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ConfigError
-from .health import Health
+from .health import Board, Health
 
 
-def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+def _handler(health: Health | Board) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "replicator"
 
@@ -92,7 +92,7 @@ def _bind_error(host: str, port: int, exc: OSError) -> str:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, health: Health):
+    def __init__(self, host: str, port: int, health: Health | Board):
         try:
             family, address = _listen_address(host, port)
             self._server = (_Server6 if family == socket.AF_INET6 else _Server)(address, _handler(health))

@@ -29,12 +29,13 @@ from zoneinfo import ZoneInfo
 from loguru import logger
 
 from ..printable import printable
+from . import context
 
 _MARKS = {"DEBUG": "·", "WARNING": "!", "ERROR": "✗", "CRITICAL": "✗"}  # none for INFO, as the old sidecar had
 # loguru's own levels by the names log tools know (RFC 5424 / Python's logging).
 _STANDARD_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}
 # Set by the patcher for the text format; never shown as fields.
-_INTERNAL = frozenset({"ts", "exc_text"})
+_INTERNAL = frozenset({"ts", "exc_text", "where"})
 
 
 class _Stderr:
@@ -78,6 +79,7 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
         # Here, and not in a sink: both formats then show a key the same way.
         record["extra"]["ts"] = record["time"].astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
         record["message"] = clean(record["message"])
+        _name_the_pair(record)
         if record["exception"] is not None:
             record["extra"]["exc_text"] = _format_exception(record["exception"], clean)
 
@@ -106,12 +108,30 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
         mark = _MARKS.get(record["level"].name)
         head = f"[{{extra[ts]}}] <level>{mark}</level> " if mark else "[{extra[ts]}] "
         tail = "\n{extra[exc_text]}" if record["extra"].get("exc_text") else ""
-        return head + "{message}" + tail + "\n"
+        return head + "{extra[where]}{message}" + tail + "\n"
 
     logger.configure(patcher=patch)
     use_color = colorize if colorize is not None else (isatty(out) and not os.environ.get("NO_COLOR"))
     logger.add(out, level=level, format=text_format, colorize=use_color, backtrace=False, diagnose=False,
                catch=False)
+
+
+def _name_the_pair(record) -> None:
+    """With the configuration file's mirrors, each line says whose it is: the text
+    format begins the message with ``mirror/destination: `` (a listener's, with its
+    source bucket), the JSON format has ``mirror`` and ``destination`` fields."""
+    extra = record["extra"]
+    extra["where"] = ""
+    scope = context.current()
+    if scope is None or not context.named():
+        return
+    if scope.mirror:
+        extra.setdefault("mirror", scope.mirror)
+        extra.setdefault("destination", scope.destination)
+        extra["where"] = printable(f"{scope.mirror}/{scope.destination}: ")
+    else:
+        extra.setdefault("source_bucket", scope.source_bucket)
+        extra["where"] = printable(f"{scope.source_bucket}: ")
 
 
 def isatty(stream: TextIO | _Stderr) -> bool:

@@ -27,9 +27,9 @@ class SourceStore(Protocol):
     def check(self) -> None:
         """Reachable, credentials accepted, bucket exists; else FatalError/TransientError."""
 
-    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
-        """All objects after ``start_after`` (all when None), in key order; with
-        ``metadata``, each with its attributes and tags (ObjectInfo.attributes)."""
+    def list_from(self, start_after: str | None, *, prefix: str = "", metadata: bool = False) -> Iterator[ObjectInfo]:
+        """All objects under ``prefix`` after ``start_after`` (all when None), in key
+        order; with ``metadata``, each with its attributes and tags (ObjectInfo.attributes)."""
 
     def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, Reader]]:
         """GET the whole object: its description and a byte reader."""
@@ -63,8 +63,8 @@ class DestinationStore(Protocol):
     def check(self, create: bool) -> None:
         """Reachable, credentials accepted; bucket exists (created when ``create``)."""
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        ...
+    def list_from(self, start_after: str | None, *, prefix: str = "") -> Iterator[ObjectInfo]:
+        """All objects under ``prefix`` after ``start_after``, in key order."""
 
     def open(self, key: str) -> AbstractContextManager[tuple[SourceObject, Reader]]:
         """GET the whole object, as ``SourceStore.open`` does (``verify --content`` reads

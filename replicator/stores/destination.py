@@ -24,9 +24,11 @@ from urllib3 import HTTPHeaderDict
 
 from ..config import Settings
 from ..drift import recorded_etag
-from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError
+from ..errors import ConfigError, FatalError, NotFound, PermanentError, StoreError, TransientError, annotated
 from ..model import NO_LOCK, SOURCE_ETAG_META, ObjectInfo, ObjectLock, SourceObject
+from ..ratelimit import Limits
 from . import answers, listing, parallel_listing
+from .encryption import write_options
 from .object_lock import RETENTION_MARGIN, iso8601, lock_headers, sendable_lock
 from .source import describe
 from .transport import Body, Transport, object_path, prove_answer, query_string, release
@@ -139,9 +141,10 @@ class S3Destination:
     def lists_metadata(self) -> bool:
         return self.can.lists_metadata
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, limits: Limits | None = None):
         self.bucket = settings.dest_bucket
         self._settings = settings
+        self._limits = limits  # bandwidth and request rate, on both HTTP stacks (ratelimit.py)
         # Signed for S3_SYNC_REGION until check() has asked the bucket (_learn_region).
         self.region = settings.dest_region or DEFAULT_REGION
         endpoint = settings.dest_endpoint
@@ -165,10 +168,13 @@ class S3Destination:
             credentials=credentials, verify=settings.dest_verify_tls,
             ca_bundle=settings.dest_ca_bundle,
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-            maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy)
+            maxsize=settings.copy_connections + settings.list_concurrency + 2, proxy=settings.dest_proxy,
+            limits=limits)
         self.list_concurrency = settings.list_concurrency
         self.list_page_size = settings.list_page_size
         self.can = Capabilities(list_metadata_asked=settings.list_metadata)
+        # Encryption and storage class (encryption.py): on each write; SSE-C on reads too.
+        self._write = write_options(settings)
         self._lock = threading.Lock()
 
     def _client(self, region: str):
@@ -180,6 +186,8 @@ class S3Destination:
         client = self._session.client("s3", endpoint_url=endpoint_url, verify=verify, region_name=region,
                                       config=client_config(self._settings, region))
         client.meta.events.register("before-parse.s3.*", prove_answer)
+        if self._limits is not None:
+            self._limits.hook(client.meta.events)
         return client
 
     # -- error mapping ---------------------------------------------------------
@@ -288,11 +296,11 @@ class S3Destination:
         if not enabled:
             self.can.object_lock_cause = f"destination bucket {self.bucket} has object lock disabled"
 
-    def list_from(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        """The listing; with each object's attributes and tags where the destination can
-        list them (``lists_metadata``)."""
+    def list_from(self, start_after: str | None, *, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The listing (of the keys under ``prefix``); with each object's attributes and
+        tags where the destination can list them (``lists_metadata``)."""
         return parallel_listing.walk(listing.Lister(self.side, self.bucket, self._list_page), start_after,
-                                     self.list_concurrency)
+                                     self.list_concurrency, prefix)
 
     def _list_page(self, request: listing.PageRequest) -> bytes:
         # Raw, and parsed by listing.py: botocore's generic parser is most of a no-op
@@ -309,16 +317,30 @@ class S3Destination:
 
     def stat(self, key: str) -> SourceObject | None:
         try:
-            head = self._call("head", key, self.client.head_object, Key=key)
-        except NotFound:
-            return None
+            head = self.client.head_object(Bucket=self.bucket, Key=key, **self._write.customer_params)
+        except Exception as exc:
+            error = self._map(exc, "head", key)
+            if isinstance(error, NotFound):
+                return None
+            if self._write.customer and isinstance(exc, ClientError):
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 400:
+                    # S3 and MinIO refuse an SSE-C key for an object not encrypted with
+                    # one: written before S3_SYNC_SSE_C_KEY was set, or by someone else.
+                    # As good as missing: the copy that replaces it is encrypted.
+                    logger.debug("{}: not encrypted with S3_SYNC_SSE_C_KEY (HTTP 400); copied again", key)
+                    return None
+                if status == 403:
+                    error = annotated(error, "; or the object is encrypted with another SSE-C key than "
+                                             "S3_SYNC_SSE_C_KEY")
+            raise error from exc
         # The raw headers, read as the source's are: one rule (drift.py) compares both.
         return describe(key, HTTPHeaderDict(head["ResponseMetadata"]["HTTPHeaders"]))
 
     @contextmanager
     def open(self, key: str):
         """GET the whole object: its description, read as the source's are, and its bytes."""
-        response = self._transport.get_object(key, object_path(self._bucket_path, key))
+        response = self._transport.get_object(key, object_path(self._bucket_path, key), headers=self._write.customer)
         try:
             yield describe(key, response.headers), Body(response, self._transport, key)
         finally:
@@ -449,7 +471,8 @@ class S3Destination:
                         lock: ObjectLock = NO_LOCK) -> dict[str, str]:
         """The one encoding of what a write of ``src`` carries beside its bytes, for a
         PutObject and a CreateMultipartUpload alike: Content-Type, the copied headers,
-        user metadata with the source ETag, tags, and the lock settings."""
+        user metadata with the source ETag, tags, the lock settings, encryption and
+        storage class."""
         headers = {f"x-amz-meta-{name}": value for name, value in src.metadata.items()}
         headers[f"x-amz-meta-{SOURCE_ETAG_META}"] = src.etag
         if src.content_type:
@@ -458,6 +481,7 @@ class S3Destination:
         if tags and self.can.tagging:
             headers["x-amz-tagging"] = urlencode(tags)
         headers.update(lock_headers(lock))
+        headers.update(self._write.create)
         return headers
 
     def _needs_md5(self, headers: dict[str, str]) -> bool:
@@ -519,11 +543,12 @@ class S3Destination:
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
-        return self._send("put part", key, query, {}, data).headers["ETag"]
+        return self._send("put part", key, query, dict(self._write.customer), data).headers["ETag"]
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
         self._call("complete multipart", key, self.client.complete_multipart_upload, Key=key, UploadId=upload_id,
-                   MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+                   MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+                   **self._write.customer_params)
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         try:

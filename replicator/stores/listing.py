@@ -222,7 +222,8 @@ class Lister:
                 raise TransientError(self.side, "list", request.subject, "truncated listing page with no entries")
             start_after = page.items[-1].key
 
-    def paginate(self, start_after: str | None) -> Iterator[ObjectInfo]:
-        """Every object after ``start_after``, page by page, in one sequence of requests."""
-        for items in self.pages(start_after):
+    def paginate(self, start_after: str | None, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` after ``start_after``, page by page, in one
+        sequence of requests."""
+        for items in self.pages(start_after, prefix):
             yield from items

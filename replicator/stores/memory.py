@@ -156,7 +156,7 @@ class MemoryStore:
                 raise FatalError(self.side, "check bucket", "memory", "bucket does not exist")
             self.bucket_exists = True
 
-    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
+    def list_from(self, start_after: str | None, *, prefix: str = "", metadata: bool = False) -> Iterator[ObjectInfo]:
         self._enter("list", start_after)
         # Sorting by UTF-8 bytes, not code points, keeps the fake honest about what S3
         # does (the two orders agree for valid strings; surrogates aside).
@@ -165,7 +165,7 @@ class MemoryStore:
                     "utf-8", "surrogatepass"):
                 continue
             obj = self.objects.get(key)
-            if obj is not None:
+            if obj is not None and key.startswith(prefix):
                 yield ObjectInfo(key, len(obj.data), obj.etag,
                                  attributes=self._listed(obj) if metadata or self.lists_metadata else None)
 

@@ -91,11 +91,17 @@ class Notifications:
     timeout is its own: the data path's is sized for object bodies, this one for
     noticing a dead stream."""
 
-    def __init__(self, source: MinioSource, settings: Settings):
+    def __init__(self, source: MinioSource, settings: Settings, prefix: str | None = None):
         self.source = source
         self.bucket = source.bucket
         self.read_timeout = max(settings.listen_timeout, PING + 5)
+        # Only the events under the mirror's prefix (``prefix``: the one every mirror of
+        # the bucket shares): MinIO matches "prefix*" as a wildcard pattern, so a '*' or
+        # '?' in the prefix lets more through, never less; the rules, and the prefix
+        # itself, are converge's to apply to what comes (filters.py).
+        self.prefix = settings.key_filter.prefix if prefix is None else prefix
 
     def subscribe(self) -> Subscription:
-        query = [*(("events", event) for event in EVENTS), ("ping", str(PING)), ("prefix", ""), ("suffix", "")]
+        query = [*(("events", event) for event in EVENTS), ("ping", str(PING)), ("prefix", self.prefix),
+                 ("suffix", "")]
         return Subscription(self.source.listen(query, self.read_timeout), self.source.endpoint)

@@ -91,18 +91,19 @@ class _GoSequential(Exception):
     """Raised by the planner when listing prefix by prefix stopped paying."""
 
 
-def walk(lister: Lister, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
-    """Every object after ``start_after`` (all when None), in key order, listing up to
-    ``concurrency`` prefixes at a time."""
+def walk(lister: Lister, start_after: str | None, concurrency: int, prefix: str = "") -> Iterator[ObjectInfo]:
+    """Every object under ``prefix`` (a mirror's S3_SYNC_PREFIX; the whole bucket when
+    "") after ``start_after`` (all when None), in key order, listing up to
+    ``concurrency`` of its sub-prefixes at a time."""
     if concurrency <= 1:
-        return lister.paginate(start_after)
-    return _walk(lister, start_after, concurrency)
+        return lister.paginate(start_after, prefix)
+    return _walk(lister, start_after, concurrency, prefix)
 
 
-def _walk(lister: Lister, start_after: str | None, concurrency: int) -> Iterator[ObjectInfo]:
+def _walk(lister: Lister, start_after: str | None, concurrency: int, prefix: str) -> Iterator[ObjectInfo]:
     tally = Tally()
     last = start_after
-    with closing(ordered_chain(_until_small(plan(lister, start_after, tally=tally), tally),
+    with closing(ordered_chain(_until_small(plan(lister, start_after, prefix, tally=tally), tally),
                                concurrency, name=f"list-{lister.side}-prefix")) as chain:
         for obj in chain:
             last = obj.key
@@ -110,7 +111,7 @@ def _walk(lister: Lister, start_after: str | None, concurrency: int) -> Iterator
     if tally.small:
         # Everything after the last key yielded, whichever prefixes the planner had
         # reached: the same rule a resumed listing follows.
-        yield from lister.paginate(last)
+        yield from lister.paginate(last, prefix)
 
 
 def _until_small(parts: Iterator[Part[ObjectInfo]], tally: Tally) -> Iterator[Part[ObjectInfo]]:

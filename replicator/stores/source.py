@@ -136,10 +136,10 @@ class MinioSource:
         if not exists:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
-    def list_from(self, start_after: str | None, *, metadata: bool = False) -> Iterator[ObjectInfo]:
+    def list_from(self, start_after: str | None, *, prefix: str = "", metadata: bool = False) -> Iterator[ObjectInfo]:
         fetch = (lambda request: self._list_page(request, metadata=True)) if metadata else self._list_page
         return parallel_listing.walk(listing.Lister(self.side, self.bucket, fetch), start_after,
-                                     self.list_concurrency)
+                                     self.list_concurrency, prefix)
 
     def _list_page(self, request: listing.PageRequest, *, metadata: bool = False) -> bytes:
         # Raw, and parsed by listing.py: minio-py's own list_objects costs 3x the CPU.

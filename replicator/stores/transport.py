@@ -16,8 +16,8 @@ libraries' work.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
@@ -34,6 +34,9 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from .. import __version__
 from ..errors import FatalError, StoreError, TransientError, annotated, classify, parse_retry_after
 from . import answers
+
+if TYPE_CHECKING:
+    from ..ratelimit import Limits
 
 _USER_AGENT = f"replicator/{__version__}"
 
@@ -80,8 +83,9 @@ class Transport:
 
     def __init__(self, side: str, origin: str, *, region: str, credentials: CredentialSource, verify: bool,
                  ca_bundle: str | None, connect_timeout: float, read_timeout: float, maxsize: int,
-                 proxy: str | None = None):
+                 proxy: str | None = None, limits: Limits | None = None):
         self.side = side
+        self.limits = limits  # the destination's bandwidth and request rate (ratelimit.py); None: none
         self.origin = origin.rstrip("/")
         self.region = region  # may change once the bucket says where it lives
         self.proxy = proxy
@@ -105,6 +109,8 @@ class Transport:
         normalised. The payload is signed as botocore signs it: its SHA-256, unless it
         travels over HTTPS with a Content-MD5. Transport failures raise errors.*."""
         url = self.origin + path
+        if self.limits is not None:
+            self.limits.request()  # before signing: a signature waiting in line would go stale
         # Accept-Encoding: identity, or a server may compress the object on the way and the
         # copy would store other bytes than the source's.
         request = AWSRequest(method=method, url=url, data=body,
@@ -116,8 +122,14 @@ class Transport:
         options = {}
         if read_timeout is not None:
             options["timeout"] = urllib3.Timeout(connect=self._connect_timeout, read=read_timeout)
+        sent: bytes | Iterator[memoryview] | None = body
+        send_headers = dict(request.headers.items())
+        if self.limits is not None and body:
+            # Paced chunk by chunk as urllib3 writes them. Content-Length given, or urllib3
+            # would send the chunks with Transfer-Encoding: chunked, which S3 refuses.
+            sent, send_headers["Content-Length"] = self.limits.paced(body), str(len(body))
         try:
-            return self.pool.urlopen(method, url, body=body, headers=dict(request.headers.items()),
+            return self.pool.urlopen(method, url, body=sent, headers=send_headers,
                                      preload_content=not stream, decode_content=False, redirect=False,
                                      assert_same_host=False, **options)
         except (urllib3.exceptions.HTTPError, OSError) as exc:

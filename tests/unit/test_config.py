@@ -11,6 +11,7 @@ import pytest
 from replicator import config
 from replicator.config import Endpoint, MiB, Secret
 from replicator.errors import ConfigError
+from replicator.filters import EVERYTHING, KeyFilter, Rule
 
 REQUIRED = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "dest-Secret-1234", "S3_SYNC_BUCKET": "mirror"}
 
@@ -72,7 +73,16 @@ EXPECTED_DEFAULTS = {
     "metadata_sweep_interval": 86400.0,
     "metadata_sweep_rate": 100.0,
     "progress_interval": 30.0,
+    "mirror": "relics",  # unnamed: the buckets name the pair
+    "destination": "mirror",
     "list_metadata": False,
+    "key_filter": EVERYTHING,
+    "sse": None,  # the bucket's default encryption
+    "sse_kms_key_id": None,
+    "sse_c_key": None,
+    "storage_class": None,  # the bucket's default class
+    "max_bandwidth": None,
+    "max_requests_per_second": None,
 }
 
 
@@ -189,6 +199,9 @@ def test_blank_required_variable_counts_as_missing():
         ("S3_SYNC_LOG_FORMAT", "xml", "expected one of text, json"),
         ("S3_SYNC_MULTIPART_CHUNK_SIZE", "4MiB", "at least 5 MiB"),
         ("S3_SYNC_MULTIPART_CHUNK_SIZE", "lots", "expected a size"),
+        ("S3_SYNC_MAX_BANDWIDTH", "0", "at least 64 KiB"),  # unset is no limit; 0 is not a way to say it
+        ("S3_SYNC_MAX_BANDWIDTH", "fast", "expected a size"),
+        ("S3_SYNC_MAX_REQUESTS_PER_SECOND", "many", "expected a number"),
         ("S3_SYNC_MULTIPART_THRESHOLD", "1k", "at least 5 MiB"),
         ("S3_SYNC_BUCKET", "My_Bucket", "not a valid bucket name"),
         ("MINIO_BUCKET", "ab", "not a valid bucket name"),
@@ -246,6 +259,9 @@ BOUNDS = [
      "2592001"),
     ("S3_SYNC_METADATA_SWEEP_RATE", "metadata_sweep_rate", ("1", 1.0), ("10000", 10000.0), "0.5", "10001"),
     ("S3_SYNC_PROGRESS_INTERVAL", "progress_interval", ("0", 0.0), ("86400", 86400.0), "-1", "86401"),
+    ("S3_SYNC_MAX_BANDWIDTH", "max_bandwidth", ("64KiB", 65536), ("100GiB", 100 * 1024**3), "65535", "101GiB"),
+    ("S3_SYNC_MAX_REQUESTS_PER_SECOND", "max_requests_per_second", ("1", 1.0), ("100000", 100_000.0), "0.5",
+     "100001"),
     ("S3_SYNC_CONNECT_TIMEOUT", "connect_timeout", ("1", 1.0), ("300", 300.0), "0.99", "300.01"),
     ("S3_SYNC_READ_TIMEOUT", "read_timeout", ("1", 1.0), ("3600", 3600.0), "0.99", "3600.01"),
     ("S3_SYNC_QUEUE_SIZE", "queue_size", ("1", 1), ("1000000", 1_000_000), "0", "1000001"),
@@ -603,6 +619,29 @@ def test_sizes(value, expected):
 )
 def test_values(env, field, expected):
     assert getattr(load(**env), field) == expected
+
+
+# --- filters ----------------------------------------------------------------------
+
+def test_prefix_and_filter_rules_are_read_one_rule_a_line():
+    s = load(S3_SYNC_PREFIX=" photos/ ", S3_SYNC_FILTER="# the rules\n- *.tmp\r\n\n  + /photos/**  \n- **\n")
+    assert s.key_filter == KeyFilter("photos/", (Rule(False, "*.tmp"), Rule(True, "/photos/**"), Rule(False, "**")))
+    assert s.summary()["Keys"] == "prefix 'photos/'; - *.tmp; + /photos/**; - **"
+    assert "Keys" not in load().summary()
+
+
+@pytest.mark.parametrize(
+    ("rules", "why"),
+    [
+        ("*.tmp", "rule '*.tmp': expected '+ pattern' (include) or '- pattern' (exclude)"),
+        ("- *.tmp\n+", "rule '+': empty pattern"),
+        ("- cache/", "write 'cache/**'"),
+    ],
+)
+def test_a_bad_filter_rule_is_named_with_the_variable(rules, why):
+    message = problem(S3_SYNC_FILTER=rules, S3_SYNC_INTERVAL="abc")
+    assert "S3_SYNC_FILTER=" in message and why in message
+    assert "S3_SYNC_INTERVAL" in message  # with every other problem, at once
 
 
 # --- secrets ---------------------------------------------------------------------

@@ -12,7 +12,8 @@ from replicator import config
 from replicator.config import MiB
 from replicator.converge import Converger, Hint, Outcome
 from replicator.copier import Copier
-from replicator.errors import SourceChanged
+from replicator.errors import PermanentError, SourceChanged
+from replicator.filters import KeyFilter, parse_rules
 from replicator.model import ObjectInfo
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
@@ -125,3 +126,61 @@ def test_a_source_that_settles_before_the_last_attempt_is_copied(sides):
     source.fail("get range", "big", changed("big"), times=1)
     assert converger.converge("big", Hint(missing=True)).outcome is Outcome.COPIED
     assert dest.contents()["big"] == LARGE
+
+
+# --- the mirror's filter -------------------------------------------------------------------
+
+FILTERED = config.replace(SETTINGS, key_filter=KeyFilter("p/", parse_rules(["- *.tmp"])))
+
+
+@pytest.fixture
+def filtered():
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    copier = Copier(source, dest, FILTERED, RetryPolicy(2, 0.0, stop=threading.Event()))
+    yield source, dest, Converger(source, dest, copier, copier.policy, threshold=FILTERED.multipart_threshold,
+                                  key_filter=FILTERED.key_filter)
+    copier.close()
+
+
+HINTS = {
+    "upload": Hint(content=True, size=3),
+    "large upload": Hint(content=True, size=len(LARGE)),
+    "tags": Hint(content=False, tags=True),
+    "delete": Hint(removed=True, may_delete=True),
+    "reconcile: missing": Hint(missing=True),
+    "reconcile: listed": Hint(listed=(ObjectInfo("k", 3, "a"), ObjectInfo("k", 3, "b"))),
+}
+
+
+@pytest.mark.parametrize("key", ["p/x.tmp", "q/x.jpg", "x.jpg"])
+@pytest.mark.parametrize("hint", list(HINTS))
+def test_a_key_outside_the_filter_is_never_read_copied_or_deleted(filtered, key, hint):
+    source, dest, converger = filtered
+    source.add(key, b"new")
+    dest.add(key, b"other data")  # not the mirror's: someone else's
+    assert converger.converge(key, HINTS[hint]).outcome is Outcome.EXCLUDED
+    assert source.calls == [] and dest.calls == []
+    assert dest.objects[key].data == b"other data"
+
+
+def test_a_key_inside_the_filter_converges_as_ever(filtered):
+    source, _, converger = filtered
+    source.add("p/x.jpg", b"new")
+    assert converger.converge("p/x.jpg", Hint(content=True, size=3)).outcome is Outcome.COPIED
+    del source.objects["p/x.jpg"]
+    assert converger.converge("p/x.jpg", Hint(removed=True, may_delete=True)).outcome is Outcome.DELETED
+
+
+def test_the_copier_itself_refuses_to_copy_or_delete_outside_the_filter(filtered):
+    """Defence in depth: were a caller to skip the filter, the copier, where every copy
+    and delete is sent from, still sends none."""
+    source, dest, converger = filtered
+    source.add("q/x", b"new")
+    dest.add("q/gone", b"someone else's")
+    dest.add("p/gone", b"ours")
+    with pytest.raises(PermanentError, match="outside the mirror's filter"):
+        converger.copier.copy("q/x")
+    sent, failed = converger.copier.delete_batch(["p/gone", "q/gone"], recheck=lambda keys: keys)
+    assert sorted(sent) == ["p/gone", "q/gone"] and list(failed) == ["q/gone"]
+    assert "outside the mirror's filter" in failed["q/gone"]
+    assert sorted(dest.objects) == ["q/gone"]

@@ -1,4 +1,5 @@
-"""S3Destination's choices seen on the wire by a scripted loopback peer: what a PUT carries."""
+"""S3Destination's choices seen on the wire by a scripted loopback peer: what a PUT carries
+(integrity checks, lock settings, encryption and storage class)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ ENV = {
     "S3_SYNC_SECRET_KEY": "dest-secret",
     "S3_SYNC_BUCKET": "dst",
 }
+SSE_C_KEY = base64.b64encode(bytes(range(32))).decode()
 LOCKED = ObjectLock("GOVERNANCE", datetime.now(timezone.utc) + timedelta(days=1), False)
 
 
@@ -82,3 +84,31 @@ def test_each_put_carries_the_integrity_check_its_transport_needs(recorder, lock
         assert headers["x-amz-content-sha256"] == hashlib.sha256(BODY).hexdigest()
         assert headers.get("content-md5") == (md5 if lock else None)
     assert "x-amz-object-lock-mode" in headers if lock else "x-amz-object-lock-mode" not in headers
+
+
+def put_through(server: dict[str, str], env: dict[str, str]) -> dict[str, str]:
+    """The headers of one PUT with ``env``'s settings, after checking those of the object."""
+    dest = S3Destination(config.load({**ENV, **server, **env}))
+    dest.put("k", b"bytes", SourceObject("k", 5, "etag", content_type="text/plain", metadata={"a": "b"}), None)
+    (headers,) = _Recorder.seen
+    assert headers["content-type"] == "text/plain" and headers["x-amz-meta-a"] == "b"
+    assert headers["x-amz-meta-replicator-source-etag"] == "etag"
+    return headers
+
+
+def test_a_put_carries_sse_kms_and_the_storage_class(recorder):
+    headers = put_through(recorder, {"S3_SYNC_SSE": "aws:kms", "S3_SYNC_SSE_KMS_KEY_ID": "alias/b",
+                                     "S3_SYNC_STORAGE_CLASS": "STANDARD_IA"})
+    assert (headers["x-amz-server-side-encryption"], headers["x-amz-server-side-encryption-aws-kms-key-id"],
+            headers["x-amz-storage-class"]) == ("aws:kms", "alias/b", "STANDARD_IA")
+
+
+@pytest.mark.parametrize("recorder", ["https"], indirect=True)  # over http it is refused (test_encryption.py)
+def test_a_put_carries_the_customer_key(recorder):
+    headers = put_through(recorder, {"S3_SYNC_SSE_C_KEY": SSE_C_KEY})
+    key = base64.b64decode(SSE_C_KEY)
+    sse_c = {name: headers.get(f"x-amz-server-side-encryption-customer-{name}") for name in ("algorithm", "key",
+                                                                                          "key-md5")}
+    assert sse_c == {"algorithm": "AES256", "key": SSE_C_KEY,
+                     "key-md5": base64.b64encode(hashlib.md5(key, usedforsecurity=False).digest()).decode()}
+    assert "x-amz-server-side-encryption" not in headers

@@ -40,7 +40,7 @@ def variables_config_reads() -> set[str]:
     """Every name config.py reads; the proxy variables, read in both cases as curl
     reads them, by their upper-case names, which are the ones documented."""
     env = config.RecordingEnvironment(REQUIRED_VALUES)
-    config.load(env)
+    config.load_all(env)
     return {name.upper() if name.lower().endswith("_proxy") else name for name in env.read}
 
 

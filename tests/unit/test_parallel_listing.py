@@ -123,6 +123,28 @@ def test_a_walk_resumed_after_any_key_lists_every_later_key_once(layout, mode):
             assert got == [k for k in keys if k > start], (start, max_keys)
 
 
+# Prefixes that end at a "directory" and inside a name, that hold one key, many, or none.
+PREFIXES = ["a", "a/", "a/c/", "d1/", "data/", "data/d", "u1", "é/", "😀", "zz", "nothing/"]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("mode", ["minio", "rollup"])
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_walk_under_a_prefix_lists_exactly_its_keys_and_asks_for_nothing_else(layout, mode, concurrency):
+    keys = sorted(LAYOUTS[layout])
+    for prefix in PREFIXES:
+        under = [k for k in keys if k.startswith(prefix)]
+        for max_keys in (1, 1000):
+            server = FakeS3(keys, max_keys=max_keys, mode=mode)
+            assert keys_of(walk_lister(Lister("source", "b", server), None, concurrency, prefix)) == under, prefix
+            assert all(r.prefix.startswith(prefix) for r in server.requests), (prefix, server.requests)
+        # Resumed inside the prefix (a retried listing): the rest of it, once each.
+        for start in under:
+            server = FakeS3(keys, max_keys=2, mode=mode)
+            got = keys_of(walk_lister(Lister("source", "b", server), start, concurrency, prefix))
+            assert got == [k for k in under if k > start], (prefix, start)
+
+
 def test_concurrency_1_is_the_sequential_listing():
     server = FakeS3(MIXED)
     assert keys_of(walk("source", server, None, 1)) == sorted(MIXED)

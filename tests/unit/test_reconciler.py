@@ -16,6 +16,7 @@ from replicator import config
 from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import PermanentError, StoreError, TransientError
+from replicator.filters import KeyFilter, parse_rules
 from replicator.model import SOURCE_ETAG_META, ObjectInfo, RunStats
 from replicator.observability import metrics
 from replicator.reconcile import Reconciler, delete_guard
@@ -41,7 +42,7 @@ class Harness:
         self.copier = Copier(self.source, self.dest, self.settings, self.policy)
         self.out = io.StringIO()
         converger = Converger(self.source, self.dest, self.copier, self.policy,
-                              threshold=self.settings.multipart_threshold)
+                              threshold=self.settings.multipart_threshold, key_filter=self.settings.key_filter)
         self.reconciler = Reconciler(self.source, self.dest, self.copier, converger, self.settings, self.policy,
                                      out=self.out)
 
@@ -153,6 +154,25 @@ def test_deletes_are_mirrored(h):
     stats = h.run()
     assert (stats.copied, stats.deleted) == (1, 1)
     assert mirrored(h)
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_keys_outside_the_filter_are_never_copied_or_deleted(delete):
+    h = Harness(delete=delete, key_filter=KeyFilter("p/", parse_rules(["- *.tmp", "- /p/cache/**"])))
+    for key in ("p/a", "p/b.tmp", "p/cache/c", "q/d", "e"):
+        h.source.add(key, b"source")
+    # Beside the mirror: the destination's own data, outside the filter, that no source has.
+    others = dict.fromkeys(("p/old.tmp", "p/cache/x", "q/mine", "z", "p/b.tmp"), b"someone else's")
+    for key, data in others.items():
+        h.dest.add(key, data)
+    h.dest.add("p/gone", b"mirrored once")
+    stats = h.run()
+    h.close()
+    kept = {} if delete else {"p/gone": b"mirrored once"}
+    assert {key: obj.data for key, obj in h.dest.objects.items()} == {"p/a": b"source", **others, **kept}
+    assert (stats.copied, stats.deleted, stats.failed) == (1, int(delete), 0)
+    # Counted as the mirror's objects only: the delete guard's share is of those.
+    assert (stats.source_objects, stats.dest_objects) == (1, 1)
 
 
 def test_deletes_kept_when_disabled():

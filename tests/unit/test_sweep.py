@@ -13,6 +13,7 @@ from replicator import config, drift
 from replicator.converge import Converger
 from replicator.copier import Copier
 from replicator.errors import TransientError
+from replicator.filters import KeyFilter, parse_rules
 from replicator.model import NO_LOCK, SOURCE_ETAG_META, ObjectLock, SourceObject
 from replicator.retry import RetryPolicy, Stopped
 from replicator.stores.memory import MemoryStore
@@ -174,3 +175,15 @@ def test_the_pacer_spaces_calls_by_the_rate():
     for _ in range(5):
         pacer.wait()
     assert waits == [0.25, 0.25, 0.25, 0.25]  # the first goes at once; then one every 1/4 s
+
+
+def test_a_pass_compares_only_the_keys_of_the_filter(h):
+    for key in ("p/a", "p/b.tmp", "q/c"):
+        h.mirror(key, b"data", tags={"t": "1"})
+        h.source.objects[key].tags = {"t": "2"}  # every one differs
+    h.sweep.key_filter = KeyFilter("p/", parse_rules(["- *.tmp"]))
+    h.source.calls.clear()
+    stats = h.sweep.sweep("test")
+    assert (stats.checked, stats.found) == (1, {drift.TAGS: 1})
+    assert [item.key for item in h.queue.pending()] == ["p/a"]
+    assert {key for op, key in h.source.calls if op != "list"} == {"p/a"}

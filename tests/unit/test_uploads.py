@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
+from prometheus_client import REGISTRY
 
 from replicator import config
 from replicator.copier import Copier
 from replicator.errors import PermanentError, TransientError
 from replicator.model import SourceObject
-from replicator.observability import metrics
 from replicator.retry import RetryPolicy
 from replicator.stores.memory import MemoryStore
 from replicator.uploads import Owner, Record, Registry, Upload, decode, encode
@@ -375,11 +375,11 @@ def test_the_sweep_aborts_a_dead_process_upload_and_never_anyone_elses(copier, t
     ours = dead_process_upload(copier, tmp_path, children)
     live = copier.dest.start_multipart("big", SourceObject("big", 1, "e"), None)
     children(tmp_path, {"big": live}, die=False)  # a replicator still running
-    before = metrics.orphaned_uploads_aborted._value.get()  # noqa: SLF001
+    before = REGISTRY.get_sample_value("replicator_orphaned_uploads_aborted_total")
     assert copier.abort_abandoned_uploads() == 1
     assert copier.dest.incomplete_uploads() == {foreign: "big", live: "big"}
     assert ours not in copier.dest.incomplete_uploads()
-    assert metrics.orphaned_uploads_aborted._value.get() == before + 1  # noqa: SLF001
+    assert REGISTRY.get_sample_value("replicator_orphaned_uploads_aborted_total") == before + 1
     assert copier.abort_abandoned_uploads() == 0  # forgotten once aborted
 
 

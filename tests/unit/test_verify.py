@@ -330,3 +330,18 @@ def test_an_object_rewritten_between_its_listing_and_its_read_is_not_compared():
                          f"{dest.objects['b'].etag}); not compared: verify again")
     assert errors[1].startswith("Verify failed: 1 could not be compared; found so far: 0 missing, 0 extra, "
                                 "0 different; 3 objects compared (source 3, destination 3)")
+
+
+def test_keys_outside_the_filter_are_neither_missing_nor_extra():
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    for key in ("p/a", "p/b.tmp", "q/c"):
+        source.add(key, b"data")
+    dest.add("p/a", b"data")
+    dest.add("p/old.tmp", b"someone else's")
+    dest.add("r/d", b"someone else's")
+    out = io.StringIO()
+    result = verify.Verifier(source, dest, RetryPolicy(1, 0), settings(S3_SYNC_PREFIX="p/", S3_SYNC_FILTER="- *.tmp"),
+                             out=out).run()
+    assert out.getvalue() == ""
+    assert (result.compared, result.complete, result.in_sync) == (1, True, True)
+    assert [key for op, key in source.calls + dest.calls if op == "list"] == [None, None]
