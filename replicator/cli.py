@@ -290,12 +290,33 @@ def _check(settings: config.Settings, _stopping: threading.Event) -> int:
     app = build(settings)
     try:
         check_endpoints(app.source, app.dest, create=False)
-    except ReplicatorError as error:
+        if settings.events == "jetstream":
+            _check_jetstream(settings, app)
+    except (ReplicatorError, ConfigError) as error:
         logger.error("{}", error)
         return EXIT_FAILED
     finally:
         app.close()
     return EXIT_OK
+
+
+def _check_jetstream(settings: config.Settings, app: App) -> None:
+    """S3_SYNC_EVENTS=jetstream: the bucket publishes to NATS, and NATS is reachable with a
+    stream that takes MinIO's subject (or none yet: run creates it)."""
+    from .jetstream import JetStream, publishes
+
+    missing = publishes(app.source.notification_targets())
+    if missing:
+        raise ConfigError(f"S3_SYNC_EVENTS=jetstream: bucket {settings.source_bucket} publishes nothing to NATS: "
+                          f"{missing}")
+    jetstream = JetStream(settings, threading.Event())
+    jetstream.start()
+    try:
+        jetstream.connect(create=False)
+    finally:
+        jetstream.stop()
+    logger.info("✓ JetStream reachable at {}: stream {} takes {}", settings.nats_url, settings.nats_stream,
+                settings.nats_subject)
 
 
 def _stop_on_signals(app, stopping: threading.Event) -> None:

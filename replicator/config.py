@@ -165,6 +165,18 @@ class Settings:
     # What may be sent to the destination, events and reconciles together (ratelimit.py); None: no limit.
     max_bandwidth: int | None = None  # bytes per second
     max_requests_per_second: float | None = None
+    # Where events come from: MinIO's notification stream ("listen"), or a durable
+    # consumer per destination on the NATS JetStream stream MinIO publishes to
+    # ("jetstream", jetstream.py). The process's own, like the rest of nats_*.
+    events: str = "listen"
+    nats_url: str = "nats://nats:4222"
+    nats_subject: str = "minio.events"  # MinIO's MINIO_NOTIFY_NATS_SUBJECT_<ID>
+    nats_stream: str = "minio-events"
+    nats_consumer: str = "replicator"  # durable consumers are named <this>-<mirror>-<destination>
+    nats_user: str | None = None
+    nats_password: Secret | None = None
+    nats_ca_bundle: str | None = None
+    nats_retention: float = 7 * 86400.0  # the max age of a stream replicator creates
     # The names of this pair, as metric labels, /status and the --mirror/--destination
     # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
     # its destinations. Unnamed (a single pair from the environment): the bucket names.
@@ -188,7 +200,7 @@ class Settings:
         return tuple(
             s.reveal()
             for s in (self.dest_access_key, self.dest_secret_key, self.dest_session_token, self.source_access_key,
-                      self.source_secret_key)
+                      self.source_secret_key, self.nats_password)
             if s is not None and s.reveal()
         ) + tuple(p for p in {proxy_password(self.source_proxy), proxy_password(self.dest_proxy)} if p) + (
             # The key as given and as sent (base64), whichever the user wrote.
@@ -293,6 +305,9 @@ RANGES: dict[str, Range] = {
     "S3_SYNC_LISTEN_TIMEOUT": Range(1, 10 * MINUTE, "s"),
     # 0 turns the progress lines off. A day: a reconcile that long still says something daily.
     "S3_SYNC_PROGRESS_INTERVAL": Range(0, DAY, "s"),
+    # How long the stream keeps events (when replicator creates it): at least the longest
+    # a replicator may be down without its events being lost to the stream's limit.
+    "S3_SYNC_NATS_RETENTION": Range(HOUR, 365 * DAY, "s"),
     # Below 64 KiB/s a 5 MiB part takes minutes and a provider may time the upload out;
     # 100 GiB/s is beyond any link a sidecar gets.
     "S3_SYNC_MAX_BANDWIDTH": Range(64 * 1024, 100 * GiB, "bytes"),
@@ -605,6 +620,7 @@ def read(r: Reader) -> Settings:
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
         progress_interval=r.number("S3_SYNC_PROGRESS_INTERVAL", 30.0),
+        **_jetstream(r),
         key_filter=r.key_filter("S3_SYNC_PREFIX", "S3_SYNC_FILTER"),
         **_encryption(r),
         max_bandwidth=r.size("S3_SYNC_MAX_BANDWIDTH", 0) or None,  # 0: unset (or refused, below the range)
@@ -664,6 +680,42 @@ def address(endpoint: Endpoint) -> tuple[str, int]:
     except ValueError:
         pass
     return host, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+_NATS_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # JetStream's: no '.', '*', '>', spaces or slashes
+_NATS_SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")  # literal tokens: MinIO publishes to one subject
+
+
+def _jetstream(r: Reader) -> dict[str, Any]:
+    """S3_SYNC_EVENTS and the S3_SYNC_NATS_* settings (read, and checked, in every mode)."""
+    names: dict[str, Any] = {}
+    for field_name, name, pattern, default, what in (
+            ("nats_stream", "S3_SYNC_NATS_STREAM", _NATS_NAME, "minio-events", "a stream name"),
+            ("nats_consumer", "S3_SYNC_NATS_CONSUMER", _NATS_NAME, "replicator", "a consumer name"),
+            ("nats_subject", "S3_SYNC_NATS_SUBJECT", _NATS_SUBJECT, "minio.events", "a subject such as minio.events")):
+        value = r.text(name, default)
+        if not pattern.match(value):
+            dots = ", dot-separated" if "subject" in what else ""
+            r.bad(name, value, f"not {what} (letters, digits, '-' and '_'{dots}; no spaces, '*' or '>')")
+            value = default
+        names[field_name] = value
+    urls = r.text("S3_SYNC_NATS_URL", "nats://nats:4222")
+    for url in urls.split(","):
+        try:
+            parts = urlsplit(url.strip())
+            parts.port  # noqa: B018 - raises on a port that isn't one
+            ok = parts.scheme in ("nats", "tls") and bool(parts.hostname) and not parts.password
+        except ValueError:
+            ok = False
+        if not ok:
+            r.bad("S3_SYNC_NATS_URL", _without_password(url.strip()),
+                  "expected nats://host:port or tls://host:port, comma-separated for a cluster, with no password in "
+                  "it (use S3_SYNC_NATS_PASSWORD)")
+    password = r.raw("S3_SYNC_NATS_PASSWORD")
+    return {**names, "events": r.choice("S3_SYNC_EVENTS", "listen", ("listen", "jetstream")), "nats_url": urls,
+            "nats_user": r.raw("S3_SYNC_NATS_USER") or None, "nats_password": Secret(password) if password else None,
+            "nats_ca_bundle": r.ca_bundle("S3_SYNC_NATS_CA_BUNDLE"),
+            "nats_retention": r.number("S3_SYNC_NATS_RETENTION", 7 * 86400.0)}
 
 
 def _session_token(r: Reader, keys: bool) -> Secret | None:

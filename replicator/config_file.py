@@ -44,7 +44,8 @@ SOURCE = {"endpoint": "MINIO_ENDPOINT", "access_key": "MINIO_ACCESS_KEY", "secre
 # One process, one HTTP server, one log, one listener per source bucket: the same for every pair.
 SERVICE = {name: f"S3_SYNC_{name.upper()}" for name in (
     "enabled", "http_host", "http_port", "log_level", "log_format", "timezone", "shutdown_timeout", "state_dir",
-    "listen_timeout")}
+    "listen_timeout", "events", "nats_url", "nats_subject", "nats_stream", "nats_consumer", "nats_user",
+    "nats_password", "nats_ca_bundle", "nats_retention")}
 # Who the destination is: given in a destination's own table only, never inherited.
 DESTINATION = {name: f"S3_SYNC_{name.upper()}" for name in (
     "endpoint", "bucket", "region", "access_key", "secret_key", "session_token", "path_style", "verify_tls",

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
+from urllib.parse import unquote_plus
 
 from loguru import logger
 
 from .errors import StoreError, TransientError
 from .observability import context, metrics
 from .stores.notifications import Notifications, Subscription
-from .workqueue import KeyedQueue, WorkItem
+from .workqueue import KeyedQueue, WorkItem, settle
 
 # Events that change only an object's metadata, not its bytes, and what they change.
 # The names are MinIO's (internal/event/name.go); s3:ObjectCreated:* includes them.
@@ -42,13 +43,17 @@ def _epoch(value: str | None) -> float:
         return time.time()
 
 
-def to_item(record: dict) -> WorkItem | None:
-    """PURE: one notification record -> a work item, or None if it isn't ours."""
+def to_item(record: dict, *, escaped: bool = False) -> WorkItem | None:
+    """PURE: one notification record -> a work item, or None if it isn't ours. The
+    listen stream sends keys as they are; a notification target (NATS) sends them
+    query-escaped (``escaped``: a space as '+', a '+' as %2B)."""
     name = record.get("eventName") or ""
     obj = (record.get("s3") or {}).get("object") or {}
     key = obj.get("key")
-    if not key:
+    if not key or not isinstance(key, str):
         return None
+    if escaped:
+        key = unquote_plus(key)
     when = _epoch(record.get("eventTime"))
     size = obj.get("size")
     if name in METADATA_EVENTS:
@@ -83,8 +88,14 @@ class Intake:
 
     def offer(self, item: WorkItem, timeout: float, stopping: threading.Event) -> None:
         if not self.accepts(item.key):
+            settle(item, True)  # not the mirror's: done with
             return
-        if self.queue.put(item, timeout=timeout) or stopping.is_set():
+        if self.queue.put(item, timeout=timeout):
+            return
+        if item.receipts:
+            settle(item, False)  # durable: delivered again later, no gap to repair
+            return
+        if stopping.is_set():
             return
         if self.scope is None:
             self._shed(item, timeout)

@@ -17,12 +17,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from loguru import logger
 
 from .app import App, build
 from .config import Settings
-from .errors import ReplicatorError
+from .errors import ConfigError, ReplicatorError
 from .events import Intake, Listener
 from .model import RunStats
 from .observability import context, metrics
@@ -33,7 +34,11 @@ from .sweep import MetadataSweep
 from .workers import Workers
 from .workqueue import KeyedQueue
 
+if TYPE_CHECKING:
+    from .jetstream import Consumer
+
 SUBSCRIBE_WAIT = 10.0
+T = TypeVar("T")
 
 
 class Replica:
@@ -59,7 +64,7 @@ class Replica:
         self.workers: Workers = self.app.workers(self.queue, on_failure=self.scheduler.request)
         self.intake = Intake(self.queue, self.gap, self.workers.waiting_room.keep, accepts=settings.key_filter,
                              scope=self.scope)
-        self.listener: Listener | None = None  # its source bucket's, once the service starts it
+        self.listener: Listener | Consumer | None = None  # its events' source, once the service starts it
         self.threads: list[threading.Thread] = []
         self._caught_up = False  # a reconcile has succeeded: the initial copy is done
         self._swept_after_start = False
@@ -81,7 +86,7 @@ class Replica:
         self.threads.append(thread)
         return thread
 
-    def follow(self, listener: Listener) -> None:
+    def follow(self, listener: Listener | Consumer) -> None:
         """Take events from ``listener``, its source bucket's."""
         self.listener = listener
         self.health.listener_connected = listener.connected.is_set
@@ -89,27 +94,38 @@ class Replica:
 
     # -- start -----------------------------------------------------------------------------
 
-    def reach_endpoints(self) -> bool:
-        """Wait for both endpoints, backing off; False if stopped first."""
-        self.health.set_state("waiting-for-endpoints")
-        logger.info("Checking bucket accessibility...")
+    def until_done(self, state: str, attempt: Callable[[], T], *, recovered: str) -> T | None:
+        """``attempt`` until it raises no ReplicatorError (or ConfigError: a setting the
+        operator can fix without a restart), backing off, with health in ``state`` and
+        the error logged; None if stopped first."""
+        self.health.set_state(state)
         failures, rng = 0, random.Random()
         while not self.stop_event.is_set():
             try:
-                check_endpoints(self.app.source, self.app.dest, create=True)
-                break
-            except ReplicatorError as error:
+                result = attempt()
+            except (ReplicatorError, ConfigError) as error:
                 failures += 1
                 delay = min(60.0, max(1.0, self.settings.retry_delay) * 2 ** min(failures - 1, 6))
                 delay = delay / 2 + rng.uniform(0, delay / 2)
-                self.health.set_state("waiting-for-endpoints", str(error))
+                self.health.set_state(state, str(error))
                 if failures == 1 or failures % 10 == 0:
                     logger.error("{}; not ready, retrying in {:.0f}s (attempt {})", error, delay, failures)
                 self.stop_event.wait(delay)
-        if self.stop_event.is_set():
+                continue
+            if failures:
+                logger.info("✓ {} after {} failed attempts", recovered, failures)
+            return result
+        return None
+
+    def reach_endpoints(self) -> bool:
+        """Wait for both endpoints, backing off; False if stopped first."""
+        logger.info("Checking bucket accessibility...")
+        def check() -> bool:
+            check_endpoints(self.app.source, self.app.dest, create=True)
+            return True
+
+        if self.until_done("waiting-for-endpoints", check, recovered="Endpoints reachable") is None:
             return False
-        if failures:
-            logger.info("✓ Endpoints reachable after {} failed attempts", failures)
         # What exists now (modules, botocore's service models, the clients) lives as long
         # as the process: take it out of the cyclic collector's reach. A full collection
         # then walks only what was allocated since, instead of ~85,000 objects for 40-50 ms

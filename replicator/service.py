@@ -28,17 +28,22 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from . import __version__
 from .config import Settings
+from .errors import ConfigError
 from .events import Listener
 from .observability import context, metrics
 from .observability.health import Board, Health
 from .observability.http import HttpServer
 from .replica import Replica
 from .stores.notifications import Notifications
+
+if TYPE_CHECKING:
+    from .jetstream import Consumer, JetStream
 
 ABORT_GRACE = 5.0  # after the deadline: time for aborts of multipart uploads to go through
 
@@ -54,7 +59,9 @@ class Service:
         self.healths = [Health(s.interval) for s in self.pairs]
         self.health = Board([(s.mirror, s.destination, h) for s, h in zip(self.pairs, self.healths, strict=True)])
         self.replicas: list[Replica] = []
-        self.listeners: dict[str, Listener] = {}  # by source bucket
+        self.listeners: dict[str, Listener] = {}  # by source bucket (S3_SYNC_EVENTS=listen)
+        self.jetstream: JetStream | None = None  # S3_SYNC_EVENTS=jetstream
+        self._jetstream_connected = False
         self._listeners_lock = threading.Lock()
         self.http: HttpServer | None = None
         self.stop_event = threading.Event()
@@ -94,6 +101,11 @@ class Service:
             return
         self.replicas = [Replica(settings, health, self.stop_event)
                          for settings, health in zip(self.pairs, self.healths, strict=True)]
+        if s.events == "jetstream":
+            from .jetstream import JetStream
+
+            self.jetstream = JetStream(s, self.stop_event)
+            self.jetstream.start()
         for replica in self.replicas:  # all built first: a listener feeds every replica of its bucket
             replica.spawn("startup", functools.partial(self._startup, replica))
 
@@ -119,11 +131,39 @@ class Service:
         logger.info("  {:<12} :{} (/healthz /readyz /status /metrics)", "HTTP:", self.http.port if self.http else "-")
 
     def _startup(self, replica: Replica) -> None:
-        """One destination's start: its endpoints, its bucket's listener, then replicating."""
+        """One destination's start: its endpoints, its events (its bucket's listener, or
+        its JetStream consumer), then replicating."""
         if not replica.reach_endpoints():
             return
-        replica.follow(self._listener_for(replica))
+        if self.jetstream is None:
+            replica.follow(self._listener_for(replica))
+        else:
+            consumer = replica.until_done("waiting-for-events", functools.partial(self._consumer_for, replica),
+                                          recovered="JetStream consumer ready")
+            if consumer is None:
+                return
+            replica.follow(consumer)
         replica.replicate()
+
+    def _consumer_for(self, replica: Replica) -> Consumer:
+        """The destination's durable JetStream consumer, once MinIO publishes the bucket's
+        events to NATS and the stream takes them. Raises what is missing."""
+        from .jetstream import Consumer, publishes
+
+        assert self.jetstream is not None
+        missing = publishes(replica.app.source.notification_targets())
+        if missing:
+            raise ConfigError(
+                f"S3_SYNC_EVENTS=jetstream: bucket {replica.settings.source_bucket} publishes nothing to NATS: "
+                f"{missing}. Add one for MinIO's NATS target (mc event add ALIAS/{replica.settings.source_bucket} "
+                "arn:minio:sqs::<ID>:nats --event put,delete)")
+        with self._listeners_lock:
+            if not self._jetstream_connected:
+                self.jetstream.connect()
+                self._jetstream_connected = True
+        consumer = Consumer(replica.settings, replica.queue, replica.intake, replica.gap)
+        self.jetstream.subscribe(consumer)
+        return consumer
 
     def _listener_for(self, first: Replica) -> Listener:
         """The source bucket's listener, started by the first of its destinations to get
@@ -173,6 +213,8 @@ class Service:
         if left:
             logger.info("{} queued events left for the next start's reconcile", left)
         finished = self._join(deadline)
+        if self.jetstream is not None:
+            self.jetstream.stop()  # after the workers: the acks they asked for go out first
         if not finished and self.replicas:
             logger.warning("Deadline passed: aborting copies in flight (multipart uploads are aborted)")
             for replica in self.replicas:

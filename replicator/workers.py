@@ -26,7 +26,7 @@ from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
 from .observability.context import inherit
 from .retry import Stopped
-from .workqueue import Closed, KeyedQueue, WorkItem
+from .workqueue import Closed, KeyedQueue, WorkItem, settle
 
 
 class WaitingRoom:
@@ -131,16 +131,20 @@ class Workers:
                 continue
             if item is None:
                 continue
+            converged: bool | None = False
             try:
-                self.handle(item)
+                converged = self.handle(item)
             finally:
                 self.queue.done(item.key)
+                if converged is not None:  # None: queued again, its messages with it
+                    settle(item, converged)
 
-    def handle(self, item: WorkItem) -> None:
+    def handle(self, item: WorkItem) -> bool | None:
         """``process``, with a failure logged, counted and sent where it can be repaired:
-        the next reconcile for an object's bytes, the waiting room for a metadata change."""
+        the next reconcile for an object's bytes, the waiting room for a metadata change.
+        Whether the key converged; None if it was queued again."""
         try:
-            self.process(item)
+            return self.process(item)
         except Stopped:
             if not item.metadata:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
@@ -159,26 +163,27 @@ class Workers:
                 if item.kept:
                     # It failed again after a reconcile: wait for the scheduled ones,
                     # rather than ask for a full reconcile every cooldown for its sake.
-                    return
+                    return False
             elif item.content:
                 logger.error("{}: {}; the object is left for the next reconcile, a metadata change in it for "
                              "the next metadata sweep", item.key, error)
             else:
                 logger.error("{}: {}; refused for good (a reconcile can't see metadata changes; the next "
                              "metadata sweep tries again)", item.key, error)
-                return  # nothing a reconcile could repair
+                return True  # nothing a reconcile, or a delivery again, could repair
             self.on_failure("event copies failed")
         except Exception as error:  # a bug must not kill the worker
             self._count_failure(type(error).__name__)
             logger.exception("{}: unexpected error; left for the next reconcile", item.key)
             self.on_failure("event copies failed")
+        return False
 
     def _count_failure(self, reason: str) -> None:
         with self._counts_lock:
             self.failed += 1
         metrics.failures.labels(reason).inc()
 
-    def process(self, item: WorkItem) -> None:
+    def process(self, item: WorkItem) -> bool | None:
         hint = Hint(content=item.content, tags=item.tags, retention=item.retention, legal_hold=item.legal_hold,
                     attributes=item.attributes, removed=item.removed, size=item.size, may_delete=self.delete)
         started = time.monotonic()
@@ -189,14 +194,15 @@ class Workers:
             # the key is tried again when it wasn't, and costs nothing when it was.
             if self.queue.put(item, timeout=0):
                 logger.info("{}: {}; queued again", item.key, result.detail)
-            else:
-                logger.warning("{}: {}; not queued again (the queue is full or closing), so left for the next "
-                               "reconcile", item.key, result.detail)
-                self.on_failure("a key changed during every copy attempt")
-            return
+                return None
+            logger.warning("{}: {}; not queued again (the queue is full or closing), so left for the next "
+                           "reconcile", item.key, result.detail)
+            self.on_failure("a key changed during every copy attempt")
+            return False
         if result.outcome is Outcome.COPIED:
             metrics.objects_copied.labels("event").inc()
         self._done(item, result, time.monotonic() - started)
+        return True
 
     @staticmethod
     def _done(item: WorkItem, result: Result, duration: float) -> None:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class WorkItem:
     # Its Content-Type, copied headers or user metadata may have changed: any write may
     # (a CopyObject with MetadataDirective=REPLACE changes them over the same bytes).
     attributes: bool = False
+    # The durable messages this item stands for (JetStream mode, jetstream.Receipt), each
+    # settled once the key has converged or not: acked, or handed back for later.
+    receipts: tuple[Receipt, ...] = ()
 
     @property
     def metadata(self) -> bool:
@@ -54,7 +58,18 @@ class WorkItem:
             kept=self.kept or newer.kept,
             attributes=self.attributes or newer.attributes,
             event_time=min(self.event_time, newer.event_time),
+            receipts=self.receipts + newer.receipts,
         )
+
+
+class Receipt(Protocol):
+    def settle(self, converged: bool) -> None:
+        """Acknowledge the message (converged), or hand it back for a later delivery."""
+
+
+def settle(item: WorkItem, converged: bool) -> None:
+    for receipt in item.receipts:
+        receipt.settle(converged)
 
 
 class Closed(Exception):

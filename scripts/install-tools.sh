@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the pinned MinIO server and mc into a cache outside the repository, and
+# Build the pinned MinIO server, mc and nats-server into a cache outside the repository, and
 # reuse them when they are already there. Prints the directory holding both.
 #
 # MinIO's community edition ships as source only; `go install` is its documented
@@ -15,6 +15,9 @@ MINIO_PIN="${MINIO_PIN:-github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7
 # verification ("verifying module: ... sum.golang.org/lookup ...: 404 Not Found"); rather
 # than switch verification off we take what `@latest` resolved to on 2026-11-26.
 MC_PIN="${MC_PIN:-github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9}"
+# JetStream mode's engine (issue 14): a release with per-key expiry in the KV store,
+# which Debian's 2.9 lacks.
+NATS_PIN="${NATS_PIN:-github.com/nats-io/nats-server/v2@v2.15.3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${REPLICATOR_TOOLS_DIR:-$HOME/.cache/replicator-tools}"
 BIN="$TOOLS_DIR/bin"
@@ -63,4 +66,5 @@ build_minio() {
 
 build_minio
 build mc "$MC_PIN"
+build nats-server "$NATS_PIN"
 echo "$BIN"

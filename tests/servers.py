@@ -289,3 +289,72 @@ def s3_error(code: str, status: int, headers: dict[str, str] | None = None) -> t
     body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message>'
             f"<RequestId>stub</RequestId></Error>").encode()
     return status, dict(headers or {}), body
+
+
+class NatsServer:
+    """nats-server with JetStream, on a free port, its store in a temp dir (the issue's
+    `nats-server -js -a 127.0.0.1 -p -1 -sd <tmp> --ports_file_dir <tmp>`). ``stop()``
+    and ``start()`` keep the port and the store: a restart is the same server back,
+    streams, consumers and messages included."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="replicator-nats-"))
+        self.log = self.dir / "nats.log"
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout: float = 30) -> NatsServer:
+        ports = self.dir / "ports"
+        ports.mkdir(exist_ok=True)
+        for old in ports.iterdir():
+            old.unlink()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [find_tool("nats-server"), "-js", "-a", HOST, "-p", str(self.port or -1), "-m", "-1",
+                 "-sd", str(self.dir / "store"), "--ports_file_dir", str(ports)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"nats-server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            written = list(ports.glob("*.ports"))
+            if written and written[0].read_text().strip():
+                # {"nats": ["nats://127.0.0.1:PORT"], ...}: the port the server chose.
+                self.port = int(json.loads(written[0].read_text())["nats"][0].rsplit(":", 1)[1])
+                try:
+                    with socket.create_connection((HOST, self.port), timeout=1) as connection:
+                        if connection.recv(4).startswith(b"INFO"):
+                            return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise ServerError(f"nats-server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.proc, sig)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def minio_nats_env(nats: NatsServer, subject: str, queue_dir: Path, target: str = "PRIMARY") -> dict[str, str]:
+    """MinIO's settings for a NATS JetStream notification target ``target``, with a
+    queue_dir, so events published while NATS is down are kept and sent later."""
+    return {
+        f"MINIO_NOTIFY_NATS_ENABLE_{target}": "on",
+        f"MINIO_NOTIFY_NATS_ADDRESS_{target}": nats.address,
+        f"MINIO_NOTIFY_NATS_SUBJECT_{target}": subject,
+        f"MINIO_NOTIFY_NATS_JETSTREAM_{target}": "on",
+        f"MINIO_NOTIFY_NATS_QUEUE_DIR_{target}": str(queue_dir),
+        f"MINIO_NOTIFY_NATS_QUEUE_LIMIT_{target}": "100000",
+    }

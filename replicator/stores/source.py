@@ -136,6 +136,14 @@ class MinioSource:
         if not exists:
             raise FatalError(self.side, "check bucket", self.bucket, f"bucket does not exist at {self.endpoint}")
 
+    def notification_targets(self) -> list[tuple[str, list[str]]]:
+        """The bucket's queue notification rules: (target ARN, events) each."""
+        try:
+            config = self.client.get_bucket_notification(self.bucket)
+        except Exception as exc:
+            raise self._map(exc, "get notification", self.bucket, bucket_op=True) from exc
+        return [(rule.queue or "", list(rule.events)) for rule in config.queue_config_list]
+
     def list_from(self, start_after: str | None, *, prefix: str = "", metadata: bool = False) -> Iterator[ObjectInfo]:
         fetch = (lambda request: self._list_page(request, metadata=True)) if metadata else self._list_page
         return parallel_listing.walk(listing.Lister(self.side, self.bucket, fetch), start_after,

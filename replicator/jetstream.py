@@ -1,0 +1,363 @@
+"""Durable events (``S3_SYNC_EVENTS=jetstream``): MinIO publishes every bucket
+notification to a NATS JetStream stream, and each destination reads it through a
+durable pull consumer of its own.
+
+Why: MinIO's listen stream drops events for slow readers and loses whatever happens
+while nobody listens; only a full reconcile repairs that. A JetStream stream keeps the
+events (for ``S3_SYNC_NATS_RETENTION``), and a durable consumer remembers what each
+destination has acknowledged, so an event published while replicator was stopped,
+crashed or cut off is delivered when it is back.
+
+The rules:
+
+- A message is acknowledged only once its key has converged at the destination
+  (workers.py settles each item's receipts). A failure hands it back with a delay
+  that grows with its deliveries, the retry policy's backoff; a full queue hands it
+  back too (it is durable: no reconcile needed for it). A stop leaves it unacknowledged,
+  for redelivery after ``ACK_WAIT`` to whoever reads next.
+- Events stay hints: each message's work is the same per-key convergence as the
+  listen stream's, re-reading the source, so a redelivery or a duplicate is harmless.
+- No finite ``max_deliver``: a message past it would stay in the stream, skipped,
+  never replicated. A key that keeps failing is retried with the growing delay, and
+  the reconcile still repairs it.
+- At start, the stream is created (limits retention, ``S3_SYNC_NATS_RETENTION``, file
+  storage) or checked: a stream that doesn't take MinIO's subject would lose every
+  event, so it is refused with a clear error, as is a consumer whose filter differs.
+
+nats-py is asyncio's; replicator is threads. One thread runs the event loop: the
+connection, one fetch loop per destination, and the acknowledgements the worker
+threads ask for (thread-safe, through the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import nats
+import nats.errors
+import nats.js.errors
+from loguru import logger
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from .config import Settings
+from .errors import ConfigError, TransientError
+from .events import Intake, to_item
+from .observability import context, metrics
+from .workqueue import KeyedQueue
+
+ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it is delivered again
+FETCH_BATCH = 256
+FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
+NAK_DELAY_MAX = 600.0
+SIDE = "events"  # errors name the NATS side so
+
+
+def publishes(targets: list[tuple[str, list[str]]]) -> str | None:
+    """PURE: what is missing for MinIO to publish a bucket's changes to a NATS target,
+    given its queue notification rules; None if nothing is. The target's subject is the
+    server's setting (MINIO_NOTIFY_NATS_SUBJECT_<ID>), which the bucket doesn't show."""
+    events: set[str] = set()
+    for arn, names in targets:
+        if arn.endswith(":nats"):
+            events.update(names)
+    missing = [wanted for wanted in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*") if wanted not in events]
+    if not missing:
+        return None
+    if not events:
+        return "no notification rule sends its events to a NATS target"
+    return f"its NATS notification rules don't send {' or '.join(missing)}"
+
+
+def durable_name(prefix: str, mirror: str, destination: str) -> str:
+    """PURE: the durable consumer of one destination. JetStream's names take no '.',
+    '*', '>', whitespace or path separators; the configured names may hold dots."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", f"{prefix}-{mirror}-{destination}")[:200]
+
+
+def nak_delay(deliveries: int, base: float) -> float:
+    """PURE: how long a failed message waits before it is delivered again: the retry
+    policy's doubling backoff, by the number of deliveries so far, capped."""
+    return min(NAK_DELAY_MAX, max(1.0, base) * 2 ** min(max(deliveries - 1, 0), 10))
+
+
+@dataclass(eq=False)
+class Receipt:
+    """One message's settlement, asked for from a worker thread, done on the loop.
+    Settled once: a retried item carries receipts already handed back."""
+
+    message: Msg
+    loop: asyncio.AbstractEventLoop
+    retry_delay: float
+    _settled: bool = field(default=False, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def settle(self, converged: bool) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        if converged:
+            settling = self.message.ack()
+        else:
+            settling = self.message.nak(delay=nak_delay(self.message.metadata.num_delivered, self.retry_delay))
+        try:
+            asyncio.run_coroutine_threadsafe(settling, self.loop)
+        except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
+            settling.close()
+
+
+@dataclass(eq=False)
+class Consumer:
+    """One destination's end: its durable consumer and the intake its events go to."""
+
+    settings: Settings
+    queue: KeyedQueue
+    intake: Intake
+    on_gap: Callable[[str], None]
+    connected: threading.Event = field(default_factory=threading.Event)
+    reconnects: int = 0
+
+    @property
+    def scope(self) -> context.Scope:
+        s = self.settings
+        return context.Scope(s.source_bucket, s.mirror, s.destination)
+
+    def watch(self) -> Callable[[], bool]:
+        """As Listener.watch: has this consumer stayed connected since? A durable consumer
+        loses nothing across a reconnect, so only being connected at both ends counts."""
+        was = self.connected.is_set()
+        return lambda: was and self.connected.is_set()
+
+
+class JetStream:
+    """The NATS connection and every destination's consumer, on one event-loop thread."""
+
+    def __init__(self, settings: Settings, stopping: threading.Event):
+        self.settings = settings
+        self.stopping = stopping
+        self.consumers: list[Consumer] = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="jetstream", daemon=True)
+        self._nc: nats.NATS | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # -- the loop's thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _call(self, coroutine, timeout: float | None = None):
+        future: Future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout)
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 30.0, *, create: bool = True) -> None:
+        """Connect and check the stream, creating it if missing (unless not ``create``:
+        ``check`` changes nothing). Raises a ReplicatorError or ConfigError naming the cause."""
+        self._call(_mapped("stream", self._connect(create)), timeout)
+
+    async def _connect(self, create: bool) -> None:
+        s = self.settings
+        options: dict = {
+            "servers": [url.strip() for url in s.nats_url.split(",")],
+            "name": "replicator",
+            "connect_timeout": min(s.connect_timeout, 10),
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+            "error_cb": self._error,
+        }
+        if s.nats_user:
+            options["user"] = s.nats_user
+            options["password"] = s.nats_password.reveal() if s.nats_password else ""
+        if s.nats_ca_bundle or any(url.strip().startswith("tls://") for url in s.nats_url.split(",")):
+            options["tls"] = ssl.create_default_context(cafile=s.nats_ca_bundle)
+        try:
+            self._nc = await nats.connect(**options)
+        except (TimeoutError, OSError, nats.errors.Error) as error:
+            raise TransientError(SIDE, "connect", None, f"NATS at {s.nats_url} unreachable: "
+                                 f"{type(error).__name__}: {error}") from None
+        await self._ensure_stream(create)
+
+    async def _ensure_stream(self, create: bool) -> None:
+        s = self.settings
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        try:
+            info = await js.stream_info(s.nats_stream)
+        except nats.js.errors.NotFoundError:
+            if not create:
+                logger.info("JetStream: no stream {} yet; `run` creates it for {}", s.nats_stream, s.nats_subject)
+                return
+            await js.add_stream(StreamConfig(
+                name=s.nats_stream, subjects=[s.nats_subject], retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE, max_age=s.nats_retention))
+            logger.info("JetStream: created stream {} for {} (events kept {:g} days)", s.nats_stream,
+                        s.nats_subject, s.nats_retention / 86400)
+            return
+        except nats.errors.Error as error:
+            raise TransientError(SIDE, "stream info", None, f"{type(error).__name__}: {error}") from None
+        subjects = list(info.config.subjects or [])
+        if not any(_subject_matches(pattern, s.nats_subject) for pattern in subjects):
+            raise ConfigError(
+                f"S3_SYNC_NATS_STREAM={s.nats_stream}: the stream takes {', '.join(subjects) or 'no subjects'}, not "
+                f"S3_SYNC_NATS_SUBJECT={s.nats_subject}, where MinIO publishes: every event would be lost (MinIO "
+                "can't store into it). Add the subject to the stream, or name the stream that has it")
+
+    def subscribe(self, consumer: Consumer) -> None:
+        """Create or check the destination's durable consumer, and start fetching for it."""
+        self._call(_mapped("consumer", self._subscribe(consumer)), 30.0)
+        self.consumers.append(consumer)
+
+    async def _subscribe(self, consumer: Consumer) -> None:
+        s = self.settings
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        durable = durable_name(s.nats_consumer, consumer.settings.mirror, consumer.settings.destination)
+        wanted = ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=-1,
+            filter_subject=s.nats_subject, max_ack_pending=max(1000, 2 * consumer.settings.queue_size),
+            # A consumer made now starts from now: what came before is the initial reconcile's.
+            deliver_policy=DeliverPolicy.NEW)
+        try:
+            info = await js.consumer_info(s.nats_stream, durable)
+            if info.config.filter_subject not in (None, "", s.nats_subject):
+                raise ConfigError(f"JetStream consumer {durable} of stream {s.nats_stream} filters "
+                                  f"{info.config.filter_subject}, not S3_SYNC_NATS_SUBJECT={s.nats_subject}: delete "
+                                  "it (nats consumer rm) and let replicator create it")
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(s.nats_stream, wanted)
+            logger.info("JetStream: created durable consumer {} on stream {}", durable, s.nats_stream)
+        subscription = await js.pull_subscribe_bind(durable=durable, stream=s.nats_stream)
+        consumer.connected.set()
+        with context.working_for(consumer.scope):
+            task = self.loop.create_task(self._fetch(consumer, subscription))
+        self._tasks.append(task)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def _fetch(self, consumer: Consumer, subscription) -> None:
+        bucket = consumer.settings.source_bucket
+        while not self.stopping.is_set():
+            room = consumer.queue.maxsize - consumer.queue.depth()
+            if room <= 0:
+                await asyncio.sleep(0.1)  # the workers are behind: the stream holds the rest
+                continue
+            try:
+                messages = await subscription.fetch(min(FETCH_BATCH, room), timeout=FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as error:
+                if not self.stopping.is_set():
+                    logger.warning("JetStream: fetch failed ({}: {}); retrying", type(error).__name__, error)
+                    await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                self._deliver(consumer, bucket, message)
+
+    def _deliver(self, consumer: Consumer, bucket: str, message: Msg) -> None:
+        receipt = Receipt(message, self.loop, consumer.settings.retry_delay)
+        try:
+            event = json.loads(message.data)
+            records = event.get("Records") or []
+        except (ValueError, AttributeError):
+            logger.warning("JetStream: message {} of {} is not a MinIO event; acknowledged and skipped",
+                           message.metadata.sequence.stream, message.subject)
+            receipt.settle(True)
+            return
+        items = []
+        for record in records:
+            if ((record.get("s3") or {}).get("bucket") or {}).get("name") != bucket:
+                continue  # another bucket's event: its mirrors have consumers of their own
+            item = to_item(record, escaped=True)
+            if item is not None:
+                items.append(item)
+        if not items:
+            receipt.settle(True)
+            return
+        for n, item in enumerate(items):
+            # One receipt per message: the last item of it carries it (a MinIO event has one record).
+            if n == len(items) - 1:
+                item = replace(item, receipts=(receipt,))
+            metrics.events_received.labels("removed" if item.removed else
+                                           "metadata" if not item.content else "created").inc()
+            logger.debug("{}: event ({})", item.key, "removed" if item.removed else "created")
+            consumer.intake.offer(item, 0.0, self.stopping)
+
+    # -- connection state ------------------------------------------------------------------
+
+    async def _disconnected(self) -> None:
+        for consumer in self.consumers:
+            consumer.connected.clear()
+        if not self.stopping.is_set():
+            logger.warning("JetStream: disconnected from NATS; reconnecting (the stream keeps the events)")
+
+    async def _reconnected(self) -> None:
+        for consumer in self.consumers:
+            consumer.reconnects += 1
+            consumer.connected.set()
+        logger.info("JetStream: reconnected to NATS; delivery resumes where each consumer left off")
+
+    async def _error(self, error: Exception) -> None:
+        if not self.stopping.is_set():
+            logger.debug("JetStream: {}: {}", type(error).__name__, error)
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the fetch loops and drain the connection, so acks already asked for are sent."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._call(self._close(), timeout)
+        except Exception as error:  # noqa: BLE001 - a stop must end however NATS is
+            logger.debug("JetStream: close: {}", error)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+
+async def _mapped(what: str, work):
+    """``work``, with NATS's errors as ours: JetStream refusing a request (a stream whose
+    subjects overlap another's, limits) is a setting to fix; anything else may pass."""
+    try:
+        return await work
+    except nats.js.errors.APIError as error:
+        raise ConfigError(f"JetStream refused the {what}: {error.description or error} (code {error.err_code})"
+                          ) from None
+    except (TimeoutError, nats.errors.Error, OSError) as error:
+        raise TransientError(SIDE, what, None, f"{type(error).__name__}: {error}") from None
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """PURE: whether a stream subject (with NATS wildcards: ``*`` one token, ``>`` the
+    rest) takes ``subject``."""
+    wanted, parts = pattern.split("."), subject.split(".")
+    for n, part in enumerate(wanted):
+        if part == ">":
+            return len(parts) > n
+        if n >= len(parts) or part not in ("*", parts[n]):
+            return False
+    return len(wanted) == len(parts)
+

@@ -1,0 +1,150 @@
+"""S3_SYNC_EVENTS=jetstream against real processes: MinIO publishing to a NATS
+JetStream target (with its queue_dir), nats-server, the sidecar, and a destination.
+
+What the durable path adds over the listen stream, and is tested here: events
+published while replicator is down are delivered when it is back; a configuration
+that would lose every event is refused with a message naming the cause."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import time
+
+import nats
+import pytest
+from minio import Minio
+from minio.notificationconfig import NotificationConfig, QueueConfig
+
+from tests.conftest import DEST_PASSWORD, DEST_USER, SOURCE_PASSWORD, SOURCE_USER, boto_client, run_cli, unique_bucket
+from tests.servers import MinioServer, NatsServer, minio_nats_env
+from tests.sidecar import wait_for
+
+SUBJECT = "minio.events"
+ARN = "arn:minio:sqs::PRIMARY:nats"
+
+
+@pytest.fixture(scope="module")
+def nats_server():
+    server = NatsServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def publishing_minio(nats_server, tmp_path_factory):
+    """A MinIO source whose NATS target publishes to ``SUBJECT``."""
+    queue = tmp_path_factory.mktemp("minio-nats-queue")
+    server = MinioServer("source-nats", SOURCE_USER, SOURCE_PASSWORD,
+                         env=minio_nats_env(nats_server, SUBJECT, queue)).start()
+    yield server
+    server.close()
+
+
+class Setup:
+    def __init__(self, minio: MinioServer, dest_server: MinioServer, nats_server: NatsServer, tmp_path, *,
+                 rule: bool = True):
+        self.source = Minio(minio.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
+        self.bucket = unique_bucket("src-js")
+        self.source.make_bucket(self.bucket)
+        if rule:
+            self.source.set_bucket_notification(self.bucket, NotificationConfig(queue_config_list=[
+                QueueConfig(queue=ARN, events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"])]))
+        self.dest = boto_client(dest_server.endpoint, DEST_USER, DEST_PASSWORD)
+        self.dest_bucket = unique_bucket("dst-js")
+        self.dest.create_bucket(Bucket=self.dest_bucket)
+        self.stream = "minio-events"  # one per subject: JetStream refuses two streams taking one subject
+        self.env = {
+            "S3_SYNC_ACCESS_KEY": DEST_USER, "S3_SYNC_SECRET_KEY": DEST_PASSWORD, "S3_SYNC_BUCKET": self.dest_bucket,
+            "S3_SYNC_ENDPOINT": dest_server.endpoint, "MINIO_ENDPOINT": minio.endpoint,
+            "MINIO_ACCESS_KEY": SOURCE_USER, "MINIO_SECRET_KEY": SOURCE_PASSWORD, "MINIO_BUCKET": self.bucket,
+            "S3_SYNC_RETRY_DELAY": "0.05", "S3_SYNC_CONNECT_TIMEOUT": "2", "S3_SYNC_READ_TIMEOUT": "10",
+            "S3_SYNC_STATE_DIR": str(tmp_path / "state"),
+            "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_SUBJECT": SUBJECT,
+            "S3_SYNC_NATS_STREAM": self.stream,
+        }
+
+    def put(self, key: str, data: bytes) -> None:
+        self.source.put_object(self.bucket, key, io.BytesIO(data), len(data))
+
+    def dest_keys(self) -> set[str]:
+        found: set[str] = set()
+        for page in self.dest.get_paginator("list_objects_v2").paginate(Bucket=self.dest_bucket):
+            found.update(item["Key"] for item in page.get("Contents", ()))
+        return found
+
+    def body(self, key: str) -> bytes:
+        return self.dest.get_object(Bucket=self.dest_bucket, Key=key)["Body"].read()
+
+
+def events_received(sidecar) -> float:
+    return sum(value for name, value in sidecar.metrics().items()
+               if name.startswith("replicator_events_received_total"))
+
+
+def test_events_arrive_through_the_stream_odd_keys_included(publishing_minio, minio_dest, nats_server, tmp_path,
+                                                            sidecars):
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    sidecar = sidecars(setup.env)
+    wait_for(sidecar.ready, timeout=60, what="readiness")
+    keys = ["plain.txt", "with space/and+plus%20.txt", "ünïcode/ключ.bin"]
+    for key in keys:
+        setup.put(key, key.encode() * 2)
+    # No reconcile runs in this window (interval 3600 s): only the stream's events can do this.
+    wait_for(lambda: setup.dest_keys() == set(keys), timeout=30, what="the copies by event")
+    assert {k: setup.body(k) for k in keys} == {k: k.encode() * 2 for k in keys}
+    setup.source.remove_object(setup.bucket, keys[0])
+    wait_for(lambda: setup.dest_keys() == set(keys[1:]), timeout=30, what="the delete by event")
+    metrics = sidecar.metrics()
+    assert metrics['replicator_objects_copied_total{trigger="event"}'] >= 3
+
+
+def test_events_published_while_replicator_was_down_are_delivered_when_it_is_back(
+        publishing_minio, minio_dest, nats_server, tmp_path, sidecars):
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    first = sidecars(setup.env)
+    wait_for(first.ready, timeout=60, what="readiness")
+    setup.put("before.txt", b"before")
+    wait_for(lambda: "before.txt" in setup.dest_keys(), timeout=30, what="the first copy")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    down = [f"while-down/{n:03d}.txt" for n in range(40)]
+    for key in down:
+        setup.put(key, key.encode())
+    time.sleep(4)  # MinIO's queue_dir hands them to the stream within its 3 s poll
+    second = sidecars(setup.env)
+    # Delivered from the durable consumer, which kept its place across the kill: every
+    # one of them arrives as an event (the initial reconcile may copy some first; the
+    # events still come, and find those in sync).
+    wait_for(lambda: events_received(second) >= len(down), timeout=60, what="the stream's replay of the events")
+    wait_for(lambda: setup.dest_keys() >= set(down), timeout=60, what="the copies")
+
+
+def test_a_stream_that_does_not_take_minios_subject_is_refused(publishing_minio, minio_dest, nats_server, tmp_path,
+                                                               sidecars):
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    setup.env["S3_SYNC_NATS_STREAM"] = setup.stream = "OTHER_EVENTS"
+
+    async def make() -> None:
+        connection = await nats.connect(nats_server.url)
+        await connection.jetstream().add_stream(name=setup.stream, subjects=["other.subject"])
+        await connection.close()
+
+    asyncio.run(make())
+    sidecar = sidecars(setup.env)
+    wait_for(lambda: "the stream takes other.subject, not S3_SYNC_NATS_SUBJECT=minio.events" in sidecar.log(),
+             timeout=30, what="the refusal")
+    assert not sidecar.ready()
+    assert "every event would be lost" in sidecar.status()["detail"]
+
+
+def test_a_bucket_that_publishes_nothing_to_nats_is_named(publishing_minio, minio_dest, nats_server, tmp_path,
+                                                          sidecars):
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path, rule=False)
+    sidecar = sidecars(setup.env)
+    wait_for(lambda: f"bucket {setup.bucket} publishes nothing to NATS" in sidecar.log(), timeout=30,
+             what="the refusal")
+    assert not sidecar.ready()
+    checked = run_cli(setup.env, "check")
+    assert checked.code == 1 and "publishes nothing to NATS" in checked.output

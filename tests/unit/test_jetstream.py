@@ -1,0 +1,132 @@
+"""The pure parts of S3_SYNC_EVENTS=jetstream, and how a durable message is settled:
+acknowledged once its key has converged, handed back otherwise, never both."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from replicator.errors import TransientError
+from replicator.events import Intake, to_item
+from replicator.jetstream import NAK_DELAY_MAX, _subject_matches, durable_name, nak_delay, publishes
+from replicator.workqueue import KeyedQueue, WorkItem
+from tests.unit.test_workers import Harness
+
+
+class FakeReceipt:
+    def __init__(self):
+        self.settled: list[bool] = []
+
+    def settle(self, converged: bool) -> None:
+        self.settled.append(converged)
+
+
+def durable(key: str, receipt: FakeReceipt, **flags) -> WorkItem:
+    return WorkItem(key, **{"content": True, "tags": False, **flags}, event_time=0.0, receipts=(receipt,))
+
+
+@pytest.mark.parametrize(("pattern", "subject", "takes"), [
+    ("minio.events", "minio.events", True),
+    ("minio.*", "minio.events", True),
+    ("minio.>", "minio.events", True),
+    (">", "minio.events", True),
+    ("minio.events.>", "minio.events", False),
+    ("minio", "minio.events", False),
+    ("other.events", "minio.events", False),
+    ("*.events.x", "minio.events", False),
+])
+def test_a_stream_subject_takes_minios_subject_as_nats_matches_them(pattern, subject, takes):
+    assert _subject_matches(pattern, subject) is takes
+
+
+@pytest.mark.parametrize(("rules", "missing"), [
+    ([("arn:minio:sqs::PRIMARY:nats", ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"])], None),
+    ([("arn:minio:sqs::A:nats", ["s3:ObjectCreated:*"]), ("arn:minio:sqs::B:nats", ["s3:ObjectRemoved:*"])], None),
+    ([], "no notification rule sends its events to a NATS target"),
+    ([("arn:minio:sqs::PRIMARY:webhook", ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"])],
+     "no notification rule sends its events to a NATS target"),
+    ([("arn:minio:sqs::PRIMARY:nats", ["s3:ObjectCreated:*"])], "its NATS notification rules don't send "
+                                                                "s3:ObjectRemoved:*"),
+])
+def test_what_a_bucket_lacks_to_publish_to_nats_is_said(rules, missing):
+    assert publishes(rules) == missing
+
+
+def test_durable_names_are_jetstreams_whatever_the_configured_names():
+    assert durable_name("replicator", "photos", "aws") == "replicator-photos-aws"
+    assert durable_name("replicator", "photos.v2", "s3 eu/1") == "replicator-photos_v2-s3_eu_1"
+
+
+def test_a_failed_message_waits_longer_with_each_delivery_up_to_a_cap():
+    delays = [nak_delay(n, 1.0) for n in range(1, 14)]
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert delays == sorted(delays) and max(delays) == NAK_DELAY_MAX
+    assert nak_delay(1, 0.0) == 1.0  # a zero retry delay would redeliver in a tight loop
+
+
+def test_a_notification_targets_keys_come_query_escaped_and_are_unescaped():
+    record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:13:01.748Z",
+              "s3": {"object": {"key": "with+space%2Fand%2Bplus%2520.txt", "size": 1}}}
+    assert to_item(record, escaped=True).key == "with space/and+plus%20.txt"
+    assert to_item(record).key == "with+space%2Fand%2Bplus%2520.txt"  # the listen stream's keys are as they are
+
+
+def test_folded_items_carry_every_message_they_stand_for():
+    first, second = FakeReceipt(), FakeReceipt()
+    merged = durable("a", first).merge(durable("a", second))
+    assert merged.receipts == (first, second)
+
+
+def test_a_converged_key_acknowledges_its_messages():
+    h = Harness()
+    h.source.add("a.txt", b"data")
+    receipt = FakeReceipt()
+    h.queue.put(durable("a.txt", receipt))
+    _run_one(h)
+    assert receipt.settled == [True] and h.dest.stat("a.txt") is not None
+
+
+def test_a_failed_copy_hands_its_messages_back(monkeypatch):
+    h = Harness()
+    h.source.add("a.txt", b"data")
+
+    def refuse(*args, **kwargs):
+        raise TransientError("destination", "put", "a.txt", "connection refused")
+
+    monkeypatch.setattr(h.dest, "put", refuse)
+    receipt = FakeReceipt()
+    h.queue.put(durable("a.txt", receipt))
+    _run_one(h)
+    assert receipt.settled == [False]
+
+
+def test_a_full_queue_hands_a_durable_event_back_and_asks_no_reconcile():
+    queue = KeyedQueue(1)
+    gaps: list[str] = []
+    intake = Intake(queue, gaps.append)
+    intake.offer(durable("a", FakeReceipt()), 0.0, threading.Event())
+    held_back = FakeReceipt()
+    intake.offer(durable("b", held_back), 0.0, threading.Event())
+    assert held_back.settled == [False] and gaps == [] and intake.dropped == 0
+
+
+def test_an_event_outside_the_filter_is_acknowledged_and_goes_nowhere():
+    queue = KeyedQueue(10)
+    receipt = FakeReceipt()
+    Intake(queue, lambda reason: None, accepts=lambda key: key.startswith("photos/")).offer(
+        durable("other/a", receipt), 0.0, threading.Event())
+    assert receipt.settled == [True] and queue.depth() == 0
+
+
+def _run_one(h: Harness) -> None:
+    """One pass of a worker's loop: get, handle, settle."""
+    thread = threading.Thread(target=h.workers._loop, daemon=True)  # noqa: SLF001 - the loop itself settles
+    thread.start()
+    deadline = time.monotonic() + 5
+    while h.queue.depth() or h.queue.in_flight():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    h.queue.close()
+    thread.join(5)
