@@ -179,28 +179,42 @@ class Replica:
         listening = self.listener.watch() if self._caught_up else None
         if self.lease is None or self.results is None:
             return self.app.reconciler.run(listening=listening)
+        # Another process reconciled this destination lately: that run stands for ours,
+        # or every process would reconcile each interval, one after the other.
+        report = self._last_report()
+        if report is not None and time.time() - report[0] < self.settings.interval / 2:
+            return self._reported(report)
         if not self.lease.hold():
-            return self._holders_result()
+            if report is None:
+                raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and has "
+                               "reported no reconcile yet")
+            return self._reported(report)
         logger.info("holding the reconcile lease: this process reconciles {}", self.name)
-        with Renewer(self.lease, every=TTL / 3, on_lost=lambda: logger.warning(
-                "lost the reconcile lease mid-run; deletes stop at the next batch")):
-            stats = self.app.reconciler.run(listening=listening, fence=self.lease.hold)
-        self.results.put(self.lease.key, json.dumps({
-            "holder": self.lease.holder, "finished_at": time.time(), "stats": dataclasses.asdict(stats)}).encode())
+        try:
+            with Renewer(self.lease, every=TTL / 3, on_lost=lambda: logger.warning(
+                    "lost the reconcile lease mid-run; deletes stop at the next batch")):
+                stats = self.app.reconciler.run(listening=listening, fence=self.lease.hold)
+            self.results.put(self.lease.key, json.dumps({
+                "holder": self.lease.holder, "finished_at": time.time(),
+                "stats": dataclasses.asdict(stats)}).encode())
+        finally:
+            self.lease.release()  # it guards one run: the next is whoever's schedule comes first
         return stats
 
-    def _holders_result(self) -> RunStats:
-        """Another process holds the lease: its last reconcile, as it reported it."""
+    def _last_report(self) -> tuple[float, str, RunStats] | None:
+        """The last reconcile any process published for this destination: when, who, what."""
         assert self.lease is not None and self.results is not None
         raw = self.results.get(self.lease.key)
         if raw is None:
-            raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and has reported "
-                           "no reconcile yet")
+            return None
         report = json.loads(raw)
-        self._result_time = float(report["finished_at"])
-        stats = RunStats(**report["stats"])
-        logger.info("reconciled by {} (holder of the lease) at {}: {} copied, {} deleted, {} failed", report["holder"],
-                    iso(self._result_time), stats.copied, stats.deleted, stats.failed)
+        return float(report["finished_at"]), str(report["holder"]), RunStats(**report["stats"])
+
+    def _reported(self, report: tuple[float, str, RunStats]) -> RunStats:
+        finished_at, holder, stats = report
+        self._result_time = finished_at
+        logger.info("reconciled by {} (holder of the lease) at {}: {} copied, {} deleted, {} failed", holder,
+                    iso(finished_at), stats.copied, stats.deleted, stats.failed)
         return stats
 
     def _reconciled(self, stats: RunStats | None, error: BaseException | None) -> None:
