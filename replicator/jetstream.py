@@ -50,9 +50,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from .config import Settings
 from .errors import ConfigError, TransientError
 from .events import Intake, to_item
+from .lease import Conflict
 from .observability import context, metrics
 from .workqueue import KeyedQueue
 
+# The reconcile of a destination runs in one process at a time, its lease's holder
+# (lease.py): renewed every third of lease.TTL, lost a TTL after its holder stops.
+LEASES = "replicator-leases"  # KV bucket: one lease per destination, aged out after lease.TTL
+RESULTS = "replicator-results"  # KV bucket: each destination's last reconcile, as its holder saw it
 ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it is delivered again
 FETCH_BATCH = 256
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
@@ -249,6 +254,18 @@ class JetStream:
             task = self.loop.create_task(self._fetch(consumer, subscription))
         self._tasks.append(task)
 
+    def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
+        """The KV bucket, created if missing (with ``ttl``: every key ages out after it)."""
+        return KeyValue(self, self._call(_mapped(f"key-value bucket {bucket}", self._key_value(bucket, ttl)), 30.0))
+
+    async def _key_value(self, bucket: str, ttl: float | None):
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        try:
+            return await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+
     # -- delivery ------------------------------------------------------------------------
 
     async def _fetch(self, consumer: Consumer, subscription) -> None:
@@ -338,11 +355,54 @@ class JetStream:
             await self._nc.drain()
 
 
+class KeyValue:
+    """A KV bucket, for threads (lease.Store and plain reads and writes): each call runs
+    on the loop and waits for it."""
+
+    def __init__(self, jetstream: JetStream, kv):
+        self._jetstream, self._kv = jetstream, kv
+
+    def _run(self, what: str, work):
+        return self._jetstream._call(_mapped(what, work), 30.0)  # noqa: SLF001 - the one loop both share
+
+    def create(self, key: str, value: bytes) -> int:
+        try:
+            return self._run(f"create {key}", self._kv.create(key, value))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Conflict(key) from None
+
+    def update(self, key: str, value: bytes, last: int) -> int:
+        try:
+            return self._run(f"update {key}", self._kv.update(key, value, last=last))
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError,
+                nats.js.errors.KeyDeletedError):
+            raise Conflict(key) from None  # moved on, or aged out: not ours any more
+
+    def delete(self, key: str, last: int) -> None:
+        try:
+            self._run(f"delete {key}", self._kv.delete(key, last=last))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Conflict(key) from None
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            entry = self._run(f"get {key}", self._kv.get(key))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.value
+
+    def put(self, key: str, value: bytes) -> int:
+        return self._run(f"put {key}", self._kv.put(key, value))
+
+
 async def _mapped(what: str, work):
     """``work``, with NATS's errors as ours: JetStream refusing a request (a stream whose
     subjects overlap another's, limits) is a setting to fix; anything else may pass."""
     try:
         return await work
+    except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError, nats.js.errors.BucketNotFoundError):
+        raise  # the caller's to read
     except nats.js.errors.APIError as error:
         raise ConfigError(f"JetStream refused the {what}: {error.description or error} (code {error.err_code})"
                           ) from None

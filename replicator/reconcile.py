@@ -155,14 +155,17 @@ class Reconciler:
         return self.policy.stop
 
     def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False,
-            listening: Callable[[], bool] | None = None) -> RunStats:
+            listening: Callable[[], bool] | None = None, fence: Callable[[], bool] | None = None) -> RunStats:
         """One full reconcile. ``listening``, when given, is asked as the run ends whether
         the notification listener was connected throughout it. Only then should the
         events have brought what the run had to copy or delete, and only then is that
         counted as repaired. The service gives none until a reconcile has succeeded (the
-        ones before are the initial copy), and a reconcile by hand has no listener."""
+        ones before are the initial copy), and a reconcile by hand has no listener.
+        ``fence``, when given, is asked before each batch of deletes whether this process
+        still holds the reconcile lease (lease.py): once it says no, nothing more is
+        deleted."""
         with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
-            run = _Run(self, dry_run, allow_mass_delete, listening)
+            run = _Run(self, dry_run, allow_mass_delete, listening, fence)
             self.last_progress = run.progress
             try:
                 return run.execute()
@@ -183,11 +186,13 @@ class _Run:
     """The state of one run; lives as long as the run."""
 
     def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool,
-                 listening: Callable[[], bool] | None):
+                 listening: Callable[[], bool] | None, fence: Callable[[], bool] | None = None):
         self.o = owner
         self.dry_run = dry_run
         self.force_delete = force_delete
         self.listening = listening
+        self.fence = fence
+        self.fenced = False
         self.stats = RunStats(dry_run=dry_run)
         self.progress = Progress(self.stats)
         self.errors: list[BaseException] = []
@@ -396,6 +401,14 @@ class _Run:
                 self._print("delete", key, size)
             with self.lock:
                 self.stats.deleted += len(entries)
+            return
+        if self.fence is not None and (self.fenced or not self.fence()):
+            if not self.fenced:
+                logger.error("lost the reconcile lease to another replicator process: no more deletes in this run "
+                             "(the holder's reconcile decides them)")
+            self.fenced = True
+            with self.lock:
+                self.stats.failed += len(entries)
             return
         keys = [key for key, _ in entries]
         # The claim covers the re-check and the delete, so an event worker can't copy a

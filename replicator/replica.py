@@ -12,7 +12,9 @@ and metrics name its mirror and destination where the configuration file gave se
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import random
 import threading
 import time
@@ -25,17 +27,19 @@ from .app import App, build
 from .config import Settings
 from .errors import ConfigError, ReplicatorError
 from .events import Intake, Listener
+from .lease import TTL, Lease, Renewer
 from .model import RunStats
 from .observability import context, metrics
 from .observability.health import Health
+from .progress import iso
 from .reconcile import check_endpoints
-from .scheduler import Scheduler
+from .scheduler import Deferred, Scheduler
 from .sweep import MetadataSweep
 from .workers import Workers
 from .workqueue import KeyedQueue
 
 if TYPE_CHECKING:
-    from .jetstream import Consumer
+    from .jetstream import Consumer, KeyValue
 
 SUBSCRIBE_WAIT = 10.0
 T = TypeVar("T")
@@ -45,6 +49,7 @@ class Replica:
     def __init__(self, settings: Settings, health: Health, stop: threading.Event):
         self.settings = settings
         self.scope = context.Scope(settings.source_bucket, settings.mirror, settings.destination)
+        self.name = f"{settings.mirror}/{settings.destination}"
         self.stop_event = stop
         self.health = health
         self.queue = KeyedQueue(settings.queue_size)
@@ -67,6 +72,11 @@ class Replica:
         self.listener: Listener | Consumer | None = None  # its events' source, once the service starts it
         self.threads: list[threading.Thread] = []
         self._caught_up = False  # a reconcile has succeeded: the initial copy is done
+        # S3_SYNC_EVENTS=jetstream: the reconcile runs where the lease is held (lease.py);
+        # the others report the holder's last result.
+        self.lease: Lease | None = None
+        self.results: KeyValue | None = None
+        self._result_time: float | None = None
         self._swept_after_start = False
         self.health.queue_depth = self.queue.depth
         self.health.in_flight = self.queue.in_flight
@@ -155,16 +165,60 @@ class Replica:
         if self.sweep is not None:
             self.sweep.request(reason)
 
+    def coordinate(self, lease: Lease, results: KeyValue) -> None:
+        """Reconcile only while holding ``lease``; publish each result in ``results``."""
+        self.lease, self.results = lease, results
+
     def _reconcile(self) -> RunStats:
         """One reconcile of the schedule. What it copies or deletes counts as repaired,
         changes the events should have brought, only once the initial copy is done (the
         backlog from before this process listened is no miss) and only if the listener
         stays connected throughout."""
         assert self.listener is not None
-        return self.app.reconciler.run(listening=self.listener.watch() if self._caught_up else None)
+        self._result_time = None
+        listening = self.listener.watch() if self._caught_up else None
+        if self.lease is None or self.results is None:
+            return self.app.reconciler.run(listening=listening)
+        # Another process reconciled this destination lately: that run stands for ours,
+        # or every process would reconcile each interval, one after the other.
+        report = self._last_report()
+        if report is not None and time.time() - report[0] < self.settings.interval / 2:
+            return self._reported(report)
+        if not self.lease.hold():
+            if report is None:
+                raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and has "
+                               "reported no reconcile yet")
+            return self._reported(report)
+        logger.info("holding the reconcile lease: this process reconciles {}", self.name)
+        try:
+            with Renewer(self.lease, every=TTL / 3, on_lost=lambda: logger.warning(
+                    "lost the reconcile lease mid-run; deletes stop at the next batch")):
+                stats = self.app.reconciler.run(listening=listening, fence=self.lease.hold)
+            self.results.put(self.lease.key, json.dumps({
+                "holder": self.lease.holder, "finished_at": time.time(),
+                "stats": dataclasses.asdict(stats)}).encode())
+        finally:
+            self.lease.release()  # it guards one run: the next is whoever's schedule comes first
+        return stats
+
+    def _last_report(self) -> tuple[float, str, RunStats] | None:
+        """The last reconcile any process published for this destination: when, who, what."""
+        assert self.lease is not None and self.results is not None
+        raw = self.results.get(self.lease.key)
+        if raw is None:
+            return None
+        report = json.loads(raw)
+        return float(report["finished_at"]), str(report["holder"]), RunStats(**report["stats"])
+
+    def _reported(self, report: tuple[float, str, RunStats]) -> RunStats:
+        finished_at, holder, stats = report
+        self._result_time = finished_at
+        logger.info("reconciled by {} (holder of the lease) at {}: {} copied, {} deleted, {} failed", holder,
+                    iso(finished_at), stats.copied, stats.deleted, stats.failed)
+        return stats
 
     def _reconciled(self, stats: RunStats | None, error: BaseException | None) -> None:
-        self.health.record_reconcile(stats, error)
+        self.health.record_reconcile(stats, error, finished_at=self._result_time)
         if error is None and stats is not None and not stats.failed and not stats.guard:
             # Not after a run a guard refused: the deletions it held back are the
             # initial copy's too, and the run that makes them must not count them.

@@ -71,6 +71,11 @@ class Trigger:
         self.next_at = self.clock() + seconds
 
 
+class Deferred(Exception):
+    """This run belongs to another process (the holder of the reconcile lease, which has
+    not reported one yet): try again after the cooldown."""
+
+
 class Scheduler:
     def __init__(self, reconcile: Callable[[], RunStats], *, interval: float, max_retries: int,
                  retry_delay: float, stop: threading.Event, min_gap: float = 30.0,
@@ -99,7 +104,12 @@ class Scheduler:
                 reason = self.trigger.next()
             except Stopped:
                 return
-            stats, error = self._run_once(attempt, reason)
+            try:
+                stats, error = self._run_once(attempt, reason)
+            except Deferred as deferred:
+                logger.info("{}; asking again in {:g} seconds", deferred, self.trigger.min_gap)
+                self.trigger.after(self.trigger.min_gap)
+                continue
             if self.stop.is_set():
                 return
             if self.runs == 1:  # the old sidecar's line after its initial sync, which monitors match
@@ -132,7 +142,10 @@ class Scheduler:
         error: BaseException | None = None
         try:
             stats = self.reconcile()
-        except Stopped:
+        except (Stopped, Deferred) as exc:
+            if isinstance(exc, Deferred):
+                self.runs -= 1  # none was made
+                raise
             return None, None
         except ReplicatorError as exc:
             logger.error("{}", exc)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from . import __version__
+from . import __version__, lease
 from .config import Settings
 from .errors import ConfigError
 from .events import Listener
@@ -148,7 +149,7 @@ class Service:
     def _consumer_for(self, replica: Replica) -> Consumer:
         """The destination's durable JetStream consumer, once MinIO publishes the bucket's
         events to NATS and the stream takes them. Raises what is missing."""
-        from .jetstream import Consumer, publishes
+        from .jetstream import LEASES, RESULTS, Consumer, durable_name, publishes
 
         assert self.jetstream is not None
         missing = publishes(replica.app.source.notification_targets())
@@ -163,6 +164,12 @@ class Service:
                 self._jetstream_connected = True
         consumer = Consumer(replica.settings, replica.queue, replica.intake, replica.gap)
         self.jetstream.subscribe(consumer)
+        # One reconcile of this destination at a time, across every process reading its
+        # consumer: the lease's holder's.
+        leases = self.jetstream.key_value(LEASES, ttl=lease.TTL)
+        results = self.jetstream.key_value(RESULTS)
+        key = durable_name(replica.settings.nats_consumer, replica.settings.mirror, replica.settings.destination)
+        replica.coordinate(lease.Lease(leases, key, f"{socket.gethostname()}-{os.getpid()}"), results)
         return consumer
 
     def _listener_for(self, first: Replica) -> Listener:
@@ -214,6 +221,9 @@ class Service:
             logger.info("{} queued events left for the next start's reconcile", left)
         finished = self._join(deadline)
         if self.jetstream is not None:
+            for replica in self.replicas:
+                if replica.lease is not None:
+                    replica.lease.release()  # another process takes the reconcile now, not a TTL later
             self.jetstream.stop()  # after the workers: the acks they asked for go out first
         if not finished and self.replicas:
             logger.warning("Deadline passed: aborting copies in flight (multipart uploads are aborted)")

@@ -5,7 +5,7 @@
 # call it unconditionally and a second run costs seconds:
 #   - a Python >= 3.11 and a virtualenv (.venv, or $REPLICATOR_VENV) with
 #     replicator installed editable, plus its test and bench extras;
-#   - the pinned MinIO server and mc (scripts/install-tools.sh, cached outside the repo);
+#   - the pinned MinIO server, mc and nats-server (scripts/install-tools.sh, cached outside the repo);
 #   - rclone (the benchmarks' peer), docker-compose (the packaging tests), tinyproxy
 #     (the proxy tests) and promtool (the monitoring tests; Debian's prometheus package),
 #     from apt.

@@ -41,8 +41,10 @@ class Health:
         with self._lock:
             self.state, self.detail = state, detail
 
-    def record_reconcile(self, stats: RunStats | None, error: BaseException | None) -> None:
-        now = self.clock()
+    def record_reconcile(self, stats: RunStats | None, error: BaseException | None, *,
+                         finished_at: float | None = None) -> None:
+        """A reconcile's result; ``finished_at`` when it ended elsewhere (another process's)."""
+        now = self.clock() if finished_at is None else finished_at
         ok = error is None and stats is not None and not stats.failed and not stats.guard
         summary = dataclasses.asdict(stats) if stats is not None else {}
         summary.update(finished_at=iso(now), ok=ok, error=str(error) if error else None)

@@ -148,3 +148,56 @@ def test_a_bucket_that_publishes_nothing_to_nats_is_named(publishing_minio, mini
     assert not sidecar.ready()
     checked = run_cli(setup.env, "check")
     assert checked.code == 1 and "publishes nothing to NATS" in checked.output
+
+
+def test_the_lease_over_a_real_key_value_bucket(nats_server):
+    """A second holder is refused; once the holder stops renewing for the bucket's TTL,
+    another takes over, and the stale holder's renewal is refused."""
+    import threading
+
+    from replicator import config
+    from replicator.jetstream import JetStream
+    from replicator.lease import Lease
+
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": nats_server.url,
+                            "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": SUBJECT})
+    jetstream = JetStream(settings, threading.Event())
+    jetstream.start()
+    try:
+        jetstream.connect()
+        store = jetstream.key_value(unique_bucket("leases"), ttl=2.0)
+        first, second = Lease(store, "photos-aws", "first"), Lease(store, "photos-aws", "second")
+        assert first.hold() and not second.hold()
+        token = first.revision
+        assert first.hold() and first.revision > token
+        assert store.get("photos-aws") == b"first"
+        time.sleep(3.5)  # first stops renewing: the key ages out
+        assert second.hold()
+        assert not first.hold()  # stale: its revision isn't the key's any more
+        assert store.get("photos-aws") == b"second"
+        second.release()
+        assert store.get("photos-aws") is None
+    finally:
+        jetstream.stop()
+
+
+def test_two_processes_read_one_consumer_and_one_of_them_reconciles(publishing_minio, minio_dest, nats_server,
+                                                                   tmp_path, sidecars):
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    for n in range(5):
+        setup.put(f"before/{n}.txt", b"before")
+    first, second = sidecars(setup.env), sidecars(setup.env)
+    wait_for(lambda: first.ready() and second.ready(), timeout=90, what="both ready")
+    assert setup.dest_keys() >= {f"before/{n}.txt" for n in range(5)}
+    logs = [first.log(), second.log()]
+    holders = [log for log in logs if "holding the reconcile lease" in log]
+    assert len(holders) == 1, "exactly one process reconciles"
+    assert any("(holder of the lease)" in log for log in logs if log is not holders[0])
+    keys = [f"shared/{n:03d}.txt" for n in range(60)]
+    for key in keys:
+        setup.put(key, key.encode())
+    wait_for(lambda: setup.dest_keys() >= set(keys), timeout=60, what="the copies by event")
+    # One durable consumer, two readers: each message went to one of them, so together
+    # they saw every event once (two consumers would have seen each twice).
+    received = events_received(first) + events_received(second)
+    assert len(keys) <= received < 2 * len(keys), received

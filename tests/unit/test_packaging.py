@@ -262,6 +262,37 @@ def compose(tmp_path_factory) -> dict:
     return resolved
 
 
+@pytest.fixture(scope="module")
+def scale_compose(tmp_path_factory) -> dict:
+    """``docker-compose config`` of docker-compose.scale.yml, as ``compose`` does it."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed: scripts/test.sh installs it (apt-get install docker-compose)")
+    project = tmp_path_factory.mktemp("compose-scale")
+    shutil.copy(ROOT / "docker-compose.scale.yml", project / "docker-compose.scale.yml")
+    shutil.copy(ROOT / ".env.example", project / ".env")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "COMPOSE_"))}
+    result = subprocess.run([binary, "-f", "docker-compose.scale.yml", "config"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_the_scale_compose_runs_three_replicas_on_jetstream(scale_compose):
+    services = scale_compose["services"]
+    sync = services["s3-sync"]
+    assert sync["deploy"]["replicas"] == 3 and "container_name" not in sync  # a name can't be shared
+    assert sync["environment"]["S3_SYNC_EVENTS"] == "jetstream"
+    assert sync["environment"]["S3_SYNC_NATS_URL"] == "nats://nats:4222"
+    assert "-js" in services["nats"]["command"]
+    minio = services["minio"]["environment"]
+    assert minio["MINIO_NOTIFY_NATS_JETSTREAM_PRIMARY"] == "on" and minio["MINIO_NOTIFY_NATS_QUEUE_DIR_PRIMARY"]
+    # The subject MinIO publishes to is the one replicator reads.
+    assert minio["MINIO_NOTIFY_NATS_SUBJECT_PRIMARY"] == sync["environment"]["S3_SYNC_NATS_SUBJECT"]
+    assert "arn:minio:sqs::PRIMARY:nats" in " ".join(services["minio-events"]["command"])
+    assert sync["depends_on"]["minio-events"]["condition"] == "service_completed_successfully"
+
+
 def test_compose_sidecar_is_named_like_the_established_one(compose):
     assert compose["services"]["s3-sync"]["container_name"] == "Relic-s3-sync"
 
