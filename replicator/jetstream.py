@@ -101,14 +101,19 @@ class Receipt:
     message: Msg
     loop: asyncio.AbstractEventLoop
     retry_delay: float
+    outstanding: set[Receipt]  # the JetStream's: every receipt not settled yet, kept held (heartbeats)
     _settled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.outstanding.add(self)
 
     def settle(self, converged: bool) -> None:
         with self._lock:
             if self._settled:
                 return
             self._settled = True
+        self.outstanding.discard(self)
         if converged:
             settling = self.message.ack()
         else:
@@ -153,6 +158,11 @@ class JetStream:
         self._thread = threading.Thread(target=self._run_loop, name="jetstream", daemon=True)
         self._nc: nats.NATS | None = None
         self._tasks: list[asyncio.Task] = []
+        # Messages delivered here and not yet settled: queued, or being copied. Each is
+        # told to NATS as still in progress every third of ACK_WAIT, so a copy longer than
+        # ACK_WAIT isn't delivered to another process meanwhile; a process that dies
+        # stops telling, and its messages are delivered again ACK_WAIT later.
+        self.outstanding: set[Receipt] = set()
 
     # -- the loop's thread ---------------------------------------------------------------
 
@@ -253,6 +263,18 @@ class JetStream:
         with context.working_for(consumer.scope):
             task = self.loop.create_task(self._fetch(consumer, subscription))
         self._tasks.append(task)
+        if len(self._tasks) == 1:
+            self._tasks.append(self.loop.create_task(self._heartbeats()))
+
+    async def _heartbeats(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(ACK_WAIT / 3)
+            for receipt in list(self.outstanding):
+                try:
+                    await receipt.message.in_progress()
+                except (nats.errors.Error, OSError) as error:
+                    logger.debug("JetStream: in-progress for message {}: {}", receipt.message.metadata.sequence.stream,
+                                 error)
 
     def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
         """The KV bucket, created if missing (with ``ttl``: every key ages out after it)."""
@@ -288,7 +310,7 @@ class JetStream:
                 self._deliver(consumer, bucket, message)
 
     def _deliver(self, consumer: Consumer, bucket: str, message: Msg) -> None:
-        receipt = Receipt(message, self.loop, consumer.settings.retry_delay)
+        receipt = Receipt(message, self.loop, consumer.settings.retry_delay, self.outstanding)
         try:
             event = json.loads(message.data)
             records = event.get("Records") or []
@@ -337,7 +359,7 @@ class JetStream:
     # -- stop ------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the fetch loops and drain the connection, so acks already asked for are sent."""
+        """End the fetch loops, send what is asked for already (acks), and close."""
         if not self._thread.is_alive():
             return
         try:
@@ -346,13 +368,20 @@ class JetStream:
             logger.debug("JetStream: close: {}", error)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            # Not drain(): it waits up to 30 s for subscriptions; the acks the workers asked
+            # for are queued on the connection already, and a flush sends them.
+            try:
+                await self._nc.flush(timeout=2)
+            finally:
+                await self._nc.close()
 
 
 class KeyValue:

@@ -201,3 +201,48 @@ def test_two_processes_read_one_consumer_and_one_of_them_reconciles(publishing_m
     # they saw every event once (two consumers would have seen each twice).
     received = events_received(first) + events_received(second)
     assert len(keys) <= received < 2 * len(keys), received
+
+
+def test_a_message_held_longer_than_the_ack_wait_is_not_delivered_again(nats_server, monkeypatch):
+    """A long copy: its message is told to NATS as in progress, so NATS doesn't hand it to
+    another reader at the ack wait; once settled, it is gone for good."""
+    import json
+    import threading
+
+    from replicator import config, jetstream
+    from replicator.events import Intake
+    from replicator.workqueue import KeyedQueue, settle
+
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 2.0)  # heartbeats every 2/3 s
+    subject = "heartbeat.events"
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "held", "S3_SYNC_EVENTS": "jetstream",
+                            "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_STREAM": "heartbeat",
+                            "S3_SYNC_NATS_SUBJECT": subject})
+    stopping = threading.Event()
+    js = jetstream.JetStream(settings, stopping)
+    js.start()
+    try:
+        js.connect()
+        queue = KeyedQueue(10)
+        consumer = jetstream.Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None)
+        js.subscribe(consumer)
+
+        async def publish() -> None:
+            connection = await nats.connect(nats_server.url)
+            record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:00:00Z",
+                      "s3": {"bucket": {"name": "held"}, "object": {"key": "big.bin", "size": 1}}}
+            await connection.jetstream().publish(subject, json.dumps({"Records": [record]}).encode())
+            await connection.close()
+
+        asyncio.run(publish())
+        item = wait_for(lambda: queue.get(timeout=0), timeout=10, what="the delivery")
+        time.sleep(6)  # three ack waits: without the heartbeats, delivered again twice by now
+        assert queue.depth() == 0, "delivered again while held"
+        assert item.receipts[0].message.metadata.num_delivered == 1
+        settle(item, True)
+        queue.done(item.key)
+        time.sleep(3)
+        assert queue.depth() == 0 and not js.outstanding
+    finally:
+        stopping.set()
+        js.stop()
