@@ -130,3 +130,16 @@ def _run_one(h: Harness) -> None:
         time.sleep(0.01)
     h.queue.close()
     thread.join(5)
+
+
+@pytest.mark.parametrize(("first", "floor", "lost"), [
+    (0, 0, False),  # a stream that never held a message
+    (1, 0, False),  # nothing acknowledged yet, nothing removed
+    (6, 5, False),  # everything acknowledged, then aged out
+    (7, 5, True),  # message 6 left the stream unacknowledged
+    (100, 40, True),
+])
+def test_messages_that_left_the_stream_before_they_were_acknowledged_are_a_gap(first, floor, lost):
+    from replicator.jetstream import aged_out
+
+    assert aged_out(first, floor) is lost
