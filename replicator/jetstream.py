@@ -293,6 +293,7 @@ class JetStream:
             except (TimeoutError, nats.errors.Error, OSError) as error:
                 logger.debug("JetStream: retention check: {}: {}", type(error).__name__, error)
             else:
+                metrics.events_pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
                 first, floor = stream.state.first_seq, info.ack_floor.stream_seq if info.ack_floor else 0
                 if aged_out(first, floor) and first != reported:
                     reported = first

@@ -98,6 +98,7 @@ def test_events_arrive_through_the_stream_odd_keys_included(publishing_minio, mi
     wait_for(lambda: setup.dest_keys() == set(keys[1:]), timeout=30, what="the delete by event")
     metrics = sidecar.metrics()
     assert metrics['replicator_objects_copied_total{trigger="event"}'] >= 3
+    assert "replicator_events_pending" in metrics
 
 
 def test_events_published_while_replicator_was_down_are_delivered_when_it_is_back(
