@@ -57,6 +57,6 @@ def build(settings: Settings, *, key_lock: KeyLock = _no_lock, stop: threading.E
     uploads = Registry(Path(settings.state_dir) / "uploads", f"{settings.dest_endpoint.url}/{settings.dest_bucket}")
     copier = Copier(source, dest, settings, policy, abort=abort, uploads=uploads)
     converger = Converger(source, dest, copier, policy, threshold=settings.multipart_threshold,
-                          key_filter=settings.key_filter)
+                          key_filter=settings.key_filter, recheck=settings.events == "jetstream")
     reconciler = Reconciler(source, dest, copier, converger, settings, policy, key_lock=key_lock)
     return App(settings, source, dest, policy, copier, converger, reconciler, stop, abort)

@@ -90,13 +90,19 @@ class Result:
 
 class Converger:
     def __init__(self, source: SourceStore, dest: DestinationStore, copier: Copier, policy: RetryPolicy, *,
-                 threshold: int, key_filter: KeyFilter = EVERYTHING):
+                 threshold: int, key_filter: KeyFilter = EVERYTHING, recheck: bool = False):
         self.source = source
         self.dest = dest
         self.copier = copier
         self.policy = policy
         self.threshold = threshold
         self.key_filter = key_filter
+        # Several processes (S3_SYNC_EVENTS=jetstream) may work on one key at once, where
+        # one process's queue holds each key once. Then the source is stated again after
+        # each write: an older version's copy that landed after a newer one's, or a delete
+        # that landed after a re-upload's copy, is found and made good, by whichever
+        # process wrote last. One HEAD per write.
+        self.recheck = recheck
 
     def converge(self, key: str, hint: Hint) -> Result:
         if not self.key_filter(key):
@@ -143,6 +149,13 @@ class Converger:
             return Result(Outcome.CHANGED, str(error), error=error)
         if copied is None:
             return self._gone(key, hint)
+        if self.recheck:
+            current = self.policy.call(lambda: self.source.stat(key))
+            if current is None or current.etag != copied.etag:
+                # Written meanwhile (or deleted): our copy may have landed after the newer
+                # one's, and must not stand. Again, from the source as it is now.
+                return Result(Outcome.CHANGED, f"changed at the source while {copied.size} bytes were copied",
+                              copied.size)
         return Result(Outcome.COPIED, f"{copied.size} bytes", copied.size)
 
     def _refresh(self, key: str, hint: Hint, current: SourceObject) -> Result:
@@ -169,6 +182,11 @@ class Converger:
         if failed:
             raise ReplicatorError(f"destination: delete {key}: {failed[key]}")
         if not sent:  # uploaded again while a delete was being retried: copy that
+            return self._copy(key, Hint())
+        if self.recheck and self.policy.call(lambda: self.source.stat(key)) is not None:
+            # Uploaded again, and maybe copied by another process, just before our delete
+            # landed: the source has it, so the destination must.
+            logger.debug("{}: uploaded again as it was deleted at the destination; copying it", key)
             return self._copy(key, Hint())
         logger.debug("{}: deleted at the destination", key)
         return Result(Outcome.DELETED)

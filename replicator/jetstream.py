@@ -60,6 +60,7 @@ LEASES = "replicator-leases"  # KV bucket: one lease per destination, aged out a
 RESULTS = "replicator-results"  # KV bucket: each destination's last reconcile, as its holder saw it
 ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it is delivered again
 FETCH_BATCH = 256
+RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
 NAK_DELAY_MAX = 600.0
 SIDE = "events"  # errors name the NATS side so
@@ -79,6 +80,13 @@ def publishes(targets: list[tuple[str, list[str]]]) -> str | None:
     if not events:
         return "no notification rule sends its events to a NATS target"
     return f"its NATS notification rules don't send {' or '.join(missing)}"
+
+
+def aged_out(first_sequence: int, ack_floor: int) -> bool:
+    """PURE: whether messages left the stream (its limits: age, size) before the consumer
+    acknowledged them: the stream now begins after a message the consumer never got done
+    with. Their keys are then only the reconcile's to repair."""
+    return first_sequence - 1 > ack_floor
 
 
 def durable_name(prefix: str, mirror: str, destination: str) -> str:
@@ -134,6 +142,7 @@ class Consumer:
     on_gap: Callable[[str], None]
     connected: threading.Event = field(default_factory=threading.Event)
     reconnects: int = 0
+    durable: str = ""  # its consumer's name, once subscribed
 
     @property
     def scope(self) -> context.Scope:
@@ -258,13 +267,40 @@ class JetStream:
         except nats.js.errors.NotFoundError:
             await js.add_consumer(s.nats_stream, wanted)
             logger.info("JetStream: created durable consumer {} on stream {}", durable, s.nats_stream)
+            # What was published before it (or while another mode listened) is no event of
+            # its: a reconcile must run, not a predecessor's result stand for one.
+            consumer.on_gap("JetStream consumer created")
         subscription = await js.pull_subscribe_bind(durable=durable, stream=s.nats_stream)
+        consumer.durable = durable
         consumer.connected.set()
         with context.working_for(consumer.scope):
             task = self.loop.create_task(self._fetch(consumer, subscription))
-        self._tasks.append(task)
-        if len(self._tasks) == 1:
+            self._tasks.append(task)
+            self._tasks.append(self.loop.create_task(self._watch_retention(consumer)))
+        if len(self._tasks) == 2:
             self._tasks.append(self.loop.create_task(self._heartbeats()))
+
+    async def _watch_retention(self, consumer: Consumer) -> None:
+        """Ask for a reconcile when messages aged out of the stream before this consumer
+        was done with them (a replicator down longer than the stream keeps events)."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        reported = -1
+        while not self.stopping.is_set():
+            try:
+                stream = await js.stream_info(self.settings.nats_stream)
+                info = await js.consumer_info(self.settings.nats_stream, consumer.durable)
+            except (TimeoutError, nats.errors.Error, OSError) as error:
+                logger.debug("JetStream: retention check: {}: {}", type(error).__name__, error)
+            else:
+                metrics.events_pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                first, floor = stream.state.first_seq, info.ack_floor.stream_seq if info.ack_floor else 0
+                if aged_out(first, floor) and first != reported:
+                    reported = first
+                    logger.warning("JetStream: events {}-{} of stream {} aged out before they were replicated; "
+                                   "reconciling", floor + 1, first - 1, self.settings.nats_stream)
+                    consumer.on_gap("events aged out of the JetStream stream")
+            await asyncio.sleep(RETENTION_CHECK)
 
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():

@@ -77,6 +77,7 @@ class Replica:
         self.lease: Lease | None = None
         self.results: KeyValue | None = None
         self._result_time: float | None = None
+        self._gap = False
         self._swept_after_start = False
         self.health.queue_depth = self.queue.depth
         self.health.in_flight = self.queue.in_flight
@@ -161,6 +162,7 @@ class Replica:
 
     def gap(self, reason: str) -> None:
         """Events may have been lost: a reconcile repairs bytes, a sweep the rest."""
+        self._gap = True  # a reconcile of our own: another process's result doesn't cover this
         self.scheduler.request(reason)
         if self.sweep is not None:
             self.sweep.request(reason)
@@ -182,14 +184,16 @@ class Replica:
         # Another process reconciled this destination lately: that run stands for ours,
         # or every process would reconcile each interval, one after the other.
         report = self._last_report()
-        if report is not None and time.time() - report[0] < self.settings.interval / 2:
+        if report is not None and not self._gap and time.time() - report[0] < self.settings.interval / 2:
             return self._reported(report)
         if not self.lease.hold():
-            if report is None:
-                raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and has "
-                               "reported no reconcile yet")
+            if report is None or self._gap:
+                raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and "
+                               + ("events may have been lost since its run began" if self._gap
+                                  else "has reported no reconcile yet"))
             return self._reported(report)
         logger.info("holding the reconcile lease: this process reconciles {}", self.name)
+        self._gap = False  # this run covers it (a gap found from now on asks for another)
         try:
             with Renewer(self.lease, every=TTL / 3, on_lost=lambda: logger.warning(
                     "lost the reconcile lease mid-run; deletes stop at the next batch")):

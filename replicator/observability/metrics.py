@@ -199,6 +199,9 @@ listener_reconnects = Scoped(Counter, f"{PREFIX}_listener_reconnects", "Times th
                              scope=SOURCE)
 listener_connected = Scoped(Gauge, f"{PREFIX}_listener_connected", "1 while the notification listener is connected",
                             scope=SOURCE)
+events_pending = Scoped(Gauge, f"{PREFIX}_events_pending",
+                        "S3_SYNC_EVENTS=jetstream: messages in the stream this destination's consumer has not "
+                        "acknowledged yet (not delivered, or delivered and held); 0 or absent in listen mode")
 ready = Scoped(Gauge, f"{PREFIX}_ready", "1 while /readyz answers 200: running, listener connected, and a "
                                          "reconcile succeeded within 2 x S3_SYNC_INTERVAL (per destination, "
                                          "with the configuration file's mirrors)")

@@ -98,6 +98,7 @@ def test_events_arrive_through_the_stream_odd_keys_included(publishing_minio, mi
     wait_for(lambda: setup.dest_keys() == set(keys[1:]), timeout=30, what="the delete by event")
     metrics = sidecar.metrics()
     assert metrics['replicator_objects_copied_total{trigger="event"}'] >= 3
+    assert "replicator_events_pending" in metrics
 
 
 def test_events_published_while_replicator_was_down_are_delivered_when_it_is_back(
@@ -246,3 +247,35 @@ def test_a_message_held_longer_than_the_ack_wait_is_not_delivered_again(nats_ser
     finally:
         stopping.set()
         js.stop()
+
+
+def test_events_that_aged_out_of_the_stream_unread_bring_a_reconcile(nats_server, minio_dest, tmp_path, sidecars):
+    """A replicator down longer than the stream keeps events: their keys come by the
+    reconcile the consumer's check asks for, though another process's (here: its own
+    predecessor's) recent result would otherwise stand for one."""
+    subject = "aging.events"
+
+    async def make() -> None:
+        connection = await nats.connect(nats_server.url)
+        await connection.jetstream().add_stream(name="aging", subjects=[subject], max_age=3.0)
+        await connection.close()
+
+    asyncio.run(make())
+    minio = MinioServer("source-aging", SOURCE_USER, SOURCE_PASSWORD,
+                        env=minio_nats_env(nats_server, subject, tmp_path / "queue")).start()
+    try:
+        setup = Setup(minio, minio_dest, nats_server, tmp_path)
+        setup.env.update(S3_SYNC_NATS_STREAM="aging", S3_SYNC_NATS_SUBJECT=subject, S3_SYNC_INTERVAL="604800")
+        first = sidecars(setup.env)
+        wait_for(first.ready, timeout=60, what="readiness")
+        first.signal(signal.SIGKILL)
+        first.wait()
+        keys = [f"aged/{n}.txt" for n in range(10)]
+        for key in keys:
+            setup.put(key, b"aged")
+        time.sleep(8)  # into the stream within MinIO's 3 s poll, out of it 3 s later
+        second = sidecars(setup.env)
+        wait_for(lambda: setup.dest_keys() >= set(keys), timeout=90, what="the reconcile's copies")
+        assert "aged out before they were replicated" in second.log()
+    finally:
+        minio.close()

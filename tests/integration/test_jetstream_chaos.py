@@ -35,9 +35,9 @@ from tests.conftest import (
     MOTO_SECRET,
     SOURCE_PASSWORD,
     SOURCE_USER,
-    boto_client,
     unique_bucket,
 )
+from tests.integration.test_mirrors import Destination as MirrorDestination
 from tests.servers import MinioServer, NatsServer, minio_nats_env
 from tests.sidecar import wait_for
 
@@ -56,25 +56,12 @@ def cluster(tmp_path, moto_server):
         server.close()
 
 
-class Destination:
-    def __init__(self, name: str, endpoint: str, key: str, secret: str):
-        self.name, self.endpoint, self.key, self.secret = name, endpoint, key, secret
-        self.bucket = unique_bucket(f"dst-{name}")
-        self.client = boto_client(endpoint, key, secret)
-        self.client.create_bucket(Bucket=self.bucket)
-
-    def listed(self) -> set[str]:
-        found: set[str] = set()
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            found.update(item["Key"] for item in page.get("Contents", ()))
-        return found
-
+class Destination(MirrorDestination):
     def state(self) -> dict[str, tuple[bytes, dict[str, str]]]:
         result = {}
         for key in self.listed():
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             tags = self.client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
-            result[key] = (body, {t["Key"]: t["Value"] for t in tags})
+            result[key] = (self.body(key), {t["Key"]: t["Value"] for t in tags})
         return result
 
 

@@ -130,3 +130,66 @@ def _run_one(h: Harness) -> None:
         time.sleep(0.01)
     h.queue.close()
     thread.join(5)
+
+
+@pytest.mark.parametrize(("first", "floor", "lost"), [
+    (0, 0, False),  # a stream that never held a message
+    (1, 0, False),  # nothing acknowledged yet, nothing removed
+    (6, 5, False),  # everything acknowledged, then aged out
+    (7, 5, True),  # message 6 left the stream unacknowledged
+    (100, 40, True),
+])
+def test_messages_that_left_the_stream_before_they_were_acknowledged_are_a_gap(first, floor, lost):
+    from replicator.jetstream import aged_out
+
+    assert aged_out(first, floor) is lost
+
+
+# --- two processes on one key: the convergence rules that make them safe ----------------
+
+def _two_process_converger(h: Harness):
+    from replicator.converge import Converger
+
+    return Converger(h.source, h.dest, h.copier, h.copier.policy, threshold=16 * 1024 * 1024, recheck=True)
+
+
+def test_an_older_versions_copy_that_lands_last_is_found_and_copied_again(monkeypatch):
+    from replicator.converge import Hint, Outcome
+
+    h = Harness()
+    converger = _two_process_converger(h)
+    h.source.add("k", b"v1")
+    put = h.dest.put
+
+    def slow_put(key, data, src, tags):
+        if data == b"v1":  # while this process sends v1, another copies v2 and is done first
+            h.source.add("k", b"v2")
+            put(key, b"v2", h.source.stat("k"), None)
+        put(key, data, src, tags)
+
+    monkeypatch.setattr(h.dest, "put", slow_put)
+    assert converger.converge("k", Hint(size=2)).outcome is Outcome.CHANGED  # v1 landed last: not left standing
+    assert converger.converge("k", Hint(size=2)).outcome is Outcome.COPIED  # the worker's second go
+    assert h.dest.contents() == {"k": b"v2"}
+
+
+def test_a_delete_that_lands_after_a_reuploads_copy_is_made_good(monkeypatch):
+    from replicator.converge import Hint, Outcome
+
+    h = Harness()
+    converger = _two_process_converger(h)
+    h.source.add("k", b"v1")
+    assert converger.converge("k", Hint(size=2)).outcome is Outcome.COPIED
+    del h.source.objects["k"]  # deleted at the source
+    delete = h.dest.delete_many
+
+    def late_delete(keys):
+        # The key is uploaded again, and another process copies it, after this one's
+        # re-check found it gone and before its delete lands.
+        h.source.add("k", b"v3")
+        h.dest.put("k", b"v3", h.source.stat("k"), None)
+        return delete(keys)
+
+    monkeypatch.setattr(h.dest, "delete_many", late_delete)
+    result = converger.converge("k", Hint(removed=True, may_delete=True))
+    assert result.outcome is Outcome.COPIED and h.dest.contents() == {"k": b"v3"}

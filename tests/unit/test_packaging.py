@@ -242,20 +242,19 @@ def test_docker_build_context_holds_what_the_dockerfile_copies_and_no_env_file()
 # --- docker-compose.yml --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def compose(tmp_path_factory) -> dict:
-    """``docker-compose config`` on a copy of the compose file, next to an .env made
-    from .env.example (never the developer's real .env, which may hold credentials)."""
+def compose_config(tmp_path_factory, name: str) -> dict:
+    """``docker-compose config`` on a copy of the compose file ``name``, next to an .env
+    made from .env.example (never the developer's real .env, which may hold credentials)."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail("docker-compose is not installed: scripts/test.sh installs it (apt-get install docker-compose)")
     project = tmp_path_factory.mktemp("compose")
-    shutil.copy(ROOT / "docker-compose.yml", project / "docker-compose.yml")
+    shutil.copy(ROOT / name, project / name)
     shutil.copy(ROOT / ".env.example", project / ".env")
     # The shell's variables override .env in compose interpolation: keep them out.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "COMPOSE_"))}
-    result = subprocess.run([binary, "config"], cwd=project, env=env, capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run([binary, "-f", name, "config"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     resolved = yaml.safe_load(result.stdout)
     resolved["project_dir"] = project
@@ -263,19 +262,13 @@ def compose(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
+def compose(tmp_path_factory) -> dict:
+    return compose_config(tmp_path_factory, "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
 def scale_compose(tmp_path_factory) -> dict:
-    """``docker-compose config`` of docker-compose.scale.yml, as ``compose`` does it."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.fail("docker-compose is not installed: scripts/test.sh installs it (apt-get install docker-compose)")
-    project = tmp_path_factory.mktemp("compose-scale")
-    shutil.copy(ROOT / "docker-compose.scale.yml", project / "docker-compose.scale.yml")
-    shutil.copy(ROOT / ".env.example", project / ".env")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_SYNC_", "MINIO_", "COMPOSE_"))}
-    result = subprocess.run([binary, "-f", "docker-compose.scale.yml", "config"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    return compose_config(tmp_path_factory, "docker-compose.scale.yml")
 
 
 def test_the_scale_compose_runs_three_replicas_on_jetstream(scale_compose):
