@@ -58,6 +58,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
+from itertools import pairwise
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,8 +172,8 @@ class Bench:
                                                                         workdir / "replicator-snapshot")
         self.nats = NatsServer().start()
         queue_dir = workdir / "minio-nats-queue"
-        direct = {k: v for k, v in minio_nats_env(self.nats, DIRECT["subject"], queue_dir, DIRECT["target"]).items()
-                  if "QUEUE_" not in k}
+        direct = minio_nats_env(self.nats, DIRECT["subject"], queue_dir, DIRECT["target"])
+        direct = {k: v for k, v in direct.items() if "QUEUE_" not in k}
         env = {**minio_nats_env(self.nats, QUEUED["subject"], queue_dir, QUEUED["target"]), **direct}
         # MinIO publishing to a subject no stream takes loses or blocks events: both streams first.
         nats_call(self.nats.url, self._streams)
@@ -192,7 +193,8 @@ class Bench:
         self.meta = {**benchlib.machine_info(), "replicator": self.commit,
                      "nats_server": benchlib.sh(str(Path(self.nats_tool())), "--version"),
                      "nats_py": version("nats-py"), "objects": args.objects, "replicas": args.replicas,
-                     "workers": args.workers, "rtt_ms": args.rtt_ms, "uploads": args.uploads, "rate": args.rate,
+                     "workers": args.workers, "queue_sizes": args.queue_sizes, "rtt_ms": args.rtt_ms,
+                     "uploads": args.uploads, "rate": args.rate,
                      "recovery_rate": args.recovery_rate, "outage_s": args.outage, "runs": args.runs,
                      "max_load": args.max_load, "load_wait_s": args.load_wait,
                      "command": " ".join(["python", "scripts/bench_jetstream.py", *sys.argv[1:]])}
@@ -259,6 +261,15 @@ class Bench:
             return sum(info.num_pending for info in infos if info.name.startswith(prefix))
         return nats_call(self.nats.url, work)
 
+    def consumer_info(self, stream: str, prefix: str) -> dict:
+        async def work(js) -> dict:
+            for info in await js.consumers_info(stream):
+                if info.name.startswith(prefix):
+                    return {"num_redelivered": info.num_redelivered, "num_ack_pending": info.num_ack_pending,
+                            "num_pending": info.num_pending}
+            return {}
+        return nats_call(self.nats.url, work)
+
     def dest_keys(self, bucket: str) -> set[str]:
         return {o.object_name for o in self.dc.list_objects(bucket, recursive=True)}
 
@@ -280,8 +291,9 @@ class Bench:
         for run in range(1, self.args.runs + 1):
             if "scaling" in cases:
                 order = self.args.replicas if run % 2 else list(reversed(self.args.replicas))
-                for n in order:
-                    self.scaling(n, run)
+                for queue_size in self.args.queue_sizes:
+                    for n in order:
+                        self.scaling(n, run, queue_size)
             if "latency" in cases:
                 for mode in (MODES if run % 2 else tuple(reversed(MODES))):
                     self.latency(mode, run)
@@ -306,15 +318,18 @@ class Bench:
         holders = sum("holding the reconcile lease" in text for text in logs)
         reported = sum("(holder of the lease)" in text for text in logs)
         present = len(self.dest_keys(dst))
-        result = {"case": "lease", "replicas": 3, "holders": holders, "reported_holders_result": reported,
+        result = {"case": "lease", "replicas": 3, "holders": holders,
+                  "reported_holders_result": reported,
                   "present": present, "load_before": load, "ok": holders == 1 and present == 20}
         log(f"lease: {holders} holder(s), {reported} reported the holder's result, {present}/20 at the destination")
         self.record(result)
 
-    def scaling(self, n: int, run: int) -> None:
+    def scaling(self, n: int, run: int, queue_size: str) -> None:
         objects = self.args.objects
-        src, dst, prefix, run_dir = self.fresh(f"scale{n}", QUEUED)
+        src, dst, prefix, run_dir = self.fresh(f"scale{n}-q{queue_size}", QUEUED)
         env = self.env(src, dst, prefix, proxied=True)
+        if queue_size != "default":
+            env["S3_SYNC_QUEUE_SIZE"] = queue_size
         primer = Replica(self, env, run_dir, "primer")
         try:
             wait_ready([primer])
@@ -358,6 +373,9 @@ class Bench:
                 time.sleep(0.5)
             listed = time.monotonic() - t0
             per_replica = [r.copied() for r in replicas]
+            received = sum(metric_sum((r.get("/metrics") or b"").decode(), "replicator_events_received_total", "")
+                           for r in replicas)
+            consumer = self.consumer_info(QUEUED["stream"], prefix)
             logs = [r.log() for r in replicas]
         finally:
             for r in replicas:
@@ -365,7 +383,7 @@ class Bench:
 
         def reached(fraction: float) -> float:
             goal = fraction * objects
-            for (t_a, e_a, r_a), (t_b, e_b, r_b) in zip(series, series[1:]):
+            for (t_a, e_a, r_a), (t_b, e_b, r_b) in pairwise(series):
                 if e_b + r_b >= goal:
                     got_a, got_b = e_a + r_a, e_b + r_b
                     return t_a + (t_b - t_a) * (goal - got_a) / max(got_b - got_a, 1e-9)
@@ -373,19 +391,22 @@ class Bench:
 
         first = next(t for t, e, r in series if e + r > 0)
         t10, t90 = reached(0.1), reached(0.9)
-        result = {"case": "scaling", "replicas": n, "run": run, "objects": objects, "upload_s": uploaded,
+        result = {"case": "scaling", "replicas": n, "run": run, "queue_size": queue_size, "objects": objects,
+                  "upload_s": uploaded,
                   "load_before": load, "load_after": os.getloadavg()[0], "first_copy_s": first, "done_s": done,
                   "listed_s": listed, "rate_10_90": 0.8 * objects / (t90 - t10),
                   "rate_first_to_last": objects / (done - first), "rate_wall": objects / done,
                   "by_event": series[-1][1], "by_reconcile": series[-1][2],
-                  "per_replica_event": [c[0] for c in per_replica],
+                  "per_replica_event": [c[0] for c in per_replica], "events_received": received,
+                  "redelivered": consumer.get("num_redelivered"), "ack_pending_at_end": consumer.get("num_ack_pending"),
                   "lease_holders": sum("holding the reconcile lease" in text for text in logs),
                   "reported_holders_result": sum("(holder of the lease)" in text for text in logs),
                   "series": series[::4]}
-        log(f"scaling n={n} run {run}: {done:.1f} s to {objects} copies ({listed:.1f} s listed), "
+        log(f"scaling n={n} q={queue_size} run {run}: {done:.1f} s to {objects} copies ({listed:.1f} s listed), "
             f"{result['rate_10_90']:.1f}/s at 10-90 %, {result['rate_wall']:.1f}/s wall; "
             f"by event {result['by_event']:.0f}, by reconcile {result['by_reconcile']:.0f}; "
-            f"per replica {result['per_replica_event']}")
+            f"per replica {result['per_replica_event']}; {received:.0f} events received, "
+            f"{result['redelivered']} redelivered")
         self.record(result)
 
     def latency(self, mode: str, run: int) -> None:
@@ -405,7 +426,8 @@ class Bench:
         finally:
             replica.stop()
         latencies = [seen[k] - returned[k] for k in returned if k in seen]
-        result = {"case": "latency", "mode": mode, "run": run, "uploads": len(returned), "arrived": len(latencies),
+        result = {"case": "latency", "mode": mode, "run": run, "uploads": len(returned),
+                  "arrived": len(latencies),
                   "load_before": load, "p50_s": percentile(latencies, 50) if latencies else None,
                   "p90_s": percentile(latencies, 90) if latencies else None,
                   "p99_s": percentile(latencies, 99) if latencies else None,
@@ -534,23 +556,31 @@ def report(meta: dict, results: list[dict]) -> str:
         f"(the script waits up to {meta['load_wait_s']} s for it to fall below {meta['max_load']}).",
         "",
     ]
-    scaling = [r for r in results if r["case"] == "scaling"]
-    if scaling:
+    for queue_size in meta.get("queue_sizes", ["default"]):
+        scaling = [r for r in results if r["case"] == "scaling" and r.get("queue_size", "default") == queue_size]
+        if not scaling:
+            continue
         one = [r for r in scaling if r["replicas"] == 1]
         base = med(one, "rate_10_90") if one else None
         base_wall = med(one, "rate_wall") if one else None
-        lines += [f"**Scaling**: a backlog of {meta['objects']:,} events (objects of 1–4 KiB), the destination "
-                  f"behind a {meta['rtt_ms']:g} ms round trip:", "",
-                  "| Replicas | Copies/s, 10–90 % | × 1 replica | Wall time to all copied | Copies/s over the wall time "
-                  "| × 1 replica | First copy after start | By event / by reconcile | Per replica (run 1) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        setting = ("`S3_SYNC_QUEUE_SIZE` unset (10,000)" if queue_size == "default"
+                   else f"`S3_SYNC_QUEUE_SIZE={queue_size}`")
+        lines += [f"**Scaling**, {setting}: a backlog of {meta['objects']:,} events (objects of 1–4 KiB), the "
+                  f"destination behind a {meta['rtt_ms']:g} ms round trip:", "",
+                  "| Replicas | Copies/s, 10–90 % | × 1 replica | Wall time to all copied "
+                  "| Copies/s over the wall time | × 1 replica | First copy after start | By event / by reconcile "
+                  "| Events received | "
+                  "Redelivered | Copies per replica (run 1) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n in sorted({r["replicas"] for r in scaling}):
             rows = [r for r in scaling if r["replicas"] == n]
             per = next((r["per_replica_event"] for r in rows if r["run"] == 1), rows[0]["per_replica_event"])
             lines.append(
                 f"| {n} | {spread(rows, 'rate_10_90')} | {med(rows, 'rate_10_90') / base:.2f}× | "
-                f"{spread(rows, 'done_s')} s | {spread(rows, 'rate_wall')} | {med(rows, 'rate_wall') / base_wall:.2f}× | "
+                f"{spread(rows, 'done_s')} s | {spread(rows, 'rate_wall')} | "
+                f"{med(rows, 'rate_wall') / base_wall:.2f}× | "
                 f"{spread(rows, 'first_copy_s')} s | {med(rows, 'by_event'):.0f} / {med(rows, 'by_reconcile'):.0f} | "
+                f"{med(rows, 'events_received'):.0f} | {med(rows, 'redelivered'):.0f} | "
                 f"{' + '.join(f'{c:.0f}' for c in per)} |")
         lines.append("")
     lease = [r for r in results if r["case"] == "lease"]
@@ -584,12 +614,13 @@ def report(meta: dict, results: list[dict]) -> str:
         lines += [f"**Recovery**: uploads at {meta['recovery_rate']:g}/s, nats-server stopped (SIGTERM) for "
                   f"{meta['outage_s']:g} s and restarted on the same port and store:", "",
                   "| Uploaded during the outage | Arrived | First of them after the restart | All of them after "
-                  "the restart | Every upload after the restart | By event / by reconcile |",
+                  "the restart | Every upload at the destination, after the last upload | By event / by reconcile |",
                   "|---|---|---|---|---|---|"]
         lines.append(f"| {med(recovery, 'uploaded_during_outage'):.0f} | "
-                     f"{sum(r['arrived_of_outage'] for r in recovery)}/{sum(r['uploaded_during_outage'] for r in recovery)} | "
+                     f"{sum(r['arrived_of_outage'] for r in recovery)}/"
+                     f"{sum(r['uploaded_during_outage'] for r in recovery)} | "
                      f"{spread(recovery, 'first_outage_copy_s')} s | {spread(recovery, 'recovery_s')} s | "
-                     f"{spread(recovery, 'all_s_after_restart')} s | "
+                     f"{spread(recovery, 'all_s_after_last_upload')} s | "
                      f"{med(recovery, 'by_event'):.0f} / {med(recovery, 'by_reconcile'):.0f} |")
         lines.append("")
     return "\n".join(lines)
@@ -602,6 +633,8 @@ def main() -> int:
                         default=["lease", "scaling", "latency", "recovery"])
     parser.add_argument("--objects", type=int, default=5000, help="the scaling case's backlog (default 5000)")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--queue-sizes", nargs="+", default=["default"],
+                        help="S3_SYNC_QUEUE_SIZE of the scaling replicas, each a series ('default': unset, 10000)")
     parser.add_argument("--workers", type=int, default=4, help="S3_SYNC_WORKERS of each replica (default 4)")
     parser.add_argument("--rtt-ms", type=float, default=100, help="round trip added for the scaling case")
     parser.add_argument("--uploads", type=int, default=200, help="uploads per latency run (default 200)")
