@@ -308,8 +308,9 @@ class Bench:
             self.sc.put_object(src, f"before/{n:02d}.txt", io.BytesIO(b"x" * 100), 100)
         load = self.quiet()
         env = self.env(src, dst, prefix, proxied=False)
-        replicas = [Replica(self, env, run_dir, f"replica-{i}") for i in range(3)]
+        replicas: list[Replica] = []
         try:
+            replicas += (Replica(self, env, run_dir, f"replica-{i}") for i in range(3))
             wait_ready(replicas)
             logs = [r.log() for r in replicas]
         finally:
@@ -352,9 +353,10 @@ class Bench:
         load = self.quiet()
         log(f"scaling n={n} run {run}: {held} events pending; starting {n} replica(s) at load {load:.2f}")
         t0 = time.monotonic()
-        replicas = [Replica(self, env, run_dir, f"replica-{i}") for i in range(n)]
+        replicas: list[Replica] = []
         series: list[tuple[float, float, float]] = []
         try:
+            replicas += (Replica(self, env, run_dir, f"replica-{i}") for i in range(n))
             deadline = t0 + 1200
             while True:
                 counts = [r.copied() for r in replicas]
