@@ -71,6 +71,12 @@ def _kind(item: WorkItem) -> str:
     return "removed" if item.removed else ("metadata" if not item.content else "created")
 
 
+def received(item: WorkItem) -> None:
+    """An event has come in, from the listen stream or from JetStream: counted and logged."""
+    metrics.events_received.labels(_kind(item)).inc()
+    logger.debug("{}: event ({})", item.key, _kind(item))
+
+
 @dataclass(eq=False)
 class Intake:
     """One destination's door for events: its queue, which keys its mirror takes, and
@@ -241,8 +247,7 @@ class Listener:
                 self.stopping.wait(self._backoff(failures))
 
     def _enqueue(self, item: WorkItem) -> None:
-        metrics.events_received.labels(_kind(item)).inc()
-        logger.debug("{}: event ({})", item.key, _kind(item))
+        received(item)
         timeout = ENQUEUE_TIMEOUT if len(self.intakes) == 1 else 0.0
         for intake in self.intakes:
             intake.offer(item, timeout, self.stopping)

@@ -49,7 +49,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 
 from .config import Settings
 from .errors import ConfigError, TransientError
-from .events import Intake, to_item
+from .events import Intake, received, to_item
 from .lease import Conflict
 from .observability import context, metrics
 from .workqueue import KeyedQueue
@@ -369,9 +369,7 @@ class JetStream:
             # One receipt per message: the last item of it carries it (a MinIO event has one record).
             if n == len(items) - 1:
                 item = replace(item, receipts=(receipt,))
-            metrics.events_received.labels("removed" if item.removed else
-                                           "metadata" if not item.content else "created").inc()
-            logger.debug("{}: event ({})", item.key, "removed" if item.removed else "created")
+            received(item)
             consumer.intake.offer(item, 0.0, self.stopping)
 
     # -- connection state ------------------------------------------------------------------

@@ -52,7 +52,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -663,21 +662,9 @@ def main() -> int:
             fragments.append(report(data["meta"], data["results"]))
         fragment = "\n".join(fragments)
     else:
-        benchlib.sigterm_as_interrupt()
-        workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-jetstream-"))
-        bench = Bench(args, workdir)
-        try:
-            bench.run()
-        finally:
-            bench.close()
-            if not args.workdir:
-                subprocess.run(["rm", "-rf", str(workdir)], check=False)
+        bench = benchlib.measured(Bench, args, "bench-jetstream-")
         fragment = report(bench.meta, bench.results)
-    print(fragment)
-    if args.update_doc and not benchlib.update_doc(Path(args.update_doc), fragment, MARK_BEGIN, MARK_END):
-        print(f"{args.update_doc}: no markers {MARK_BEGIN!r} … {MARK_END!r}; not updated", file=sys.stderr)
-        return 1
-    return 0
+    return benchlib.published(fragment, args.update_doc, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -104,3 +105,27 @@ def sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def measured(make, args, prefix: str):
+    """``make(args, workdir)`` run and closed (SIGTERM as an interrupt), in ``args.workdir``
+    or a temporary directory removed after; the bench, for its results."""
+    sigterm_as_interrupt()
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    bench = make(args, workdir)
+    try:
+        bench.run()
+    finally:
+        bench.close()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return bench
+
+
+def published(fragment: str, doc: str | None, begin: str, end: str) -> int:
+    """Print the report ``fragment`` and write it into ``doc`` between the markers; the exit code."""
+    print(fragment)
+    if doc and not update_doc(Path(doc), fragment, begin, end):
+        print(f"{doc}: no markers {begin!r} … {end!r}; not updated", file=sys.stderr)
+        return 1
+    return 0

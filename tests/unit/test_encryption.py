@@ -11,24 +11,15 @@ import hashlib
 import pytest
 
 from replicator import config
-from replicator.errors import ConfigError
 from replicator.stores.encryption import write_options
+from tests.unit.test_config import load, problem
 
-REQUIRED = {"S3_SYNC_ACCESS_KEY": "AKIAEXAMPLE", "S3_SYNC_SECRET_KEY": "dest-Secret-1234", "S3_SYNC_BUCKET": "mirror"}
 KEY = bytes(range(32))  # 32 bytes, not all printable
 KEY_B64 = base64.b64encode(KEY).decode()
 RAW_KEY = "k" * 16 + "K" * 16  # 32 printable bytes, as a .env can hold them
 KEY_MD5 = base64.b64encode(hashlib.md5(KEY, usedforsecurity=False).digest()).decode()
 
 
-def load(**env: str) -> config.Settings:
-    return config.load({**REQUIRED, **env})
-
-
-def problem(**env: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(**env)
-    return str(caught.value)
 
 
 # --- settings ---------------------------------------------------------------------------
