@@ -32,6 +32,7 @@ threads ask for (thread-safe, through the loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import ssl
@@ -60,6 +61,11 @@ LEASES = "replicator-leases"  # KV bucket: one lease per destination, aged out a
 RESULTS = "replicator-results"  # KV bucket: each destination's last reconcile, as its holder saw it
 ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it is delivered again
 FETCH_BATCH = 256
+# Messages a process holds per worker, unsettled (queued or being copied). Bounded so
+# that several processes share a backlog: without it the first to fetch takes what its
+# queue holds (S3_SYNC_QUEUE_SIZE, 10,000) and the others idle (docs/benchmarks.md,
+# "JetStream"). Four per worker keep every worker busy between two fetches.
+PREFETCH_PER_WORKER = 4
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
 NAK_DELAY_MAX = 600.0
@@ -110,11 +116,14 @@ class Receipt:
     loop: asyncio.AbstractEventLoop
     retry_delay: float
     outstanding: set[Receipt]  # the JetStream's: every receipt not settled yet, kept held (heartbeats)
+    held: set[Receipt] = field(default_factory=set)  # its consumer's: what that one may still fetch
+    wake: Callable[[], None] = lambda: None  # told on the loop's thread once settled: room to fetch
     _settled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.outstanding.add(self)
+        self.held.add(self)
 
     def settle(self, converged: bool) -> None:
         with self._lock:
@@ -122,12 +131,14 @@ class Receipt:
                 return
             self._settled = True
         self.outstanding.discard(self)
+        self.held.discard(self)
         if converged:
             settling = self.message.ack()
         else:
             settling = self.message.nak(delay=nak_delay(self.message.metadata.num_delivered, self.retry_delay))
         try:
             asyncio.run_coroutine_threadsafe(settling, self.loop)
+            self.loop.call_soon_threadsafe(self.wake)
         except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
             settling.close()
 
@@ -143,6 +154,17 @@ class Consumer:
     connected: threading.Event = field(default_factory=threading.Event)
     reconnects: int = 0
     durable: str = ""  # its consumer's name, once subscribed
+    held: set[Receipt] = field(default_factory=set)  # its messages delivered here and not settled yet
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set when one of them settles
+
+    @property
+    def prefetch(self) -> int:
+        """How many of its messages this process may hold: what its workers start soon,
+        not what its queue could take (the rest stays in the stream for other processes)."""
+        return max(PREFETCH_PER_WORKER, PREFETCH_PER_WORKER * self.settings.workers)
+
+    def fetchable(self) -> int:
+        return min(self.queue.maxsize - self.queue.depth(), self.prefetch - len(self.held))
 
     @property
     def scope(self) -> context.Scope:
@@ -329,9 +351,14 @@ class JetStream:
     async def _fetch(self, consumer: Consumer, subscription) -> None:
         bucket = consumer.settings.source_bucket
         while not self.stopping.is_set():
-            room = consumer.queue.maxsize - consumer.queue.depth()
+            room = consumer.fetchable()
             if room <= 0:
-                await asyncio.sleep(0.1)  # the workers are behind: the stream holds the rest
+                # The workers are behind: the stream holds the rest. Woken by a settlement;
+                # the timeout covers a queue that emptied by other means (a reconcile's claim).
+                consumer.room.clear()
+                if consumer.fetchable() <= 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(consumer.room.wait(), 0.1)
                 continue
             try:
                 messages = await subscription.fetch(min(FETCH_BATCH, room), timeout=FETCH_WAIT)
@@ -346,7 +373,8 @@ class JetStream:
                 self._deliver(consumer, bucket, message)
 
     def _deliver(self, consumer: Consumer, bucket: str, message: Msg) -> None:
-        receipt = Receipt(message, self.loop, consumer.settings.retry_delay, self.outstanding)
+        receipt = Receipt(message, self.loop, consumer.settings.retry_delay, self.outstanding, consumer.held,
+                          consumer.room.set)
         try:
             event = json.loads(message.data)
             records = event.get("Records") or []
