@@ -298,15 +298,15 @@ def test_three_replicas_converge_by_events_through_kills_and_restarts(cluster, t
 
 def test_with_the_periodic_reconcile_on_even_unpublished_changes_converge_within_one_interval(
         cluster, tmp_path, sidecars):
-    """The same faults in the first 19 s, the reconcile every minute (the shortest
+    """The same faults in the first 14 s, the reconcile every minute (the shortest
     S3_SYNC_INTERVAL), and changes MinIO never publishes, which only a reconcile can
     bring: one interval after the faults, both destinations equal the source."""
     interval = 60
     chaos = Chaos(cluster, tmp_path, sidecars, interval=interval)
-    # The workload goes on 11 s after the last kill: the killed process's messages come
+    # The workload goes on 15 s after the last kill: the killed process's messages come
     # back ACK_WAIT (60 s) after their delivery, and a tag change among them has no other
     # way (a reconcile doesn't compare tags), so that is the bound for them, not the interval.
-    chaos.run(30, [*chaos.faults(scale=0.4), (20, "change the bucket unnoticed", chaos.unnoticed)])
+    chaos.run(28, [*chaos.faults(scale=0.3), (16, "change the bucket unnoticed", chaos.unnoticed)])
     ended = time.monotonic()
     expected = chaos.workload.state()
     assert {f"unnoticed/{n}.bin" for n in range(5)} <= set(expected)
