@@ -113,9 +113,7 @@ class FailedEvents:
             except (ReplicatorError, ValueError) as error:
                 if not unreadable:
                     unreadable = True
-                    logger.warning("MinIO's count of failed events unreadable ({}); events MinIO fails to publish "
-                                   "wait for the scheduled reconcile. The source's user needs admin:Prometheus, or "
-                                   "MinIO MINIO_PROMETHEUS_AUTH_TYPE=public", _cause(error))
+                    logger.warning("{}", unreadable_message(error))
                 else:
                     logger.debug("MinIO's count of failed events still unreadable: {}", _cause(error))
             else:
@@ -144,6 +142,13 @@ class FailedEvents:
         except ReplicatorError as error:
             logger.debug("{}: its notification rules unreadable ({}); reconciling it anyway", replica.name, error)
             return True  # a needless reconcile costs less than a miss left for a week
+
+
+def unreadable_message(error: Exception) -> str:
+    """What a failed read of the counts means, with MinIO's reason and the fix."""
+    return (f"MinIO's count of failed events unreadable ({_cause(error)}); events MinIO fails to publish wait for "
+            "the scheduled reconcile. The source's user needs admin:Prometheus, or MinIO "
+            "MINIO_PROMETHEUS_AUTH_TYPE=public")
 
 
 def _cause(error: Exception) -> str:

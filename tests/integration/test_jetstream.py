@@ -313,22 +313,22 @@ def test_events_minio_failed_to_send_bring_a_reconcile(minio_dest, tmp_path, sid
         own_nats.close()
 
 
-def test_minios_metrics_are_read_with_the_sources_keys_and_refused_without_admin_prometheus(minio_source, tmp_path):
-    from replicator import config
-    from replicator.errors import PermanentError
-    from replicator.failed_events import SKIPPED, counts
-    from replicator.stores.source import MinioSource
-
-    env = {"S3_SYNC_BUCKET": "b-1", "MINIO_ENDPOINT": minio_source.endpoint, "MINIO_ACCESS_KEY": SOURCE_USER,
-           "MINIO_SECRET_KEY": SOURCE_PASSWORD, "S3_SYNC_STATE_DIR": str(tmp_path / "state")}
-    assert any(series[0] == SKIPPED for series in counts(MinioSource(config.load(env)).metrics()))
-    # A user for replicating (readwrite) but not for reading metrics.
+def test_check_tells_whether_minios_count_of_failed_events_is_readable(publishing_minio, minio_dest, nats_server,
+                                                                       tmp_path):
+    """Read with the source's keys: the root user's are let in; a user for replicating
+    (readwrite) but not for reading metrics is refused, which check warns of and passes."""
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    checked = run_cli(setup.env, "check")
+    assert checked.code == 0, checked.output
+    assert "✓ MinIO's count of failed events readable" in checked.output
     reader, password = "metrics-less", "metrics-less-secret-Kq73"
-    mc_env = {**os.environ, "MC_HOST_src": f"http://{SOURCE_USER}:{SOURCE_PASSWORD}@{minio_source.host}"}
+    mc_env = {**os.environ, "MC_HOST_src": f"http://{SOURCE_USER}:{SOURCE_PASSWORD}@{publishing_minio.host}"}
     for args in (("admin", "user", "add", "src", reader, password),
                  ("admin", "policy", "attach", "src", "readwrite", "--user", reader)):
         subprocess.run([find_tool("mc"), "--quiet", *args], env=mc_env, check=True, capture_output=True, timeout=30)
-    refused = MinioSource(config.load({**env, "MINIO_ACCESS_KEY": reader, "MINIO_SECRET_KEY": password}))
-    with pytest.raises(PermanentError, match=r"source: read metrics: AccessDenied \(HTTP 403\)") as raised:
-        refused.metrics()
-    assert "Access Denied" in (raised.value.server_message or "")
+    checked = run_cli({**setup.env, "MINIO_ACCESS_KEY": reader, "MINIO_SECRET_KEY": password}, "check")
+    assert checked.code == 0, checked.output
+    assert ("MinIO's count of failed events unreadable (source: read metrics: AccessDenied (HTTP 403): check "
+            "MINIO_ACCESS_KEY, MINIO_SECRET_KEY and their permissions: Access Denied.") in checked.output
+    assert "needs admin:Prometheus, or MinIO MINIO_PROMETHEUS_AUTH_TYPE=public" in checked.output
+    assert password not in checked.output
