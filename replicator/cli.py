@@ -302,7 +302,9 @@ def _check(settings: config.Settings, _stopping: threading.Event) -> int:
 
 def _check_jetstream(settings: config.Settings, app: App) -> None:
     """S3_SYNC_EVENTS=jetstream: the bucket publishes to NATS, and NATS is reachable with a
-    stream that takes MinIO's subject (or none yet: run creates it)."""
+    stream that takes MinIO's subject (or none yet: run creates it); and whether MinIO's
+    count of failed events is readable."""
+    from .failed_events import counts, unreadable_message
     from .jetstream import JetStream, publishes
 
     missing = publishes(app.source.notification_targets())
@@ -317,6 +319,13 @@ def _check_jetstream(settings: config.Settings, app: App) -> None:
         jetstream.stop()
     logger.info("✓ JetStream reachable at {}: stream {} takes {}", settings.nats_url, settings.nats_stream,
                 settings.nats_subject)
+    # MinIO's count, as run reads it: unreadable, it stops nothing there, so it fails no check.
+    try:
+        counts(app.source.metrics())
+    except (ReplicatorError, ValueError) as error:
+        logger.warning("{}", unreadable_message(error))
+    else:
+        logger.info("✓ MinIO's count of failed events readable: a rise asks for a reconcile")
 
 
 def _stop_on_signals(app, stopping: threading.Event) -> None:

@@ -63,6 +63,7 @@ class Service:
         self.listeners: dict[str, Listener] = {}  # by source bucket (S3_SYNC_EVENTS=listen)
         self.jetstream: JetStream | None = None  # S3_SYNC_EVENTS=jetstream
         self._jetstream_connected = False
+        self._failed_events_watched = False
         self._listeners_lock = threading.Lock()
         self.http: HttpServer | None = None
         self.stop_event = threading.Event()
@@ -139,6 +140,7 @@ class Service:
         if self.jetstream is None:
             replica.follow(self._listener_for(replica))
         else:
+            self._watch_failed_events(replica)
             consumer = replica.until_done("waiting-for-events", functools.partial(self._consumer_for, replica),
                                           recovered="JetStream consumer ready")
             if consumer is None:
@@ -171,6 +173,23 @@ class Service:
         key = durable_name(replica.settings.nats_consumer, replica.settings.mirror, replica.settings.destination)
         replica.coordinate(lease.Lease(leases, key, f"{socket.gethostname()}-{os.getpid()}"), results)
         return consumer
+
+    def _watch_failed_events(self, first: Replica) -> None:
+        """MinIO's count of events it failed to send, read by the first destination to
+        reach its endpoints (all share the one MinIO server), before any consumer is
+        subscribed: its first read is the baseline, and losses before it are the
+        initial reconciles'."""
+        from .failed_events import FailedEvents, Watched
+
+        with self._listeners_lock:
+            if self._failed_events_watched:
+                return
+            self._failed_events_watched = True
+        watcher = FailedEvents(first.app.source.metrics, [
+            Watched(r.name, r.app.source.notification_targets, r.gap) for r in self.replicas], self.stop_event)
+        thread = threading.Thread(target=watcher.run, name="failed-events", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _listener_for(self, first: Replica) -> Listener:
         """The source bucket's listener, started by the first of its destinations to get

@@ -347,14 +347,17 @@ class NatsServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def minio_nats_env(nats: NatsServer, subject: str, queue_dir: Path, target: str = "PRIMARY") -> dict[str, str]:
+def minio_nats_env(nats: NatsServer, subject: str, queue_dir: Path | None, target: str = "PRIMARY") -> dict[str, str]:
     """MinIO's settings for a NATS JetStream notification target ``target``, with a
-    queue_dir, so events published while NATS is down are kept and sent later."""
-    return {
+    queue_dir, so events published while NATS is down are kept and sent later; with
+    ``queue_dir`` None, without one: MinIO fails to send those, and counts them."""
+    env = {
         f"MINIO_NOTIFY_NATS_ENABLE_{target}": "on",
         f"MINIO_NOTIFY_NATS_ADDRESS_{target}": nats.address,
         f"MINIO_NOTIFY_NATS_SUBJECT_{target}": subject,
         f"MINIO_NOTIFY_NATS_JETSTREAM_{target}": "on",
-        f"MINIO_NOTIFY_NATS_QUEUE_DIR_{target}": str(queue_dir),
-        f"MINIO_NOTIFY_NATS_QUEUE_LIMIT_{target}": "100000",
     }
+    if queue_dir is not None:
+        env[f"MINIO_NOTIFY_NATS_QUEUE_DIR_{target}"] = str(queue_dir)
+        env[f"MINIO_NOTIFY_NATS_QUEUE_LIMIT_{target}"] = "100000"
+    return env

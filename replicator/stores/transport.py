@@ -16,7 +16,7 @@ libraries' work.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
@@ -101,10 +101,13 @@ class Transport:
 
     def request(self, op: str, key: str | None, method: str, path: str, *, headers: dict[str, str] | None = None,
                 body: bytes | None = None, stream: bool = False, region: str | None = None,
-                read_timeout: float | None = None) -> urllib3.BaseHTTPResponse:
+                read_timeout: float | None = None,
+                bearer: Callable[[ReadOnlyCredentials], str] | None = None) -> urllib3.BaseHTTPResponse:
         """Send one SigV4-signed request and return the response, whatever its status;
         its body read unless ``stream`` (then the caller reads or releases it), and
-        ``read_timeout`` for this request only if given.
+        ``read_timeout`` for this request only if given. With ``bearer``, the request
+        carries the token it makes from the side's credentials instead of a signature
+        (MinIO's metrics take only that).
         ``path`` (with its query) goes out exactly as given (object_path), never
         normalised. The payload is signed as botocore signs it: its SHA-256, unless it
         travels over HTTPS with a Content-MD5. Transport failures raise errors.*."""
@@ -118,7 +121,10 @@ class Transport:
         # Over HTTPS with a Content-MD5, TLS and the digest guard the body: botocore's S3
         # clients then send it unsigned, sparing a SHA-256 of every byte. So do we.
         request.context["payload_signing_enabled"] = not (self._secure and "Content-MD5" in request.headers)
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region or self.region).add_auth(request)
+        if bearer is None:
+            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region or self.region).add_auth(request)
+        else:
+            request.headers["Authorization"] = f"Bearer {bearer(self._credentials.get_frozen_credentials())}"
         options = {}
         if read_timeout is not None:
             options["timeout"] = urllib3.Timeout(connect=self._connect_timeout, read=read_timeout)

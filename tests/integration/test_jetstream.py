@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import re
 import signal
+import subprocess
 import time
 
 import nats
@@ -18,7 +21,7 @@ from minio import Minio
 from minio.notificationconfig import NotificationConfig, QueueConfig
 
 from tests.conftest import DEST_PASSWORD, DEST_USER, SOURCE_PASSWORD, SOURCE_USER, boto_client, run_cli, unique_bucket
-from tests.servers import MinioServer, NatsServer, minio_nats_env
+from tests.servers import MinioServer, NatsServer, find_tool, minio_nats_env
 from tests.sidecar import wait_for
 
 SUBJECT = "minio.events"
@@ -325,3 +328,53 @@ def test_events_that_aged_out_of_the_stream_unread_bring_a_reconcile(nats_server
         assert "aged out before they were replicated" in second.log()
     finally:
         minio.close()
+
+
+def test_events_minio_failed_to_send_bring_a_reconcile(minio_dest, tmp_path, sidecars):
+    """A NATS target without a queue_dir, and NATS down: MinIO fails to send the uploads'
+    events (the uploads succeed) and counts them. The count's rise brings a reconcile,
+    though the interval is a week and nothing else tells of the loss."""
+    own_nats = NatsServer().start()  # this test's own: it stops it
+    minio = MinioServer("source-unqueued", SOURCE_USER, SOURCE_PASSWORD,
+                        env=minio_nats_env(own_nats, SUBJECT, None)).start()
+    try:
+        setup = Setup(minio, minio_dest, own_nats, tmp_path)
+        setup.env["S3_SYNC_INTERVAL"] = "604800"
+        sidecar = sidecars(setup.env)
+        wait_for(sidecar.ready, timeout=60, what="readiness")
+        own_nats.stop()
+        keys = [f"unsent/{n}.txt" for n in range(5)]
+        for key in keys:
+            setup.put(key, b"unsent")
+        own_nats.start()
+        # MinIO refreshes its counts every 10 s; replicator reads them every 30 s.
+        wait_for(lambda: setup.dest_keys() >= set(keys), timeout=90, interval=0.5, what="the reconcile's copies")
+        log = sidecar.log()
+        assert re.search(r"MinIO's minio_notify_target_failed_events\{target=PRIMARY:nats\} rose by [1-5]: events "
+                         r"MinIO failed to send are lost; reconciling ", log), log[-3000:]
+        assert "unreadable" not in log
+        assert SOURCE_PASSWORD not in log and "Bearer" not in log
+    finally:
+        minio.close()
+        own_nats.close()
+
+
+def test_check_tells_whether_minios_count_of_failed_events_is_readable(publishing_minio, minio_dest, nats_server,
+                                                                       tmp_path):
+    """Read with the source's keys: the root user's are let in; a user for replicating
+    (readwrite) but not for reading metrics is refused, which check warns of and passes."""
+    setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+    checked = run_cli(setup.env, "check")
+    assert checked.code == 0, checked.output
+    assert "✓ MinIO's count of failed events readable" in checked.output
+    reader, password = "metrics-less", "metrics-less-secret-Kq73"
+    mc_env = {**os.environ, "MC_HOST_src": f"http://{SOURCE_USER}:{SOURCE_PASSWORD}@{publishing_minio.host}"}
+    for args in (("admin", "user", "add", "src", reader, password),
+                 ("admin", "policy", "attach", "src", "readwrite", "--user", reader)):
+        subprocess.run([find_tool("mc"), "--quiet", *args], env=mc_env, check=True, capture_output=True, timeout=30)
+    checked = run_cli({**setup.env, "MINIO_ACCESS_KEY": reader, "MINIO_SECRET_KEY": password}, "check")
+    assert checked.code == 0, checked.output
+    assert ("MinIO's count of failed events unreadable (source: read metrics: AccessDenied (HTTP 403): check "
+            "MINIO_ACCESS_KEY, MINIO_SECRET_KEY and their permissions: Access Denied.") in checked.output
+    assert "needs admin:Prometheus, or MinIO MINIO_PROMETHEUS_AUTH_TYPE=public" in checked.output
+    assert password not in checked.output

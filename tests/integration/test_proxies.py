@@ -157,3 +157,14 @@ def test_a_proxy_password_never_reaches_the_output(pair, proxy):
     url = proxy.url.replace("http://", "http://someone:proxy-pass-Zq81@")
     result = run_cli({**pair.env, "HTTP_PROXY": url}, "reconcile")
     assert "proxy-pass-Zq81" not in result.output
+
+
+@pytest.mark.parametrize("pair", ["minio"], indirect=True)
+def test_minios_metrics_are_read_through_the_proxy_too(pair, proxy):
+    """The failed-events watcher's reads (jetstream mode) take the source's transport."""
+    from replicator.failed_events import SKIPPED, counts
+    from replicator.stores.source import MinioSource
+
+    source = MinioSource(pair.settings(HTTP_PROXY=proxy.url))
+    assert any(series[0] == SKIPPED for series in counts(source.metrics()))
+    assert any("/minio/v2/metrics/cluster" in r for r in proxy.to_port(ports(pair)[0]))
