@@ -18,8 +18,10 @@ The rules:
 - Events stay hints: each message's work is the same per-key convergence as the
   listen stream's, re-reading the source, so a redelivery or a duplicate is harmless.
 - No finite ``max_deliver``: a message past it would stay in the stream, skipped,
-  never replicated. A key that keeps failing is retried with the growing delay, and
-  the reconcile still repairs it.
+  never replicated. A key that keeps failing is retried with the growing delay until
+  its message is ``S3_SYNC_NATS_DEAD_LETTER_AGE`` old; then it is published to the
+  dead-letter stream, and only once JetStream has stored it there is it taken off the
+  consumer (terminated), and its key handed to the destination's reconcile.
 - At start, the stream is created (limits retention, ``S3_SYNC_NATS_RETENTION``, file
   storage) or checked: a stream that doesn't take MinIO's subject would lose every
   event, so it is refused with a clear error, as is a consumer whose filter differs.
@@ -36,9 +38,11 @@ import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from urllib.parse import quote
 
 import nats
 import nats.errors
@@ -52,6 +56,8 @@ from .errors import ConfigError, TransientError
 from .events import Intake, received, to_item
 from .lease import Conflict
 from .observability import context, metrics
+from .observability.logging import Redactor
+from .printable import printable
 from .workqueue import KeyedQueue
 
 # The reconcile of a destination runs in one process at a time, its lease's holder
@@ -63,6 +69,10 @@ FETCH_BATCH = 256
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
 NAK_DELAY_MAX = 600.0
+# A message is dead-lettered only once it has failed this many deliveries, past its age:
+# a backlog delivered late (replicator down for days) isn't dead-lettered at its first hiccup.
+DEAD_LETTER_DELIVERIES = 3
+DEAD_LETTER_ERROR_MAX = 1000  # characters of the last error a dead letter's header keeps
 SIDE = "events"  # errors name the NATS side so
 
 
@@ -95,6 +105,45 @@ def durable_name(prefix: str, mirror: str, destination: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", f"{prefix}-{mirror}-{destination}")[:200]
 
 
+def dead_letter_stream(stream: str) -> tuple[str, str]:
+    """PURE: the dead-letter stream of ``stream``, and the subjects it takes. Not under
+    MinIO's subject: S3_SYNC_NATS_SUBJECT is a literal, and a stream taking a wildcard
+    over it (``minio.>``) must not take dead letters too, and read them as events."""
+    return f"{stream}-dead-letter", f"replicator.dead-letter.{stream}.>"
+
+
+def dead_letter_subject(stream: str, durable: str) -> str:
+    """PURE: where one destination's dead letters go: filterable by its consumer."""
+    return f"replicator.dead-letter.{stream}.{durable}"
+
+
+def past_age(published: float, now: float, deliveries: int, age: float) -> bool:
+    """PURE: whether a message that failed again is to be dead-lettered: published
+    ``age`` seconds ago or more, and failed at least DEAD_LETTER_DELIVERIES times."""
+    return deliveries >= DEAD_LETTER_DELIVERIES and now - published >= age
+
+
+def dead_letter_headers(*, destination: str, consumer: str, key: str, stream: str, sequence: int, deliveries: int,
+                        published: float, error: str, redact: Callable[[str], str]) -> dict[str, str]:
+    """PURE: what a dead letter says of itself, beside the MinIO event it carries as it
+    came. A header holds no line break, and a key may hold any character: the key is
+    percent-encoded (``urllib.parse.unquote`` gives it back), the error printable, cut,
+    and with every configured credential replaced."""
+    return {
+        "Replicator-Destination": destination,
+        "Replicator-Consumer": consumer,
+        "Replicator-Key": quote(key, safe="/"),
+        "Replicator-Stream": stream,
+        "Replicator-Sequence": str(sequence),
+        "Replicator-Deliveries": str(deliveries),
+        "Replicator-Published": f"{published:.3f}",
+        "Replicator-Error": printable(redact(error))[:DEAD_LETTER_ERROR_MAX],
+        # JetStream drops a second copy within its duplicate window: a publish whose
+        # acknowledgement was lost, tried again at the message's next failure.
+        "Nats-Msg-Id": f"{stream}-{sequence}-{consumer}",
+    }
+
+
 def nak_delay(deliveries: int, base: float) -> float:
     """PURE: how long a failed message waits before it is delivered again: the retry
     policy's doubling backoff, by the number of deliveries so far, capped."""
@@ -107,27 +156,33 @@ class Receipt:
     Settled once: a retried item carries receipts already handed back."""
 
     message: Msg
-    loop: asyncio.AbstractEventLoop
-    retry_delay: float
-    outstanding: set[Receipt]  # the JetStream's: every receipt not settled yet, kept held (heartbeats)
+    consumer: Consumer
+    jetstream: JetStream
+    key: str = ""  # the key of the record it stands for, once an item carries it
     _settled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.outstanding.add(self)
+        self.jetstream.outstanding.add(self)
 
-    def settle(self, converged: bool) -> None:
+    def settle(self, converged: bool, why: str | None = None) -> None:
+        """Acknowledge the message, or hand it back; ``why`` its key failed, if it did
+        (not for a full queue, or a stop): a failure past the age is dead-lettered."""
         with self._lock:
             if self._settled:
                 return
             self._settled = True
-        self.outstanding.discard(self)
+        self.jetstream.outstanding.discard(self)
+        metadata = self.message.metadata
         if converged:
             settling = self.message.ack()
+        elif why is not None and past_age(metadata.timestamp.timestamp(), time.time(), metadata.num_delivered,
+                                          self.jetstream.settings.nats_dead_letter_age):
+            settling = self.jetstream.dead_letter(self, why)
         else:
-            settling = self.message.nak(delay=nak_delay(self.message.metadata.num_delivered, self.retry_delay))
+            settling = self.message.nak(delay=nak_delay(metadata.num_delivered, self.consumer.settings.retry_delay))
         try:
-            asyncio.run_coroutine_threadsafe(settling, self.loop)
+            asyncio.run_coroutine_threadsafe(settling, self.jetstream.loop)
         except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
             settling.close()
 
@@ -143,11 +198,16 @@ class Consumer:
     connected: threading.Event = field(default_factory=threading.Event)
     reconnects: int = 0
     durable: str = ""  # its consumer's name, once subscribed
+    dead_lettered: int = 0  # messages this process moved to the dead-letter stream
 
     @property
     def scope(self) -> context.Scope:
         s = self.settings
         return context.Scope(s.source_bucket, s.mirror, s.destination)
+
+    def status(self) -> dict:
+        """The JetStream section of this destination's /status."""
+        return {"consumer": self.durable, "dead_lettered": self.dead_lettered}
 
     def watch(self) -> Callable[[], bool]:
         """As Listener.watch: has this consumer stayed connected since? A durable consumer
@@ -217,6 +277,7 @@ class JetStream:
             raise TransientError(SIDE, "connect", None, f"NATS at {s.nats_url} unreachable: "
                                  f"{type(error).__name__}: {error}") from None
         await self._ensure_stream(create)
+        await self._ensure_dead_letters(create)
 
     async def _ensure_stream(self, create: bool) -> None:
         s = self.settings
@@ -242,6 +303,56 @@ class JetStream:
                 f"S3_SYNC_NATS_STREAM={s.nats_stream}: the stream takes {', '.join(subjects) or 'no subjects'}, not "
                 f"S3_SYNC_NATS_SUBJECT={s.nats_subject}, where MinIO publishes: every event would be lost (MinIO "
                 "can't store into it). Add the subject to the stream, or name the stream that has it")
+
+    async def _ensure_dead_letters(self, create: bool) -> None:
+        """The stream dead letters go to, created like the main one (and kept as long):
+        without it a poison message could only be retried forever or dropped."""
+        s = self.settings
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        name, subjects = dead_letter_stream(s.nats_stream)
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            if not create:
+                logger.info("JetStream: no dead-letter stream {} yet; `run` creates it", name)
+                return
+            await js.add_stream(StreamConfig(
+                name=name, subjects=[subjects], retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                max_age=s.nats_retention))
+            logger.info("JetStream: created dead-letter stream {} for {}", name, subjects)
+
+    async def dead_letter(self, receipt: Receipt, why: str) -> None:
+        """Move a message that kept failing past its age to the dead-letter stream; take
+        it off the consumer only once JetStream has stored the copy (a publish that
+        fails hands it back, to be tried again at its next failure). Its key isn't
+        forgotten: logged, counted, and the destination's reconcile asked for."""
+        assert self._nc is not None
+        consumer, message = receipt.consumer, receipt.message
+        metadata = message.metadata
+        deliveries = metadata.num_delivered
+        headers = dead_letter_headers(
+            destination=f"{consumer.settings.mirror}/{consumer.settings.destination}", consumer=consumer.durable,
+            key=receipt.key, stream=self.settings.nats_stream, sequence=metadata.sequence.stream,
+            deliveries=deliveries, published=metadata.timestamp.timestamp(), error=why,
+            redact=Redactor(consumer.settings.secrets()))
+        with context.working_for(consumer.scope):
+            try:
+                await self._nc.jetstream().publish(dead_letter_subject(self.settings.nats_stream, consumer.durable),
+                                                   message.data, headers=headers, timeout=10.0)
+            except (TimeoutError, nats.errors.Error, OSError) as error:
+                logger.warning("{}: could not move its message to the dead-letter stream ({}: {}); handed back",
+                               receipt.key, type(error).__name__, error)
+                await message.nak(delay=nak_delay(deliveries, consumer.settings.retry_delay))
+                return
+            await message.term()
+            consumer.dead_lettered += 1
+            metrics.events_dead_lettered.inc()
+            logger.warning("{}: its event failed {} deliveries over {:.0f}s (last: {}); moved to the dead-letter "
+                           "stream {} and left for the reconcile", receipt.key, deliveries,
+                           time.time() - metadata.timestamp.timestamp(), why,
+                           dead_letter_stream(self.settings.nats_stream)[0])
+            consumer.on_gap("an event was dead-lettered")
 
     def subscribe(self, consumer: Consumer) -> None:
         """Create or check the destination's durable consumer, and start fetching for it."""
@@ -346,7 +457,7 @@ class JetStream:
                 self._deliver(consumer, bucket, message)
 
     def _deliver(self, consumer: Consumer, bucket: str, message: Msg) -> None:
-        receipt = Receipt(message, self.loop, consumer.settings.retry_delay, self.outstanding)
+        receipt = Receipt(message, consumer, self)
         try:
             event = json.loads(message.data)
             records = event.get("Records") or []
@@ -368,6 +479,7 @@ class JetStream:
         for n, item in enumerate(items):
             # One receipt per message: the last item of it carries it (a MinIO event has one record).
             if n == len(items) - 1:
+                receipt.key = item.key
                 item = replace(item, receipts=(receipt,))
             received(item)
             consumer.intake.offer(item, 0.0, self.stopping)

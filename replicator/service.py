@@ -164,6 +164,7 @@ class Service:
                 self._jetstream_connected = True
         consumer = Consumer(replica.settings, replica.queue, replica.intake, replica.gap)
         self.jetstream.subscribe(consumer)
+        replica.health.jetstream = consumer.status
         # One reconcile of this destination at a time, across every process reading its
         # consumer: the lease's holder's.
         leases = self.jetstream.key_value(LEASES, ttl=lease.TTL)

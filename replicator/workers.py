@@ -132,19 +132,26 @@ class Workers:
             if item is None:
                 continue
             converged: bool | None = False
+            why: str | None = None
             try:
-                converged = self.handle(item)
+                converged, why = self._attempt(item)
             finally:
                 self.queue.done(item.key)
                 if converged is not None:  # None: queued again, its messages with it
-                    settle(item, converged)
+                    settle(item, converged, why)
 
     def handle(self, item: WorkItem) -> bool | None:
         """``process``, with a failure logged, counted and sent where it can be repaired:
         the next reconcile for an object's bytes, the waiting room for a metadata change.
         Whether the key converged; None if it was queued again."""
+        return self._attempt(item)[0]
+
+    def _attempt(self, item: WorkItem) -> tuple[bool | None, str | None]:
+        """``handle``'s answer, and why the key failed where it did (a durable message's
+        dead letter says it); None for a stop, which is no failure of the key's."""
         try:
-            return self.process(item)
+            converged = self.process(item)
+            return converged, None if converged is not False else "changed during every copy attempt"
         except Stopped:
             if not item.metadata:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
@@ -163,20 +170,22 @@ class Workers:
                 if item.kept:
                     # It failed again after a reconcile: wait for the scheduled ones,
                     # rather than ask for a full reconcile every cooldown for its sake.
-                    return False
+                    return False, str(error)
             elif item.content:
                 logger.error("{}: {}; the object is left for the next reconcile, a metadata change in it for "
                              "the next metadata sweep", item.key, error)
             else:
                 logger.error("{}: {}; refused for good (a reconcile can't see metadata changes; the next "
                              "metadata sweep tries again)", item.key, error)
-                return True  # nothing a reconcile, or a delivery again, could repair
+                return True, None  # nothing a reconcile, or a delivery again, could repair
             self.on_failure("event copies failed")
+            return False, str(error)
         except Exception as error:  # a bug must not kill the worker
             self._count_failure(type(error).__name__)
             logger.exception("{}: unexpected error; left for the next reconcile", item.key)
             self.on_failure("event copies failed")
-        return False
+            return False, f"unexpected error: {type(error).__name__}"
+        return False, None
 
     def _count_failure(self, reason: str) -> None:
         with self._counts_lock:

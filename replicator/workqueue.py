@@ -63,13 +63,14 @@ class WorkItem:
 
 
 class Receipt(Protocol):
-    def settle(self, converged: bool) -> None:
-        """Acknowledge the message (converged), or hand it back for a later delivery."""
+    def settle(self, converged: bool, why: str | None = None) -> None:
+        """Acknowledge the message (converged), or hand it back for a later delivery;
+        ``why`` the key failed, where it did."""
 
 
-def settle(item: WorkItem, converged: bool) -> None:
+def settle(item: WorkItem, converged: bool, why: str | None = None) -> None:
     for receipt in item.receipts:
-        receipt.settle(converged)
+        receipt.settle(converged, why)
 
 
 class Closed(Exception):

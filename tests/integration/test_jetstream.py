@@ -279,3 +279,82 @@ def test_events_that_aged_out_of_the_stream_unread_bring_a_reconcile(nats_server
         assert "aged out before they were replicated" in second.log()
     finally:
         minio.close()
+
+
+def dead_letters(nats_url: str, stream: str, durable: str) -> list:
+    """The dead letters of one destination's consumer, oldest first."""
+    from replicator.jetstream import dead_letter_stream, dead_letter_subject
+
+    async def read() -> list:
+        connection = await nats.connect(nats_url)
+        try:
+            js = connection.jetstream()
+            name = dead_letter_stream(stream)[0]
+            subscription = await js.pull_subscribe(dead_letter_subject(stream, durable), stream=name)
+            try:
+                found = await subscription.fetch(10, timeout=1)
+            except nats.errors.TimeoutError:
+                found = []
+            await subscription.unsubscribe()
+            return found
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def consumer_info(nats_url: str, stream: str, durable: str):
+    async def read():
+        connection = await nats.connect(nats_url)
+        try:
+            return await connection.jetstream().consumer_info(stream, durable)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def test_a_poison_message_goes_to_the_dead_letter_stream_and_its_key_to_the_reconcile(
+        publishing_minio, minio_dest, nats_server, tmp_path, sidecars):
+    """A key the destination always refuses: once its message is past the age limit it
+    is copied to the dead-letter stream with headers that say what failed, taken off the
+    consumer (never delivered again), counted, shown on /status, and a reconcile asked
+    for its key. Other keys go on arriving."""
+    from urllib.parse import unquote
+
+    from tests.faultproxy import FaultProxy, s3_error_document
+
+    refused = s3_error_document("AccessDenied", 403)
+    proxy = FaultProxy(minio_dest.port, lambda request: refused if "poison" in request.path else None)
+    try:
+        setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+        setup.env.update(S3_SYNC_ENDPOINT=proxy.endpoint, S3_SYNC_NATS_DEAD_LETTER_AGE="1", S3_SYNC_MAX_RETRIES="1")
+        sidecar = sidecars(setup.env)
+        wait_for(sidecar.ready, timeout=60, what="readiness")
+        durable = sidecar.status()["jetstream"]["consumer"]
+        assert durable == f"replicator-{setup.bucket}-{setup.dest_bucket}"
+        setup.put("poison/bad key.txt", b"never")
+        setup.put("good.txt", b"fine")
+        wait_for(lambda: "moved to the dead-letter stream" in sidecar.log(), timeout=60, what="the dead letter")
+        assert "good.txt" in setup.dest_keys()
+        [letter] = dead_letters(nats_server.url, setup.stream, durable)
+        headers = letter.headers
+        assert unquote(headers["Replicator-Key"]) == "poison/bad key.txt"
+        assert headers["Replicator-Consumer"] == durable
+        assert headers["Replicator-Destination"] == f"{setup.bucket}/{setup.dest_bucket}"
+        assert int(headers["Replicator-Deliveries"]) >= 3
+        assert "AccessDenied" in headers["Replicator-Error"] and DEST_PASSWORD not in headers["Replicator-Error"]
+        assert b"poison" in letter.data  # the MinIO event, as it came
+        assert 'poison/bad key.txt: its event failed' in sidecar.log()
+        assert "an event was dead-lettered" in sidecar.log()  # the reconcile asked for its key
+        metrics = sidecar.metrics()
+        assert metrics["replicator_events_dead_lettered_total"] == 1
+        assert sidecar.status()["jetstream"]["dead_lettered"] == 1
+        # Off the consumer for good: nothing of it pending or delivered again.
+        wait_for(lambda: consumer_info(nats_server.url, setup.stream, durable).num_ack_pending == 0, timeout=10,
+                 what="the message off the consumer")
+        time.sleep(3)
+        assert len(dead_letters(nats_server.url, setup.stream, durable)) == 1
+        assert sidecar.log().count("moved to the dead-letter stream") == 1
+    finally:
+        proxy.close()

@@ -10,7 +10,21 @@ import pytest
 
 from replicator.errors import TransientError
 from replicator.events import Intake, to_item
-from replicator.jetstream import NAK_DELAY_MAX, _subject_matches, durable_name, nak_delay, publishes
+from urllib.parse import unquote
+
+from replicator.jetstream import (
+    DEAD_LETTER_ERROR_MAX,
+    NAK_DELAY_MAX,
+    _subject_matches,
+    dead_letter_headers,
+    dead_letter_stream,
+    dead_letter_subject,
+    durable_name,
+    nak_delay,
+    past_age,
+    publishes,
+)
+from replicator.observability.logging import Redactor
 from replicator.workqueue import KeyedQueue, WorkItem
 from tests.unit.test_workers import Harness
 
@@ -18,9 +32,11 @@ from tests.unit.test_workers import Harness
 class FakeReceipt:
     def __init__(self):
         self.settled: list[bool] = []
+        self.why: list[str | None] = []
 
-    def settle(self, converged: bool) -> None:
+    def settle(self, converged: bool, why: str | None = None) -> None:
         self.settled.append(converged)
+        self.why.append(why)
 
 
 def durable(key: str, receipt: FakeReceipt, **flags) -> WorkItem:
@@ -100,6 +116,41 @@ def test_a_failed_copy_hands_its_messages_back(monkeypatch):
     h.queue.put(durable("a.txt", receipt))
     _run_one(h)
     assert receipt.settled == [False]
+    assert "connection refused" in receipt.why[0]  # what a dead letter would say of it
+
+
+@pytest.mark.parametrize(("published", "deliveries", "dead"), [
+    (0.0, 3, True),  # old enough, failed often enough
+    (0.0, 2, False),  # a backlog delivered late: not at its first hiccups
+    (950.0, 5, False),  # failing, but younger than the age
+    (900.0, 3, True),  # exactly the age
+])
+def test_a_message_is_dead_lettered_once_old_and_failed_again(published, deliveries, dead):
+    assert past_age(published, 1000.0, deliveries, 100.0) is dead
+
+
+def test_dead_letters_go_where_no_stream_of_minios_subject_takes_them():
+    name, subjects = dead_letter_stream("minio-events")
+    subject = dead_letter_subject("minio-events", "replicator-photos-aws")
+    assert name == "minio-events-dead-letter"
+    assert _subject_matches(subjects, subject)
+    for minio in ("minio.events", "minio.>", "minio.*"):
+        assert not _subject_matches(minio, subject)
+
+
+def test_a_dead_letters_headers_name_it_and_keep_no_secret_and_no_line_break():
+    key = "odd key/é+%\nline"
+    headers = dead_letter_headers(
+        destination="photos/aws", consumer="replicator-photos-aws", key=key, stream="minio-events", sequence=42,
+        deliveries=7, published=1700000000.25, redact=Redactor(("s3cret-value",)),
+        error="destination: put odd key: AccessDenied for s3cret-value\n" + "x" * 2000)
+    assert unquote(headers["Replicator-Key"]) == key
+    assert headers["Replicator-Deliveries"] == "7" and headers["Replicator-Sequence"] == "42"
+    assert headers["Replicator-Destination"] == "photos/aws"
+    assert headers["Nats-Msg-Id"] == "minio-events-42-replicator-photos-aws"
+    error = headers["Replicator-Error"]
+    assert "s3cret-value" not in error and "***" in error and len(error) == DEAD_LETTER_ERROR_MAX
+    assert not any(c in value for value in headers.values() for c in "\r\n")
 
 
 def test_a_full_queue_hands_a_durable_event_back_and_asks_no_reconcile():
