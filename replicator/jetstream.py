@@ -49,7 +49,15 @@ import nats.errors
 import nats.js.errors
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from .config import Settings
 from .errors import ConfigError, TransientError
@@ -58,6 +66,7 @@ from .lease import Conflict
 from .observability import context, metrics
 from .observability.logging import Redactor
 from .printable import printable
+from .progress import iso
 from .workqueue import KeyedQueue
 
 # The reconcile of a destination runs in one process at a time, its lease's holder
@@ -199,6 +208,11 @@ class Consumer:
     reconnects: int = 0
     durable: str = ""  # its consumer's name, once subscribed
     dead_lettered: int = 0  # messages this process moved to the dead-letter stream
+    # What NATS last said of the consumer, and who held its reconcile lease (None: no
+    # reconcile ran), as of ``checked``: read with each retention check, not per /status.
+    info: ConsumerInfo | None = None
+    lease_holder: str | None = None
+    checked: float | None = None
 
     @property
     def scope(self) -> context.Scope:
@@ -206,8 +220,19 @@ class Consumer:
         return context.Scope(s.source_bucket, s.mirror, s.destination)
 
     def status(self) -> dict:
-        """The JetStream section of this destination's /status."""
-        return {"consumer": self.durable, "dead_lettered": self.dead_lettered}
+        """The JetStream section of this destination's /status: counts as of the last
+        check (None before the first), connected and dead-lettered as of now."""
+        info = self.info
+        return {
+            "consumer": self.durable,
+            "connected": self.connected.is_set(),
+            "pending": info.num_pending if info else None,  # in the stream, not delivered yet
+            "ack_pending": info.num_ack_pending if info else None,  # delivered, not settled yet
+            "redelivered": info.num_redelivered if info else None,  # of those, delivered more than once
+            "dead_lettered": self.dead_lettered,
+            "lease_holder": self.lease_holder,
+            "checked_at": iso(self.checked),
+        }
 
     def watch(self) -> Callable[[], bool]:
         """As Listener.watch: has this consumer stayed connected since? A durable consumer
@@ -405,6 +430,7 @@ class JetStream:
                 logger.debug("JetStream: retention check: {}: {}", type(error).__name__, error)
             else:
                 metrics.events_pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                await self._observe(consumer, info)
                 first, floor = stream.state.first_seq, info.ack_floor.stream_seq if info.ack_floor else 0
                 if aged_out(first, floor) and first != reported:
                     reported = first
@@ -412,6 +438,20 @@ class JetStream:
                                    "reconciling", floor + 1, first - 1, self.settings.nats_stream)
                     consumer.on_gap("events aged out of the JetStream stream")
             await asyncio.sleep(RETENTION_CHECK)
+
+    async def _observe(self, consumer: Consumer, info: ConsumerInfo) -> None:
+        """Keep what /status shows of the consumer: its counts, and its lease's holder
+        (the lease bucket is made once the consumer is: absent at the first check)."""
+        assert self._nc is not None
+        holder = None
+        try:
+            entry = await (await self._nc.jetstream().key_value(LEASES)).get(consumer.durable)
+            holder = entry.value.decode(errors="replace") if entry.value else None
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            pass
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            logger.debug("JetStream: lease holder: {}: {}", type(error).__name__, error)
+        consumer.info, consumer.lease_holder, consumer.checked = info, holder, time.time()
 
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():

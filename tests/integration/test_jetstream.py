@@ -331,8 +331,12 @@ def test_a_poison_message_goes_to_the_dead_letter_stream_and_its_key_to_the_reco
         setup.env.update(S3_SYNC_ENDPOINT=proxy.endpoint, S3_SYNC_NATS_DEAD_LETTER_AGE="1", S3_SYNC_MAX_RETRIES="1")
         sidecar = sidecars(setup.env)
         wait_for(sidecar.ready, timeout=60, what="readiness")
-        durable = sidecar.status()["jetstream"]["consumer"]
+        section = sidecar.status()["jetstream"]
+        durable = section["consumer"]
         assert durable == f"replicator-{setup.bucket}-{setup.dest_bucket}"
+        assert section["connected"] is True and section["dead_lettered"] == 0
+        assert section["pending"] == 0 and section["ack_pending"] == 0 and section["redelivered"] == 0
+        assert section["checked_at"] is not None
         setup.put("poison/bad key.txt", b"never")
         setup.put("good.txt", b"fine")
         wait_for(lambda: "moved to the dead-letter stream" in sidecar.log(), timeout=60, what="the dead letter")

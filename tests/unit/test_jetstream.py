@@ -244,3 +244,28 @@ def test_a_delete_that_lands_after_a_reuploads_copy_is_made_good(monkeypatch):
     monkeypatch.setattr(h.dest, "delete_many", late_delete)
     result = converger.converge("k", Hint(removed=True, may_delete=True))
     assert result.outcome is Outcome.COPIED and h.dest.contents() == {"k": b"v3"}
+
+
+def test_a_consumers_status_says_none_of_what_nats_hasnt_told_yet_and_then_its_counts():
+    from nats.js.api import ConsumerConfig, ConsumerInfo
+
+    from replicator import config
+    from replicator.jetstream import Consumer
+
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream"})
+    queue = KeyedQueue(10)
+    consumer = Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None,
+                        durable="replicator-relics-b-1")
+    assert consumer.status() == {"consumer": "replicator-relics-b-1", "connected": False, "pending": None,
+                                 "ack_pending": None, "redelivered": None, "dead_lettered": 0, "lease_holder": None,
+                                 "checked_at": None}
+    consumer.connected.set()
+    consumer.dead_lettered = 2
+    consumer.info = ConsumerInfo(name="replicator-relics-b-1", stream_name="minio-events", config=ConsumerConfig(),
+                                 created=None, num_pending=5,
+                                 num_ack_pending=3, num_redelivered=1)
+    consumer.lease_holder, consumer.checked = "host-a-123", 1700000000.0
+    status = consumer.status()
+    assert (status["connected"], status["pending"], status["ack_pending"], status["redelivered"]) == (True, 5, 3, 1)
+    assert (status["dead_lettered"], status["lease_holder"]) == (2, "host-a-123")
+    assert status["checked_at"] == "2023-11-14T22:13:20.000Z"
