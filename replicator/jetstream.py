@@ -17,6 +17,7 @@ The rules:
   for redelivery after ``ACK_WAIT`` to whoever reads next.
 - Events stay hints: each message's work is the same per-key convergence as the
   listen stream's, re-reading the source, so a redelivery or a duplicate is harmless.
+  A key's lock across the processes (keylocks.py) spares their duplicate work only.
 - No finite ``max_deliver``: a message past it would stay in the stream, skipped,
   never replicated. A key that keeps failing is retried with the growing delay until
   its message is ``S3_SYNC_NATS_DEAD_LETTER_AGE`` old; then it is published to the
@@ -35,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -62,6 +65,8 @@ from nats.js.api import (
 from .config import Settings
 from .errors import ConfigError, TransientError
 from .events import Intake, received, to_item
+from .keylocks import BUCKET as KEY_LOCKS
+from .keylocks import HELD_ELSEWHERE_DELAY, KeyLocks
 from .lease import Conflict
 from .observability import context, metrics
 from .observability.logging import Redactor
@@ -77,6 +82,7 @@ ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it i
 FETCH_BATCH = 256
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
+LOCK_WAIT = 5.0  # seconds a worker waits to take a key's lock before it works without
 NAK_DELAY_MAX = 600.0
 # A message is dead-lettered only once it has failed this many deliveries, past its age:
 # a backlog delivered late (replicator down for days) isn't dead-lettered at its first hiccup.
@@ -190,6 +196,18 @@ class Receipt:
             settling = self.jetstream.dead_letter(self, why)
         else:
             settling = self.message.nak(delay=nak_delay(metadata.num_delivered, self.consumer.settings.retry_delay))
+        self._send(settling)
+
+    def hand_back(self, delay: float) -> None:
+        """Have the message delivered again after ``delay`` seconds: no failure of its key's."""
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        self.jetstream.outstanding.discard(self)
+        self._send(self.message.nak(delay=delay))
+
+    def _send(self, settling) -> None:
         try:
             asyncio.run_coroutine_threadsafe(settling, self.jetstream.loop)
         except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
@@ -213,6 +231,7 @@ class Consumer:
     info: ConsumerInfo | None = None
     lease_holder: str | None = None
     checked: float | None = None
+    locks: KeyLocks | None = None  # its keys' locks across processes, once subscribed
 
     @property
     def scope(self) -> context.Scope:
@@ -257,6 +276,9 @@ class JetStream:
         # ACK_WAIT isn't delivered to another process meanwhile; a process that dies
         # stops telling, and its messages are delivered again ACK_WAIT later.
         self.outstanding: set[Receipt] = set()
+        # Who this process is, as the holder of leases and key locks: visible in the KV
+        # buckets, and the same for a container restarted under its name (pid 1 again).
+        self.holder = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- the loop's thread ---------------------------------------------------------------
 
@@ -407,6 +429,9 @@ class JetStream:
             # its: a reconcile must run, not a predecessor's result stand for one.
             consumer.on_gap("JetStream consumer created")
         subscription = await js.pull_subscribe_bind(durable=durable, stream=s.nats_stream)
+        # Its entries age out an ack wait after their holder's last renewal: when NATS
+        # would deliver that holder's messages to another process anyway.
+        consumer.locks = KeyLocks(_AsyncStore(await self._key_value(KEY_LOCKS, ACK_WAIT)), durable, self.holder)
         consumer.durable = durable
         consumer.connected.set()
         with context.working_for(consumer.scope):
@@ -462,6 +487,14 @@ class JetStream:
                 except (nats.errors.Error, OSError) as error:
                     logger.debug("JetStream: in-progress for message {}: {}", receipt.message.metadata.sequence.stream,
                                  error)
+            for consumer in list(self.consumers):
+                if consumer.locks is not None:
+                    await consumer.locks.renew()
+
+    def key_locks(self, consumer: Consumer) -> SharedKeys:
+        """The consumer's key locks, for its worker threads."""
+        assert consumer.locks is not None
+        return SharedKeys(self, consumer.locks)
 
     def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
         """The KV bucket, created if missing (with ``ttl``: every key ages out after it)."""
@@ -568,6 +601,65 @@ class JetStream:
                 await self._nc.flush(timeout=2)
             finally:
                 await self._nc.close()
+
+
+@dataclass(eq=False)
+class SharedKeys:
+    """One destination's key locks (keylocks.py), for its worker threads: taking one
+    waits for NATS (one round trip, more after a release: see keylocks); releasing
+    doesn't, it is sent after the acks the worker asked for."""
+
+    jetstream: JetStream
+    locks: KeyLocks
+    retry_after: float = HELD_ELSEWHERE_DELAY
+
+    def take(self, key: str) -> bool:
+        future: Future = asyncio.run_coroutine_threadsafe(self.locks.take(key), self.jetstream.loop)
+        try:
+            return future.result(LOCK_WAIT)
+        except TimeoutError:
+            future.cancel()  # not held then: the lock, if created, ages out
+            return True  # correctness doesn't depend on the lock: work without it
+
+    def release(self, key: str) -> None:
+        release = self.locks.release(key)
+        try:
+            asyncio.run_coroutine_threadsafe(release, self.jetstream.loop)
+        except RuntimeError:  # the loop is gone (shutdown): the entry ages out
+            release.close()
+
+
+class _AsyncStore:
+    """A KV bucket as keylocks.Store: on the loop, NATS's errors as Conflict or TransientError."""
+
+    def __init__(self, kv):
+        self._kv = kv
+
+    async def create(self, name: str, value: bytes) -> int:
+        return await self._mapped(f"create {name}", self._kv.create(name, value))
+
+    async def update(self, name: str, value: bytes, last: int) -> int:
+        return await self._mapped(f"update {name}", self._kv.update(name, value, last=last))
+
+    async def delete(self, name: str, last: int) -> None:
+        await self._mapped(f"delete {name}", self._kv.delete(name, last=last))
+
+    async def entry(self, name: str) -> tuple[bytes, int] | None:
+        try:
+            found = await self._mapped(f"get {name}", self._kv.get(name))
+        except Conflict:
+            return None
+        return found.value or b"", found.revision
+
+    @staticmethod
+    async def _mapped(what: str, work):
+        try:
+            return await work
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError,
+                nats.js.errors.KeyDeletedError):
+            raise Conflict(what) from None
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            raise TransientError(SIDE, what, None, f"{type(error).__name__}: {error}") from None
 
 
 class KeyValue:

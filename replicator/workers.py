@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from loguru import logger
 
@@ -26,7 +27,19 @@ from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
 from .observability.context import inherit
 from .retry import Stopped
-from .workqueue import Closed, KeyedQueue, WorkItem, settle
+from .workqueue import Closed, KeyedQueue, WorkItem, hand_back, settle
+
+
+class KeyLocks(Protocol):
+    """Per-key locks across processes (S3_SYNC_EVENTS=jetstream: keylocks.py)."""
+
+    retry_after: float  # seconds a message waits whose key another process holds
+
+    def take(self, key: str) -> bool:
+        """Hold ``key``'s lock (at once if held already); False if another process does."""
+
+    def release(self, key: str) -> None:
+        """Give ``key``'s lock up, if held; without waiting."""
 
 
 class WaitingRoom:
@@ -102,6 +115,9 @@ class Workers:
         # Asks for an early reconcile: "left for the next reconcile" shouldn't mean an interval.
         self.on_failure = on_failure
         self.waiting_room = WaitingRoom(queue)
+        # With several processes on one consumer: a durable message's key is worked on
+        # by one of them at a time (set before start; None: this process is alone).
+        self.locks: KeyLocks | None = None
         self.failed = 0
         self._counts_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -131,14 +147,33 @@ class Workers:
                 continue
             if item is None:
                 continue
+            if not self._exclusive(item):
+                continue
             converged: bool | None = False
             why: str | None = None
             try:
                 converged, why = self._attempt(item)
             finally:
-                self.queue.done(item.key)
                 if converged is not None:  # None: queued again, its messages with it
                     settle(item, converged, why)
+                # Kept while a newer event for the key waits here: it folds into this
+                # work. Released before the key is, so a worker taking it next asks after.
+                if self.locks is not None and not self.queue.waiting(item.key):
+                    self.locks.release(item.key)
+                self.queue.done(item.key)
+
+    def _exclusive(self, item: WorkItem) -> bool:
+        """Whether this process may work on a durable item's key now. Not while another
+        holds its lock: its messages are handed back, to come again in a moment (the
+        holder re-reads the source when it is done, so nothing waits on them meanwhile)."""
+        if self.locks is None or not item.receipts or self.locks.take(item.key):
+            return True
+        self.queue.done(item.key)
+        hand_back(item, self.locks.retry_after)
+        metrics.events_deferred.inc(len(item.receipts))
+        logger.debug("{}: another replicator process works on it; its events come again in {:g}s", item.key,
+                     self.locks.retry_after)
+        return False
 
     def handle(self, item: WorkItem) -> bool | None:
         """``process``, with a failure logged, counted and sent where it can be repaired:

@@ -67,10 +67,18 @@ class Receipt(Protocol):
         """Acknowledge the message (converged), or hand it back for a later delivery;
         ``why`` the key failed, where it did."""
 
+    def hand_back(self, delay: float) -> None:
+        """Have the message delivered again after ``delay`` seconds (no failure)."""
+
 
 def settle(item: WorkItem, converged: bool, why: str | None = None) -> None:
     for receipt in item.receipts:
         receipt.settle(converged, why)
+
+
+def hand_back(item: WorkItem, delay: float) -> None:
+    for receipt in item.receipts:
+        receipt.hand_back(delay)
 
 
 class Closed(Exception):
@@ -189,6 +197,11 @@ class KeyedQueue:
     def depth(self) -> int:
         with self._lock:
             return len(self._items)
+
+    def waiting(self, key: str) -> bool:
+        """Whether an item for ``key`` is pending (a newer event, while a worker has it)."""
+        with self._lock:
+            return key in self._items
 
     def in_flight(self) -> int:
         with self._lock:

@@ -205,6 +205,9 @@ events_pending = Scoped(Gauge, f"{PREFIX}_events_pending",
 events_dead_lettered = Scoped(Counter, f"{PREFIX}_events_dead_lettered",
                               "S3_SYNC_EVENTS=jetstream: messages that kept failing past S3_SYNC_NATS_DEAD_LETTER_AGE, "
                               "moved to the dead-letter stream; their keys are left to the reconcile")
+events_deferred = Scoped(Counter, f"{PREFIX}_events_deferred",
+                         "S3_SYNC_EVENTS=jetstream: messages handed back for a moment because another replicator "
+                         "process held their key's lock")
 ready = Scoped(Gauge, f"{PREFIX}_ready", "1 while /readyz answers 200: running, listener connected, and a "
                                          "reconcile succeeded within 2 x S3_SYNC_INTERVAL (per destination, "
                                          "with the configuration file's mirrors)")

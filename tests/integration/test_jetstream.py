@@ -362,3 +362,117 @@ def test_a_poison_message_goes_to_the_dead_letter_stream_and_its_key_to_the_reco
         assert sidecar.log().count("moved to the dead-letter stream") == 1
     finally:
         proxy.close()
+
+
+def _publish_event(nats_url: str, subject: str, bucket: str, key: str) -> None:
+    import json
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_url)
+        record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:00:00Z",
+                  "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 4}}}
+        await connection.jetstream().publish(subject, json.dumps({"Records": [record]}).encode())
+        await connection.close()
+
+    asyncio.run(publish())
+
+
+def test_a_key_another_process_holds_is_handed_back_until_it_lets_go(nats_server):
+    """Two processes on one consumer, one key: while the first holds the key's lock, the
+    second's worker hands the key's message back (2 s) instead of copying it; once the
+    lock is released, the message comes again and is converged and acknowledged."""
+    import threading
+
+    from replicator import config, jetstream
+    from replicator.events import Intake
+    from replicator.observability import metrics
+    from replicator.workqueue import KeyedQueue, WorkItem
+    from tests.unit.test_workers import Harness
+
+    subject = "locks.events"
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "locked", "S3_SYNC_EVENTS": "jetstream",
+                            "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_STREAM": "locks",
+                            "S3_SYNC_NATS_SUBJECT": subject})
+    stopping = threading.Event()
+    first, second = jetstream.JetStream(settings, stopping), jetstream.JetStream(settings, stopping)
+    first.holder, second.holder = "first-1", "second-1"  # two processes, as far as NATS can tell
+    h = Harness()
+    h.source.add("shared.txt", b"data")
+    try:
+        for js in (first, second):
+            js.start()
+            js.connect()
+        idle = KeyedQueue(1)  # the first process's own queue stays full: it fetches nothing
+        idle.put(WorkItem("placeholder", content=False, tags=False, event_time=0.0))
+        holding = jetstream.Consumer(settings, idle, Intake(idle, lambda reason: None), lambda reason: None)
+        first.subscribe(holding)
+        reading = jetstream.Consumer(settings, h.queue, Intake(h.queue, lambda reason: None), lambda reason: None)
+        second.subscribe(reading)
+        assert holding.durable == reading.durable  # one consumer, two processes
+        held = first.key_locks(holding)
+        assert held.take("shared.txt")
+        h.workers.locks = second.key_locks(reading)
+        before = metrics.events_deferred.labels()._value.get()
+        h.workers.start()
+        _publish_event(nats_server.url, subject, "locked", "shared.txt")
+        wait_for(lambda: metrics.events_deferred.labels()._value.get() >= before + 2, timeout=15,
+                 what="the message handed back while the key is held")
+        assert h.dest.stat("shared.txt") is None  # the holder's work, not ours
+        held.release("shared.txt")
+        wait_for(lambda: h.dest.stat("shared.txt") is not None, timeout=15, what="the copy once released")
+        wait_for(lambda: not second.outstanding, timeout=10, what="the message acknowledged")
+        assert reading.locks is not None and len(reading.locks) == 0  # released after settling
+    finally:
+        stopping.set()
+        h.queue.close()
+        for js in (first, second):
+            js.stop()
+
+
+HOLDER = """
+import sys, threading, time
+from replicator import config
+from replicator.jetstream import JetStream, SharedKeys, _AsyncStore
+from replicator.keylocks import KeyLocks
+settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": sys.argv[1],
+                        "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": "minio.events"})
+js = JetStream(settings, threading.Event())
+js.holder = "victim-1"
+js.start()
+js.connect()
+kv = js._call(js._key_value(sys.argv[2], 2.0))
+assert SharedKeys(js, KeyLocks(_AsyncStore(kv), "c", js.holder)).take("photos/a.jpg")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_ages_out_after_its_holder_is_killed(nats_server):
+    """A process killed holding a key's lock stops renewing it: another takes it once the
+    bucket's max age (the ack wait; 2 s here) has passed, not before."""
+    import subprocess
+    import sys
+    import threading
+
+    from replicator import config
+    from replicator.jetstream import JetStream, SharedKeys, _AsyncStore
+    from replicator.keylocks import KeyLocks
+
+    bucket = unique_bucket("keys")
+    victim = subprocess.Popen([sys.executable, "-c", HOLDER, nats_server.url, bucket], stdout=subprocess.PIPE,
+                              text=True)
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": nats_server.url,
+                            "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": SUBJECT})
+    js = JetStream(settings, threading.Event())
+    js.start()
+    try:
+        assert victim.stdout is not None and victim.stdout.readline().strip() == "held"
+        js.connect()
+        locks = SharedKeys(js, KeyLocks(_AsyncStore(js._call(js._key_value(bucket, 2.0))), "c", "survivor-1"))
+        assert not locks.take("photos/a.jpg")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_for(lambda: locks.take("photos/a.jpg"), timeout=10, what="the dead holder's lock aged out")
+    finally:
+        victim.kill()
+        js.stop()
