@@ -231,7 +231,6 @@ class Consumer:
     info: ConsumerInfo | None = None
     lease_holder: str | None = None
     checked: float | None = None
-    locks: KeyLocks | None = None  # its keys' locks across processes, once subscribed
 
     @property
     def scope(self) -> context.Scope:
@@ -279,6 +278,7 @@ class JetStream:
         # Who this process is, as the holder of leases and key locks: visible in the KV
         # buckets, and the same for a container restarted under its name (pid 1 again).
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
+        self._locks: list[KeyLocks] = []  # every destination's key locks, renewed with the heartbeats
 
     # -- the loop's thread ---------------------------------------------------------------
 
@@ -429,9 +429,6 @@ class JetStream:
             # its: a reconcile must run, not a predecessor's result stand for one.
             consumer.on_gap("JetStream consumer created")
         subscription = await js.pull_subscribe_bind(durable=durable, stream=s.nats_stream)
-        # Its entries age out an ack wait after their holder's last renewal: when NATS
-        # would deliver that holder's messages to another process anyway.
-        consumer.locks = KeyLocks(_AsyncStore(await self._key_value(KEY_LOCKS, ACK_WAIT)), durable, self.holder)
         consumer.durable = durable
         consumer.connected.set()
         with context.working_for(consumer.scope):
@@ -487,14 +484,17 @@ class JetStream:
                 except (nats.errors.Error, OSError) as error:
                     logger.debug("JetStream: in-progress for message {}: {}", receipt.message.metadata.sequence.stream,
                                  error)
-            for consumer in list(self.consumers):
-                if consumer.locks is not None:
-                    await consumer.locks.renew()
+            for locks in list(self._locks):
+                await locks.renew()
 
-    def key_locks(self, consumer: Consumer) -> SharedKeys:
-        """The consumer's key locks, for its worker threads."""
-        assert consumer.locks is not None
-        return SharedKeys(self, consumer.locks)
+    def key_locks(self, name: str, *, bucket: str = KEY_LOCKS, ttl: float = ACK_WAIT) -> SharedKeys:
+        """The key locks of one destination's consumer (``name``), for its worker threads.
+        Their entries age out ``ttl`` after their holder's last renewal: by default the
+        ack wait, when NATS would deliver that holder's messages to another process anyway."""
+        kv = self._call(_mapped(f"key-value bucket {bucket}", self._key_value(bucket, ttl)), 30.0)
+        locks = KeyLocks(_AsyncStore(kv), name, self.holder)
+        self._locks.append(locks)
+        return SharedKeys(self, locks)
 
     def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
         """The KV bucket, created if missing (with ``ttl``: every key ages out after it)."""

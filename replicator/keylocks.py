@@ -76,7 +76,8 @@ class KeyLocks:
     def __len__(self) -> int:
         return len(self._held)
 
-    def holds(self, key: str) -> bool:
+    def __contains__(self, key: str) -> bool:
+        """Whether this process holds ``key``'s lock."""
         return lock_name(self.consumer, key) in self._held
 
     async def take(self, key: str) -> bool:

@@ -164,7 +164,7 @@ class Service:
         consumer = Consumer(replica.settings, replica.queue, replica.intake, replica.gap)
         self.jetstream.subscribe(consumer)
         replica.health.jetstream = consumer.status
-        replica.workers.locks = self.jetstream.key_locks(consumer)
+        replica.workers.locks = self.jetstream.key_locks(consumer.durable)
         # One reconcile of this destination at a time, across every process reading its
         # consumer: the lease's holder's.
         leases = self.jetstream.key_value(LEASES, ttl=lease.TTL)

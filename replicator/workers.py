@@ -152,7 +152,7 @@ class Workers:
             converged: bool | None = False
             why: str | None = None
             try:
-                converged, why = self._attempt(item)
+                converged, why = self.handle(item)
             finally:
                 if converged is not None:  # None: queued again, its messages with it
                     settle(item, converged, why)
@@ -175,15 +175,12 @@ class Workers:
                      self.locks.retry_after)
         return False
 
-    def handle(self, item: WorkItem) -> bool | None:
+    def handle(self, item: WorkItem) -> tuple[bool | None, str | None]:
         """``process``, with a failure logged, counted and sent where it can be repaired:
         the next reconcile for an object's bytes, the waiting room for a metadata change.
-        Whether the key converged; None if it was queued again."""
-        return self._attempt(item)[0]
-
-    def _attempt(self, item: WorkItem) -> tuple[bool | None, str | None]:
-        """``handle``'s answer, and why the key failed where it did (a durable message's
-        dead letter says it); None for a stop, which is no failure of the key's."""
+        Whether the key converged (None if it was queued again), and why not where it
+        failed (a durable message's dead letter says it; None for a stop, no failure of
+        the key's)."""
         try:
             converged = self.process(item)
             return converged, None if converged is not False else "changed during every copy attempt"

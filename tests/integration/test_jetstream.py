@@ -385,8 +385,8 @@ def test_a_key_another_process_holds_is_handed_back_until_it_lets_go(nats_server
 
     from replicator import config, jetstream
     from replicator.events import Intake
-    from replicator.observability import metrics
     from replicator.workqueue import KeyedQueue, WorkItem
+    from tests.unit.test_keylocks import deferred
     from tests.unit.test_workers import Harness
 
     subject = "locks.events"
@@ -409,19 +409,18 @@ def test_a_key_another_process_holds_is_handed_back_until_it_lets_go(nats_server
         reading = jetstream.Consumer(settings, h.queue, Intake(h.queue, lambda reason: None), lambda reason: None)
         second.subscribe(reading)
         assert holding.durable == reading.durable  # one consumer, two processes
-        held = first.key_locks(holding)
+        held = first.key_locks(holding.durable)
         assert held.take("shared.txt")
-        h.workers.locks = second.key_locks(reading)
-        before = metrics.events_deferred.labels()._value.get()
+        h.workers.locks = locks = second.key_locks(reading.durable)
+        before = deferred()
         h.workers.start()
         _publish_event(nats_server.url, subject, "locked", "shared.txt")
-        wait_for(lambda: metrics.events_deferred.labels()._value.get() >= before + 2, timeout=15,
-                 what="the message handed back while the key is held")
+        wait_for(lambda: deferred() >= before + 2, timeout=15, what="the message handed back while the key is held")
         assert h.dest.stat("shared.txt") is None  # the holder's work, not ours
         held.release("shared.txt")
         wait_for(lambda: h.dest.stat("shared.txt") is not None, timeout=15, what="the copy once released")
         wait_for(lambda: not second.outstanding, timeout=10, what="the message acknowledged")
-        assert reading.locks is not None and len(reading.locks) == 0  # released after settling
+        assert len(locks.locks) == 0  # released after settling
     finally:
         stopping.set()
         h.queue.close()
@@ -432,16 +431,14 @@ def test_a_key_another_process_holds_is_handed_back_until_it_lets_go(nats_server
 HOLDER = """
 import sys, threading, time
 from replicator import config
-from replicator.jetstream import JetStream, SharedKeys, _AsyncStore
-from replicator.keylocks import KeyLocks
+from replicator.jetstream import JetStream
 settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": sys.argv[1],
                         "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": "minio.events"})
 js = JetStream(settings, threading.Event())
 js.holder = "victim-1"
 js.start()
 js.connect()
-kv = js._call(js._key_value(sys.argv[2], 2.0))
-assert SharedKeys(js, KeyLocks(_AsyncStore(kv), "c", js.holder)).take("photos/a.jpg")
+assert js.key_locks("c", bucket=sys.argv[2], ttl=2.0).take("photos/a.jpg")
 print("held", flush=True)
 time.sleep(600)
 """
@@ -455,8 +452,7 @@ def test_a_lock_ages_out_after_its_holder_is_killed(nats_server):
     import threading
 
     from replicator import config
-    from replicator.jetstream import JetStream, SharedKeys, _AsyncStore
-    from replicator.keylocks import KeyLocks
+    from replicator.jetstream import JetStream
 
     bucket = unique_bucket("keys")
     victim = subprocess.Popen([sys.executable, "-c", HOLDER, nats_server.url, bucket], stdout=subprocess.PIPE,
@@ -468,7 +464,8 @@ def test_a_lock_ages_out_after_its_holder_is_killed(nats_server):
     try:
         assert victim.stdout is not None and victim.stdout.readline().strip() == "held"
         js.connect()
-        locks = SharedKeys(js, KeyLocks(_AsyncStore(js._call(js._key_value(bucket, 2.0))), "c", "survivor-1"))
+        js.holder = "survivor-1"
+        locks = js.key_locks("c", bucket=bucket, ttl=2.0)
         assert not locks.take("photos/a.jpg")
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)

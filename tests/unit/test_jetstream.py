@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import unquote
 
 import pytest
 
 from replicator.errors import TransientError
 from replicator.events import Intake, to_item
-from urllib.parse import unquote
-
 from replicator.jetstream import (
     DEAD_LETTER_ERROR_MAX,
     NAK_DELAY_MAX,
