@@ -174,6 +174,8 @@ class Receipt:
     consumer: Consumer
     jetstream: JetStream
     key: str = ""  # the key of the record it stands for, once an item carries it
+    # When NATS last heard of it (delivered, or in progress: a heartbeat it confirmed).
+    heard: float = field(default_factory=time.monotonic, init=False)
     _settled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -197,6 +199,12 @@ class Receipt:
         else:
             settling = self.message.nak(delay=nak_delay(metadata.num_delivered, self.consumer.settings.retry_delay))
         self._send(settling)
+
+    def lapsed(self) -> bool:
+        """Whether NATS has heard nothing of the message for its ack wait: heartbeats
+        lost (the connection down, or cut off) for two rounds and more. It is then
+        delivered to whoever reads next, another process perhaps."""
+        return time.monotonic() - self.heard > ACK_WAIT
 
     def hand_back(self, delay: float) -> None:
         """Have the message delivered again after ``delay`` seconds: no failure of its key's."""
@@ -476,14 +484,29 @@ class JetStream:
         consumer.info, consumer.lease_holder, consumer.checked = info, holder, time.time()
 
     async def _heartbeats(self) -> None:
+        assert self._nc is not None
         while not self.stopping.is_set():
             await asyncio.sleep(ACK_WAIT / 3)
+            sent = []
             for receipt in list(self.outstanding):
                 try:
                     await receipt.message.in_progress()
+                    sent.append(receipt)
                 except (nats.errors.Error, OSError) as error:
                     logger.debug("JetStream: in-progress for message {}: {}", receipt.message.metadata.sequence.stream,
                                  error)
+            # in_progress() is sent without an answer; buffered while disconnected, it may
+            # reach NATS after the ack wait. A flush answered while connected says NATS
+            # has them: only then do they count as heard.
+            if sent and self._nc.is_connected:
+                try:
+                    await self._nc.flush(timeout=max(1, int(ACK_WAIT / 6)))
+                except (TimeoutError, nats.errors.Error, OSError) as error:
+                    logger.debug("JetStream: heartbeats unconfirmed: {}: {}", type(error).__name__, error)
+                else:
+                    heard = time.monotonic()
+                    for receipt in sent:
+                        receipt.heard = heard
             for locks in list(self._locks):
                 await locks.renew()
 

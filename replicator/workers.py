@@ -14,6 +14,7 @@ completes; one the destination refused for good is logged and counted as final.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +24,12 @@ from typing import Protocol
 from loguru import logger
 
 from .converge import Converger, Hint, Outcome, Result
+from .copier import Abandoned, abandoning
 from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
 from .observability.context import inherit
 from .retry import Stopped
-from .workqueue import Closed, KeyedQueue, WorkItem, hand_back, settle
+from .workqueue import Closed, KeyedQueue, WorkItem, hand_back, lapsed, settle
 
 
 class KeyLocks(Protocol):
@@ -152,7 +154,10 @@ class Workers:
             converged: bool | None = False
             why: str | None = None
             try:
-                converged, why = self.handle(item)
+                # A message NATS has heard nothing of for its ack wait may be another
+                # process's by now: a multipart copy for it stops (workqueue.Receipt.lapsed).
+                with abandoning(functools.partial(lapsed, item)):
+                    converged, why = self.handle(item)
             finally:
                 if converged is not None:  # None: queued again, its messages with it
                     settle(item, converged, why)
@@ -184,6 +189,9 @@ class Workers:
         try:
             converged = self.process(item)
             return converged, None if converged is not False else "changed during every copy attempt"
+        except Abandoned as error:
+            logger.warning("{}: NATS heard nothing of its message for the ack wait (cut off?), so another process "
+                           "may copy it now: {}, upload aborted; the message comes again", item.key, error)
         except Stopped:
             if not item.metadata:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)

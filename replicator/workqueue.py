@@ -70,6 +70,9 @@ class Receipt(Protocol):
     def hand_back(self, delay: float) -> None:
         """Have the message delivered again after ``delay`` seconds (no failure)."""
 
+    def lapsed(self) -> bool:
+        """Whether NATS may have handed the message to another process meanwhile."""
+
 
 def settle(item: WorkItem, converged: bool, why: str | None = None) -> None:
     for receipt in item.receipts:
@@ -79,6 +82,11 @@ def settle(item: WorkItem, converged: bool, why: str | None = None) -> None:
 def hand_back(item: WorkItem, delay: float) -> None:
     for receipt in item.receipts:
         receipt.hand_back(delay)
+
+
+def lapsed(item: WorkItem) -> bool:
+    """Whether any message the item stands for may be another process's by now."""
+    return any(receipt.lapsed() for receipt in item.receipts)
 
 
 class Closed(Exception):

@@ -473,3 +473,72 @@ def test_a_lock_ages_out_after_its_holder_is_killed(nats_server):
     finally:
         victim.kill()
         js.stop()
+
+
+def test_a_copy_whose_heartbeats_stop_reaching_nats_aborts_its_upload(monkeypatch):
+    """nats-server goes away while a multipart copy for one of its messages runs: past
+    the ack wait with no heartbeat confirmed, NATS would hand the message to another
+    process, so the copy stops before its next part and aborts its upload. NATS back,
+    the message comes again and is copied whole."""
+    import threading
+
+    from replicator import config, jetstream
+    from replicator.config import MiB
+    from replicator.converge import Converger
+    from replicator.copier import Copier
+    from replicator.events import Intake
+    from replicator.retry import RetryPolicy
+    from replicator.stores.memory import MemoryStore
+    from replicator.workers import Workers
+    from replicator.workqueue import KeyedQueue
+
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 2.0)  # heartbeats every 2/3 s
+    server = NatsServer().start()
+    subject = "cutoff.events"
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "cut", "S3_SYNC_EVENTS": "jetstream",
+                            "S3_SYNC_NATS_URL": server.url, "S3_SYNC_NATS_STREAM": "cutoff",
+                            "S3_SYNC_NATS_SUBJECT": subject, "S3_SYNC_MULTIPART_THRESHOLD": "5MiB",
+                            "S3_SYNC_MULTIPART_CHUNK_SIZE": "5MiB", "S3_SYNC_MULTIPART_CONCURRENCY": "1",
+                            "S3_SYNC_RETRY_DELAY": "0"})
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    source.add("big.bin", b"x" * (20 * MiB))  # four parts
+    parts, aborted = [], []
+    upload_part, abort_multipart = dest.upload_part, dest.abort_multipart
+
+    def slow_part(*args):
+        parts.append(args[2])
+        time.sleep(1.0)  # a part to a distant destination
+        return upload_part(*args)
+
+    def abort(*args):
+        aborted.append(args[1])
+        return abort_multipart(*args)
+
+    monkeypatch.setattr(dest, "upload_part", slow_part)
+    monkeypatch.setattr(dest, "abort_multipart", abort)
+    stopping = threading.Event()
+    policy = RetryPolicy(1, 0.0, stop=stopping)
+    copier = Copier(source, dest, settings, policy)
+    queue = KeyedQueue(10)
+    workers = Workers(Converger(source, dest, copier, policy, threshold=settings.multipart_threshold), queue,
+                      threads=1, delete=True)
+    js = jetstream.JetStream(settings, stopping)
+    js.start()
+    try:
+        js.connect()
+        js.subscribe(jetstream.Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None))
+        workers.start()
+        _publish_event(server.url, subject, "cut", "big.bin")
+        wait_for(lambda: parts, timeout=10, what="the first part")
+        server.stop(signal.SIGKILL)  # no goodbye: heartbeats go nowhere from now on
+        wait_for(lambda: aborted, timeout=15, what="the upload aborted")
+        assert len(parts) < 4 and dest.stat("big.bin") is None and dest.incomplete_uploads() == {}
+        server.start()
+        wait_for(lambda: dest.stat("big.bin") is not None, timeout=60, what="the copy once NATS is back")
+        assert dest.incomplete_uploads() == {}
+    finally:
+        stopping.set()
+        queue.close()
+        js.stop()
+        copier.close()
+        server.close()

@@ -37,6 +37,9 @@ class FakeReceipt:
         self.settled.append(converged)
         self.why.append(why)
 
+    def lapsed(self) -> bool:
+        return False
+
 
 def durable(key: str, receipt: FakeReceipt, **flags) -> WorkItem:
     return WorkItem(key, **{"content": True, "tags": False, **flags}, event_time=0.0, receipts=(receipt,))

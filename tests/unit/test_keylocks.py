@@ -1,14 +1,19 @@
 """Per-key locks across processes (keylocks.py) over an in-memory KV bucket, and what a
 worker does with them: one process at a time per key, the key's work folded in while
-held, a key held elsewhere handed back, and never a lock that blocks the work."""
+held, a key held elsewhere handed back, and never a lock that blocks the work. Then a
+durable message's other promise to the processes: a copy for a message NATS stopped
+hearing of (another process's by now) is given up, its upload aborted."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
+import pytest
 from prometheus_client import REGISTRY
 
+from replicator import config
+from replicator.config import MiB
 from replicator.errors import TransientError
 from replicator.keylocks import KeyLocks, lock_name
 from replicator.lease import Conflict
@@ -172,6 +177,9 @@ class Receipt:
     def hand_back(self, delay: float) -> None:
         self.events.append(("hand_back", delay))
 
+    def lapsed(self) -> bool:
+        return False
+
 
 def one_pass(h: Harness, locks: FakeLocks) -> None:
     h.workers.locks = locks
@@ -239,3 +247,57 @@ def test_a_newer_event_arriving_during_the_work_keeps_the_lock_for_it():
     assert first.events == [("settle", True)] and newer.events == [("settle", True)]
     # Not given up in between: another process couldn't take the key from under the newer event.
     assert locks.calls == [("take", "a.txt"), ("take", "a.txt"), ("release", "a.txt")]
+
+
+# --- a copy whose message NATS stopped hearing of ------------------------------------
+
+def test_a_multipart_copy_given_up_between_parts_aborts_its_upload():
+    from replicator.copier import Abandoned, Copier, abandoning
+    from replicator.retry import RetryPolicy
+    from replicator.stores.memory import MemoryStore
+    from tests.unit.test_workers import BASE
+
+    settings = config.replace(BASE, multipart_threshold=5 * MiB, multipart_chunk_size=5 * MiB, retry_delay=0.0)
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    source.add("big", b"x" * (12 * MiB))
+    copier = Copier(source, dest, settings, RetryPolicy(1, 0.0, stop=threading.Event()))
+    asked: list[int] = []
+    try:
+        with abandoning(lambda: asked.append(1) or len(asked) > 1), pytest.raises(Abandoned) as caught:
+            copier.copy("big")  # wanted when it began, given up before its parts were all sent
+        assert "given up before part" in str(caught.value)
+        assert dest.incomplete_uploads() == {} and dest.stat("big") is None
+        assert copier.copy("big") is not None  # outside the block, copies go on as ever
+    finally:
+        copier.close()
+
+
+def test_a_worker_whose_message_lapsed_mid_copy_aborts_and_hands_the_message_back():
+    h = Harness()
+    h.workers.converger.threshold = 5 * MiB
+    h.copier.threshold = h.copier.chunk = 5 * MiB
+    h.source.add("big", b"x" * (12 * MiB))
+
+    class Lapsing(Receipt):
+        def lapsed(self) -> bool:
+            return bool(h.dest.uploads)  # cut off from NATS once the upload has begun
+
+    receipt = Lapsing()
+    h.queue.put(durable("big", receipt))
+    one_pass(h, FakeLocks())
+    assert receipt.events == [("settle", False)]
+    assert h.dest.stat("big") is None and h.dest.incomplete_uploads() == {}
+    assert h.reconciles == []  # the message comes again: nothing for a reconcile
+
+
+def test_a_message_lapses_an_ack_wait_after_nats_last_heard_of_it():
+    from replicator import jetstream
+
+    class Held:  # as much of jetstream.JetStream as a receipt uses
+        def __init__(self):
+            self.outstanding: set = set()
+
+    receipt = jetstream.Receipt(message=None, consumer=None, jetstream=Held())
+    assert not receipt.lapsed()
+    receipt.heard -= jetstream.ACK_WAIT + 1
+    assert receipt.lapsed()
