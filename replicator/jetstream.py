@@ -35,6 +35,7 @@ threads ask for (thread-safe, through the loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -80,6 +81,11 @@ LEASES = "replicator-leases"  # KV bucket: one lease per destination, aged out a
 RESULTS = "replicator-results"  # KV bucket: each destination's last reconcile, as its holder saw it
 ACK_WAIT = 60.0  # seconds a delivered message may go unacknowledged before it is delivered again
 FETCH_BATCH = 256
+# Messages a process holds per worker, unsettled (queued or being copied). Bounded so
+# that several processes share a backlog: without it the first to fetch takes what its
+# queue holds (S3_SYNC_QUEUE_SIZE, 10,000) and the others idle (docs/benchmarks.md,
+# "JetStream"). Four per worker keep every worker busy between two fetches.
+PREFETCH_PER_WORKER = 4
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
 LOCK_WAIT = 5.0  # seconds a worker waits to take a key's lock before it works without
@@ -181,15 +187,13 @@ class Receipt:
 
     def __post_init__(self) -> None:
         self.jetstream.outstanding.add(self)
+        self.consumer.held.add(self)
 
     def settle(self, converged: bool, why: str | None = None) -> None:
         """Acknowledge the message, or hand it back; ``why`` its key failed, if it did
         (not for a full queue, or a stop): a failure past the age is dead-lettered."""
-        with self._lock:
-            if self._settled:
-                return
-            self._settled = True
-        self.jetstream.outstanding.discard(self)
+        if not self._first_settlement():
+            return
         metadata = self.message.metadata
         if converged:
             settling = self.message.ack()
@@ -208,16 +212,23 @@ class Receipt:
 
     def hand_back(self, delay: float) -> None:
         """Have the message delivered again after ``delay`` seconds: no failure of its key's."""
+        if self._first_settlement():
+            self._send(self.message.nak(delay=delay))
+
+    def _first_settlement(self) -> bool:
+        """Mark it settled, if it wasn't: no more heartbeats, and room for its consumer to fetch."""
         with self._lock:
             if self._settled:
-                return
+                return False
             self._settled = True
         self.jetstream.outstanding.discard(self)
-        self._send(self.message.nak(delay=delay))
+        self.consumer.held.discard(self)
+        return True
 
     def _send(self, settling) -> None:
         try:
             asyncio.run_coroutine_threadsafe(settling, self.jetstream.loop)
+            self.jetstream.loop.call_soon_threadsafe(self.consumer.room.set)  # room to fetch
         except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
             settling.close()
 
@@ -239,6 +250,17 @@ class Consumer:
     info: ConsumerInfo | None = None
     lease_holder: str | None = None
     checked: float | None = None
+    held: set[Receipt] = field(default_factory=set)  # its messages delivered here and not settled yet
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set when one of them settles
+
+    @property
+    def prefetch(self) -> int:
+        """How many of its messages this process may hold: what its workers start soon,
+        not what its queue could take (the rest stays in the stream for other processes)."""
+        return max(PREFETCH_PER_WORKER, PREFETCH_PER_WORKER * self.settings.workers)
+
+    def fetchable(self) -> int:
+        return min(self.queue.maxsize - self.queue.depth(), self.prefetch - len(self.held))
 
     @property
     def scope(self) -> context.Scope:
@@ -536,9 +558,14 @@ class JetStream:
     async def _fetch(self, consumer: Consumer, subscription) -> None:
         bucket = consumer.settings.source_bucket
         while not self.stopping.is_set():
-            room = consumer.queue.maxsize - consumer.queue.depth()
+            room = consumer.fetchable()
             if room <= 0:
-                await asyncio.sleep(0.1)  # the workers are behind: the stream holds the rest
+                # The workers are behind: the stream holds the rest. Woken by a settlement;
+                # the timeout covers a queue that emptied by other means (a reconcile's claim).
+                consumer.room.clear()
+                if consumer.fetchable() <= 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(consumer.room.wait(), 0.1)
                 continue
             try:
                 messages = await subscription.fetch(min(FETCH_BATCH, room), timeout=FETCH_WAIT)

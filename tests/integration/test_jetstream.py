@@ -204,49 +204,95 @@ def test_two_processes_read_one_consumer_and_one_of_them_reconciles(publishing_m
     assert len(keys) <= received < 2 * len(keys), received
 
 
-def test_a_message_held_longer_than_the_ack_wait_is_not_delivered_again(nats_server, monkeypatch):
-    """A long copy: its message is told to NATS as in progress, so NATS doesn't hand it to
-    another reader at the ack wait; once settled, it is gone for good."""
-    import json
-    import threading
+class Reader:
+    """One process's end of a consumer, without the sidecar around it: the test takes
+    the queue's items and settles them itself."""
 
-    from replicator import config, jetstream
-    from replicator.events import Intake
-    from replicator.workqueue import KeyedQueue, settle
+    def __init__(self, nats_server: NatsServer, name: str, **settings: str):
+        import threading
 
-    monkeypatch.setattr(jetstream, "ACK_WAIT", 2.0)  # heartbeats every 2/3 s
-    subject = "heartbeat.events"
-    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "held", "S3_SYNC_EVENTS": "jetstream",
-                            "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_STREAM": "heartbeat",
-                            "S3_SYNC_NATS_SUBJECT": subject})
-    stopping = threading.Event()
-    js = jetstream.JetStream(settings, stopping)
-    js.start()
-    try:
-        js.connect()
-        queue = KeyedQueue(10)
-        consumer = jetstream.Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None)
-        js.subscribe(consumer)
+        from replicator import config, jetstream
+        from replicator.events import Intake
+        from replicator.workqueue import KeyedQueue
+
+        self.url, self.subject = nats_server.url, f"{name}.events"
+        self.settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": name, "S3_SYNC_EVENTS": "jetstream",
+                                     "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_STREAM": name,
+                                     "S3_SYNC_NATS_SUBJECT": self.subject, **settings})
+        self.stopping = threading.Event()
+        self.js = jetstream.JetStream(self.settings, self.stopping)
+        self.js.start()
+        self.js.connect()
+        self.queue = KeyedQueue(self.settings.queue_size)
+        self.consumer = jetstream.Consumer(self.settings, self.queue, Intake(self.queue, lambda reason: None),
+                                           lambda reason: None)
+        self.js.subscribe(self.consumer)
+
+    def publish(self, keys: list[str]) -> None:
+        import json
 
         async def publish() -> None:
-            connection = await nats.connect(nats_server.url)
-            record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:00:00Z",
-                      "s3": {"bucket": {"name": "held"}, "object": {"key": "big.bin", "size": 1}}}
-            await connection.jetstream().publish(subject, json.dumps({"Records": [record]}).encode())
+            connection = await nats.connect(self.url)
+            js = connection.jetstream()
+            for key in keys:
+                record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:00:00Z",
+                          "s3": {"bucket": {"name": self.settings.source_bucket}, "object": {"key": key, "size": 1}}}
+                await js.publish(self.subject, json.dumps({"Records": [record]}).encode())
             await connection.close()
 
         asyncio.run(publish())
-        item = wait_for(lambda: queue.get(timeout=0), timeout=10, what="the delivery")
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.js.stop()
+
+
+def test_a_message_held_longer_than_the_ack_wait_is_not_delivered_again(nats_server, monkeypatch):
+    """A long copy: its message is told to NATS as in progress, so NATS doesn't hand it to
+    another reader at the ack wait; once settled, it is gone for good."""
+    from replicator import jetstream
+    from replicator.workqueue import settle
+
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 2.0)  # heartbeats every 2/3 s
+    reader = Reader(nats_server, "heartbeat", S3_SYNC_QUEUE_SIZE="10")
+    try:
+        reader.publish(["big.bin"])
+        item = wait_for(lambda: reader.queue.get(timeout=0), timeout=10, what="the delivery")
         time.sleep(6)  # three ack waits: without the heartbeats, delivered again twice by now
-        assert queue.depth() == 0, "delivered again while held"
+        assert reader.queue.depth() == 0, "delivered again while held"
         assert item.receipts[0].message.metadata.num_delivered == 1
         settle(item, True)
-        queue.done(item.key)
+        reader.queue.done(item.key)
         time.sleep(3)
-        assert queue.depth() == 0 and not js.outstanding
+        assert reader.queue.depth() == 0 and not reader.js.outstanding
     finally:
-        stopping.set()
-        js.stop()
+        reader.close()
+
+
+def test_a_process_holds_only_what_its_workers_start_soon_and_the_stream_keeps_the_rest(nats_server):
+    """A backlog is shared by the processes reading it: each holds a few messages per
+    worker, not as many as its queue could take, and fetches more as they settle."""
+    from replicator import jetstream
+    from replicator.workqueue import settle
+
+    reader = Reader(nats_server, "prefetch", S3_SYNC_WORKERS="2")  # its queue takes 10,000
+    held = 2 * jetstream.PREFETCH_PER_WORKER
+    try:
+        reader.publish([f"k/{n}" for n in range(50)])
+        wait_for(lambda: reader.queue.depth() == held, timeout=10, what="the first fetch")
+        time.sleep(2)  # two fetch waits: nothing more comes while nothing settles
+        assert reader.queue.depth() == held and len(reader.consumer.held) == held
+        taken = 0
+        while taken < 50:
+            item = wait_for(lambda: reader.queue.get(timeout=0), timeout=10, what=f"message {taken + 1}")
+            assert len(reader.consumer.held) <= held
+            settle(item, True)
+            reader.queue.done(item.key)
+            taken += 1
+        time.sleep(1)
+        assert reader.queue.depth() == 0 and not reader.consumer.held
+    finally:
+        reader.close()
 
 
 def test_events_that_aged_out_of_the_stream_unread_bring_a_reconcile(nats_server, minio_dest, tmp_path, sidecars):

@@ -293,11 +293,13 @@ def test_a_worker_whose_message_lapsed_mid_copy_aborts_and_hands_the_message_bac
 def test_a_message_lapses_an_ack_wait_after_nats_last_heard_of_it():
     from replicator import jetstream
 
-    class Held:  # as much of jetstream.JetStream as a receipt uses
+    class Held:  # as much of jetstream.JetStream and Consumer as a receipt uses here
         def __init__(self):
             self.outstanding: set = set()
+            self.held: set = set()
 
-    receipt = jetstream.Receipt(message=None, consumer=None, jetstream=Held())
+    held = Held()
+    receipt = jetstream.Receipt(message=None, consumer=held, jetstream=held)
     assert not receipt.lapsed()
     receipt.heard -= jetstream.ACK_WAIT + 1
     assert receipt.lapsed()
