@@ -319,6 +319,10 @@ class JetStream:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
     def _call(self, coroutine, timeout: float | None = None):
         future: Future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         return future.result(timeout)
@@ -520,7 +524,7 @@ class JetStream:
             # in_progress() is sent without an answer; buffered while disconnected, it may
             # reach NATS after the ack wait. A flush answered while connected says NATS
             # has them: only then do they count as heard.
-            if sent and self._nc.is_connected:
+            if sent and self.connected:
                 try:
                     await self._nc.flush(timeout=max(1, int(ACK_WAIT / 6)))
                 except (TimeoutError, nats.errors.Error, OSError) as error:
@@ -664,6 +668,8 @@ class SharedKeys:
     retry_after: float = HELD_ELSEWHERE_DELAY
 
     def take(self, key: str) -> bool:
+        if not self.jetstream.connected:
+            return True  # cut off: no answer would come before LOCK_WAIT, and the work needs none
         future: Future = asyncio.run_coroutine_threadsafe(self.locks.take(key), self.jetstream.loop)
         try:
             return future.result(LOCK_WAIT)
