@@ -118,7 +118,7 @@ class Workers:
         self.on_failure = on_failure
         self.waiting_room = WaitingRoom(queue)
         # With several processes on one consumer: a durable message's key is worked on
-        # by one of them at a time (set before start; None: this process is alone).
+        # by one of them at a time (set before start, in jetstream mode; None: listen mode).
         self.locks: KeyLocks | None = None
         self.failed = 0
         self._counts_lock = threading.Lock()
