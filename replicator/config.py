@@ -177,6 +177,9 @@ class Settings:
     nats_password: Secret | None = None
     nats_ca_bundle: str | None = None
     nats_retention: float = 7 * 86400.0  # the max age of a stream replicator creates
+    # A message still failing this long after it was published goes to the dead-letter
+    # stream, and its key to the reconcile (jetstream.py).
+    nats_dead_letter_age: float = 86400.0
     # The names of this pair, as metric labels, /status and the --mirror/--destination
     # flags show them: the mirror (a source bucket and what of it is mirrored) and one of
     # its destinations. Unnamed (a single pair from the environment): the bucket names.
@@ -308,6 +311,12 @@ RANGES: dict[str, Range] = {
     # How long the stream keeps events (when replicator creates it): at least the longest
     # a replicator may be down without its events being lost to the stream's limit.
     "S3_SYNC_NATS_RETENTION": Range(HOUR, 365 * DAY, "s"),
+    # How long a message may keep failing before it is moved to the dead-letter stream
+    # and its key left to the reconcile. Low costs nothing but reconciles asked for (the
+    # key is never forgotten), so seconds are allowed; past a month a poison message has
+    # been retried some 4,000 times (every 10 minutes) for nothing. Below the retention
+    # (checked in load), or the stream drops it first.
+    "S3_SYNC_NATS_DEAD_LETTER_AGE": Range(1, 30 * DAY, "s"),
     # Below 64 KiB/s a 5 MiB part takes minutes and a provider may time the upload out;
     # 100 GiB/s is beyond any link a sidecar gets.
     "S3_SYNC_MAX_BANDWIDTH": Range(64 * 1024, 100 * GiB, "bytes"),
@@ -642,6 +651,11 @@ def _contradictions(r: Reader, s: Settings) -> None:
         given = repr(r.raw(threshold)) if r.raw(threshold) else f"{_size_text(s.multipart_threshold)} by default"
         r.bad(chunk, r.raw(chunk) or "", f"must be at most {r.label(threshold)} ({given}): only objects larger "
                                          "than the threshold are copied in parts")
+    age, retention = "S3_SYNC_NATS_DEAD_LETTER_AGE", "S3_SYNC_NATS_RETENTION"
+    if s.nats_dead_letter_age >= s.nats_retention and r.raw(age) and valid(age, retention):
+        given = repr(r.raw(retention)) if r.raw(retention) else f"{_number_text(s.nats_retention)} s by default"
+        r.bad(age, r.raw(age) or "", f"must be less than {r.label(retention)} ({given}): a message older than the "
+                                     "stream keeps events is dropped by it before it could be dead-lettered")
     tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
            ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
     for side, verifies, verify, bundle in tls:
@@ -712,10 +726,14 @@ def _jetstream(r: Reader) -> dict[str, Any]:
                   "expected nats://host:port or tls://host:port, comma-separated for a cluster, with no password in "
                   "it (use S3_SYNC_NATS_PASSWORD)")
     password = r.raw("S3_SYNC_NATS_PASSWORD")
+    retention = r.number("S3_SYNC_NATS_RETENTION", 7 * 86400.0)
     return {**names, "events": r.choice("S3_SYNC_EVENTS", "listen", ("listen", "jetstream")), "nats_url": urls,
             "nats_user": r.raw("S3_SYNC_NATS_USER") or None, "nats_password": Secret(password) if password else None,
             "nats_ca_bundle": r.ca_bundle("S3_SYNC_NATS_CA_BUNDLE"),
-            "nats_retention": r.number("S3_SYNC_NATS_RETENTION", 7 * 86400.0)}
+            "nats_retention": retention,
+            # Unset, it follows a retention below two days: half of it, so a message is
+            # dead-lettered well before the stream would drop it.
+            "nats_dead_letter_age": r.number("S3_SYNC_NATS_DEAD_LETTER_AGE", min(86400.0, retention / 2))}
 
 
 def _session_token(r: Reader, keys: bool) -> Secret | None:

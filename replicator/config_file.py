@@ -45,7 +45,7 @@ SOURCE = {"endpoint": "MINIO_ENDPOINT", "access_key": "MINIO_ACCESS_KEY", "secre
 SERVICE = {name: f"S3_SYNC_{name.upper()}" for name in (
     "enabled", "http_host", "http_port", "log_level", "log_format", "timezone", "shutdown_timeout", "state_dir",
     "listen_timeout", "events", "nats_url", "nats_subject", "nats_stream", "nats_consumer", "nats_user",
-    "nats_password", "nats_ca_bundle", "nats_retention")}
+    "nats_password", "nats_ca_bundle", "nats_retention", "nats_dead_letter_age")}
 # Who the destination is: given in a destination's own table only, never inherited.
 DESTINATION = {name: f"S3_SYNC_{name.upper()}" for name in (
     "endpoint", "bucket", "region", "access_key", "secret_key", "session_token", "path_style", "verify_tls",

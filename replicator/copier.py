@@ -18,14 +18,20 @@ Every multipart upload is recorded in the registry (uploads.py) from the moment 
 starts until it is completed or aborted, and the copier is the only code that starts,
 completes or aborts one: so the uploads a crashed process left behind are known, and
 ``abort_abandoned_uploads`` aborts them at the next start (a reconcile's first step).
+
+A copy whose reason to run has gone (``abandoning``: an event worker's durable message
+that NATS may have handed to another process) stops between parts and aborts its
+upload, as a shutdown past its deadline does: continuing would upload what the other
+process uploads too, and race it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from loguru import logger
@@ -50,6 +56,25 @@ MEMORY_SLOTS = 8
 # bounded by the thread count already, and taking the budget's lock twice per copy from
 # 64 threads made a convoy of it (docs/benchmarks.md, where the small copy's time goes).
 UNMETERED = 256 * 1024
+
+
+class Abandoned(Exception):
+    """A multipart copy given up between parts (``abandoning``); its upload is aborted."""
+
+
+# Whether the copies this thread makes are still wanted: asked between parts.
+_wanted: ContextVar[Callable[[], bool]] = ContextVar("replicator_copy_wanted", default=lambda: True)
+
+
+@contextmanager
+def abandoning(when: Callable[[], bool]) -> Iterator[None]:
+    """Multipart copies made in this block (in this thread) stop before their next part
+    once ``when()`` is true, abort their upload and raise Abandoned."""
+    token = _wanted.set(lambda: not when())
+    try:
+        yield
+    finally:
+        _wanted.reset(token)
 
 
 @dataclass(frozen=True)
@@ -190,14 +215,17 @@ class Copier:
         upload = self.uploads.started(key, upload_id)
         futures: list[Future] = []
         completed = False
+        wanted = _wanted.get()
         try:
             offset = 0
             for number, length in enumerate(layout, start=1):
                 if self.abort.is_set():
                     raise Stopped()
+                if not wanted():
+                    raise Abandoned(f"given up before part {number}")
                 if any(f.done() and f.exception() for f in futures[-4:]):
                     break  # a part failed for good; stop feeding the pool
-                futures.append(self._parts.submit(self._copy_part, src, upload_id, number, offset, length))
+                futures.append(self._parts.submit(self._copy_part, src, upload_id, number, offset, length, wanted))
                 offset += length
             parts = [f.result() for f in futures]
             self.policy.call(lambda: self.dest.complete_multipart(key, upload_id, parts))
@@ -230,9 +258,12 @@ class Copier:
         # An empty object uploaded in parts (one part of 0 bytes) still needs one.
         return [min(chunk, src.size - offset) for offset in range(0, src.size, chunk)] or [0]
 
-    def _copy_part(self, src: SourceObject, upload_id: str, number: int, offset: int, length: int) -> tuple[int, str]:
+    def _copy_part(self, src: SourceObject, upload_id: str, number: int, offset: int, length: int,
+                   wanted: Callable[[], bool]) -> tuple[int, str]:
         if self.abort.is_set():
             raise Stopped()
+        if not wanted():  # asked here too: the pool takes parts ahead of the loop submitting them
+            raise Abandoned(f"given up before part {number}")
 
         def attempt() -> tuple[int, str]:
             data = self.source.read_range(src.key, offset, length, src.etag)

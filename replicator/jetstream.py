@@ -17,9 +17,12 @@ The rules:
   for redelivery after ``ACK_WAIT`` to whoever reads next.
 - Events stay hints: each message's work is the same per-key convergence as the
   listen stream's, re-reading the source, so a redelivery or a duplicate is harmless.
+  A key's lock across the processes (keylocks.py) spares their duplicate work only.
 - No finite ``max_deliver``: a message past it would stay in the stream, skipped,
-  never replicated. A key that keeps failing is retried with the growing delay, and
-  the reconcile still repairs it.
+  never replicated. A key that keeps failing is retried with the growing delay until
+  its message is ``S3_SYNC_NATS_DEAD_LETTER_AGE`` old; then it is published to the
+  dead-letter stream, and only once JetStream has stored it there is it taken off the
+  consumer (terminated), and its key handed to the destination's reconcile.
 - At start, the stream is created (limits retention, ``S3_SYNC_NATS_RETENTION``, file
   storage) or checked: a stream that doesn't take MinIO's subject would lose every
   event, so it is refused with a clear error, as is a consumer whose filter differs.
@@ -34,25 +37,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from urllib.parse import quote
 
 import nats
 import nats.errors
 import nats.js.errors
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from .config import Settings
 from .errors import ConfigError, TransientError
 from .events import Intake, received, to_item
+from .keylocks import BUCKET as KEY_LOCKS
+from .keylocks import HELD_ELSEWHERE_DELAY, KeyLocks
 from .lease import Conflict
 from .observability import context, metrics
+from .observability.logging import Redactor
+from .printable import printable
+from .progress import iso
 from .workqueue import KeyedQueue
 
 # The reconcile of a destination runs in one process at a time, its lease's holder
@@ -68,7 +88,12 @@ FETCH_BATCH = 256
 PREFETCH_PER_WORKER = 4
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
+LOCK_WAIT = 5.0  # seconds a worker waits to take a key's lock before it works without
 NAK_DELAY_MAX = 600.0
+# A message is dead-lettered only once it has failed this many deliveries, past its age:
+# a backlog delivered late (replicator down for days) isn't dead-lettered at its first hiccup.
+DEAD_LETTER_DELIVERIES = 3
+DEAD_LETTER_ERROR_MAX = 1000  # characters of the last error a dead letter's header keeps
 SIDE = "events"  # errors name the NATS side so
 
 
@@ -101,6 +126,45 @@ def durable_name(prefix: str, mirror: str, destination: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", f"{prefix}-{mirror}-{destination}")[:200]
 
 
+def dead_letter_stream(stream: str) -> tuple[str, str]:
+    """PURE: the dead-letter stream of ``stream``, and the subjects it takes. Not under
+    MinIO's subject: S3_SYNC_NATS_SUBJECT is a literal, and a stream taking a wildcard
+    over it (``minio.>``) must not take dead letters too, and read them as events."""
+    return f"{stream}-dead-letter", f"replicator.dead-letter.{stream}.>"
+
+
+def dead_letter_subject(stream: str, durable: str) -> str:
+    """PURE: where one destination's dead letters go: filterable by its consumer."""
+    return f"replicator.dead-letter.{stream}.{durable}"
+
+
+def past_age(published: float, now: float, deliveries: int, age: float) -> bool:
+    """PURE: whether a message that failed again is to be dead-lettered: published
+    ``age`` seconds ago or more, and failed at least DEAD_LETTER_DELIVERIES times."""
+    return deliveries >= DEAD_LETTER_DELIVERIES and now - published >= age
+
+
+def dead_letter_headers(*, destination: str, consumer: str, key: str, stream: str, sequence: int, deliveries: int,
+                        published: float, error: str, redact: Callable[[str], str]) -> dict[str, str]:
+    """PURE: what a dead letter says of itself, beside the MinIO event it carries as it
+    came. A header holds no line break, and a key may hold any character: the key is
+    percent-encoded (``urllib.parse.unquote`` gives it back), the error printable, cut,
+    and with every configured credential replaced."""
+    return {
+        "Replicator-Destination": destination,
+        "Replicator-Consumer": consumer,
+        "Replicator-Key": quote(key, safe="/"),
+        "Replicator-Stream": stream,
+        "Replicator-Sequence": str(sequence),
+        "Replicator-Deliveries": str(deliveries),
+        "Replicator-Published": f"{published:.3f}",
+        "Replicator-Error": printable(redact(error))[:DEAD_LETTER_ERROR_MAX],
+        # JetStream drops a second copy within its duplicate window: a publish whose
+        # acknowledgement was lost, tried again at the message's next failure.
+        "Nats-Msg-Id": f"{stream}-{sequence}-{consumer}",
+    }
+
+
 def nak_delay(deliveries: int, base: float) -> float:
     """PURE: how long a failed message waits before it is delivered again: the retry
     policy's doubling backoff, by the number of deliveries so far, capped."""
@@ -113,32 +177,58 @@ class Receipt:
     Settled once: a retried item carries receipts already handed back."""
 
     message: Msg
-    loop: asyncio.AbstractEventLoop
-    retry_delay: float
-    outstanding: set[Receipt]  # the JetStream's: every receipt not settled yet, kept held (heartbeats)
-    held: set[Receipt] = field(default_factory=set)  # its consumer's: what that one may still fetch
-    wake: Callable[[], None] = lambda: None  # told on the loop's thread once settled: room to fetch
+    consumer: Consumer
+    jetstream: JetStream
+    key: str = ""  # the key of the record it stands for, once an item carries it
+    # When NATS last heard of it (delivered, or in progress: a heartbeat it confirmed).
+    heard: float = field(default_factory=time.monotonic, init=False)
     _settled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.outstanding.add(self)
-        self.held.add(self)
+        self.jetstream.outstanding.add(self)
+        self.consumer.held.add(self)
 
-    def settle(self, converged: bool) -> None:
-        with self._lock:
-            if self._settled:
-                return
-            self._settled = True
-        self.outstanding.discard(self)
-        self.held.discard(self)
+    def settle(self, converged: bool, why: str | None = None) -> None:
+        """Acknowledge the message, or hand it back; ``why`` its key failed, if it did
+        (not for a full queue, or a stop): a failure past the age is dead-lettered."""
+        if not self._first_settlement():
+            return
+        metadata = self.message.metadata
         if converged:
             settling = self.message.ack()
+        elif why is not None and past_age(metadata.timestamp.timestamp(), time.time(), metadata.num_delivered,
+                                          self.jetstream.settings.nats_dead_letter_age):
+            settling = self.jetstream.dead_letter(self, why)
         else:
-            settling = self.message.nak(delay=nak_delay(self.message.metadata.num_delivered, self.retry_delay))
+            settling = self.message.nak(delay=nak_delay(metadata.num_delivered, self.consumer.settings.retry_delay))
+        self._send(settling)
+
+    def lapsed(self) -> bool:
+        """Whether NATS has heard nothing of the message for its ack wait: heartbeats
+        lost (the connection down, or cut off) for two rounds and more. It is then
+        delivered to whoever reads next, another process perhaps."""
+        return time.monotonic() - self.heard > ACK_WAIT
+
+    def hand_back(self, delay: float) -> None:
+        """Have the message delivered again after ``delay`` seconds: no failure of its key's."""
+        if self._first_settlement():
+            self._send(self.message.nak(delay=delay))
+
+    def _first_settlement(self) -> bool:
+        """Mark it settled, if it wasn't: no more heartbeats, and room for its consumer to fetch."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+        self.jetstream.outstanding.discard(self)
+        self.consumer.held.discard(self)
+        return True
+
+    def _send(self, settling) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(settling, self.loop)
-            self.loop.call_soon_threadsafe(self.wake)
+            asyncio.run_coroutine_threadsafe(settling, self.jetstream.loop)
+            self.jetstream.loop.call_soon_threadsafe(self.consumer.room.set)  # room to fetch
         except RuntimeError:  # the loop is gone (shutdown): the message is delivered again after ACK_WAIT
             settling.close()
 
@@ -154,6 +244,12 @@ class Consumer:
     connected: threading.Event = field(default_factory=threading.Event)
     reconnects: int = 0
     durable: str = ""  # its consumer's name, once subscribed
+    dead_lettered: int = 0  # messages this process moved to the dead-letter stream
+    # What NATS last said of the consumer, and who held its reconcile lease (None: no
+    # reconcile ran), as of ``checked``: read with each retention check, not per /status.
+    info: ConsumerInfo | None = None
+    lease_holder: str | None = None
+    checked: float | None = None
     held: set[Receipt] = field(default_factory=set)  # its messages delivered here and not settled yet
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set when one of them settles
 
@@ -170,6 +266,21 @@ class Consumer:
     def scope(self) -> context.Scope:
         s = self.settings
         return context.Scope(s.source_bucket, s.mirror, s.destination)
+
+    def status(self) -> dict:
+        """The JetStream section of this destination's /status: counts as of the last
+        check (None before the first), connected and dead-lettered as of now."""
+        info = self.info
+        return {
+            "consumer": self.durable,
+            "connected": self.connected.is_set(),
+            "pending": info.num_pending if info else None,  # in the stream, not delivered yet
+            "ack_pending": info.num_ack_pending if info else None,  # delivered, not settled yet
+            "redelivered": info.num_redelivered if info else None,  # of those, delivered more than once
+            "dead_lettered": self.dead_lettered,
+            "lease_holder": self.lease_holder,
+            "checked_at": iso(self.checked),
+        }
 
     def watch(self) -> Callable[[], bool]:
         """As Listener.watch: has this consumer stayed connected since? A durable consumer
@@ -194,6 +305,10 @@ class JetStream:
         # ACK_WAIT isn't delivered to another process meanwhile; a process that dies
         # stops telling, and its messages are delivered again ACK_WAIT later.
         self.outstanding: set[Receipt] = set()
+        # Who this process is, as the holder of leases and key locks: visible in the KV
+        # buckets, and the same for a container restarted under its name (pid 1 again).
+        self.holder = f"{socket.gethostname()}-{os.getpid()}"
+        self._locks: list[KeyLocks] = []  # every destination's key locks, renewed with the heartbeats
 
     # -- the loop's thread ---------------------------------------------------------------
 
@@ -203,6 +318,10 @@ class JetStream:
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
 
     def _call(self, coroutine, timeout: float | None = None):
         future: Future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
@@ -239,6 +358,7 @@ class JetStream:
             raise TransientError(SIDE, "connect", None, f"NATS at {s.nats_url} unreachable: "
                                  f"{type(error).__name__}: {error}") from None
         await self._ensure_stream(create)
+        await self._ensure_dead_letters(create)
 
     async def _ensure_stream(self, create: bool) -> None:
         s = self.settings
@@ -264,6 +384,56 @@ class JetStream:
                 f"S3_SYNC_NATS_STREAM={s.nats_stream}: the stream takes {', '.join(subjects) or 'no subjects'}, not "
                 f"S3_SYNC_NATS_SUBJECT={s.nats_subject}, where MinIO publishes: every event would be lost (MinIO "
                 "can't store into it). Add the subject to the stream, or name the stream that has it")
+
+    async def _ensure_dead_letters(self, create: bool) -> None:
+        """The stream dead letters go to, created like the main one (and kept as long):
+        without it a poison message could only be retried forever or dropped."""
+        s = self.settings
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        name, subjects = dead_letter_stream(s.nats_stream)
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            if not create:
+                logger.info("JetStream: no dead-letter stream {} yet; `run` creates it", name)
+                return
+            await js.add_stream(StreamConfig(
+                name=name, subjects=[subjects], retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                max_age=s.nats_retention))
+            logger.info("JetStream: created dead-letter stream {} for {}", name, subjects)
+
+    async def dead_letter(self, receipt: Receipt, why: str) -> None:
+        """Move a message that kept failing past its age to the dead-letter stream; take
+        it off the consumer only once JetStream has stored the copy (a publish that
+        fails hands it back, to be tried again at its next failure). Its key isn't
+        forgotten: logged, counted, and the destination's reconcile asked for."""
+        assert self._nc is not None
+        consumer, message = receipt.consumer, receipt.message
+        metadata = message.metadata
+        deliveries = metadata.num_delivered
+        headers = dead_letter_headers(
+            destination=f"{consumer.settings.mirror}/{consumer.settings.destination}", consumer=consumer.durable,
+            key=receipt.key, stream=self.settings.nats_stream, sequence=metadata.sequence.stream,
+            deliveries=deliveries, published=metadata.timestamp.timestamp(), error=why,
+            redact=Redactor(consumer.settings.secrets()))
+        with context.working_for(consumer.scope):
+            try:
+                await self._nc.jetstream().publish(dead_letter_subject(self.settings.nats_stream, consumer.durable),
+                                                   message.data, headers=headers, timeout=10.0)
+            except (TimeoutError, nats.errors.Error, OSError) as error:
+                logger.warning("{}: could not move its message to the dead-letter stream ({}: {}); handed back",
+                               receipt.key, type(error).__name__, error)
+                await message.nak(delay=nak_delay(deliveries, consumer.settings.retry_delay))
+                return
+            await message.term()
+            consumer.dead_lettered += 1
+            metrics.events_dead_lettered.inc()
+            logger.warning("{}: its event failed {} deliveries over {:.0f}s (last: {}); moved to the dead-letter "
+                           "stream {} and left for the reconcile", receipt.key, deliveries,
+                           time.time() - metadata.timestamp.timestamp(), why,
+                           dead_letter_stream(self.settings.nats_stream)[0])
+            consumer.on_gap("an event was dead-lettered")
 
     def subscribe(self, consumer: Consumer) -> None:
         """Create or check the destination's durable consumer, and start fetching for it."""
@@ -316,6 +486,7 @@ class JetStream:
                 logger.debug("JetStream: retention check: {}: {}", type(error).__name__, error)
             else:
                 metrics.events_pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                await self._observe(consumer, info)
                 first, floor = stream.state.first_seq, info.ack_floor.stream_seq if info.ack_floor else 0
                 if aged_out(first, floor) and first != reported:
                     reported = first
@@ -324,15 +495,55 @@ class JetStream:
                     consumer.on_gap("events aged out of the JetStream stream")
             await asyncio.sleep(RETENTION_CHECK)
 
+    async def _observe(self, consumer: Consumer, info: ConsumerInfo) -> None:
+        """Keep what /status shows of the consumer: its counts, and its lease's holder
+        (the lease bucket is made once the consumer is: absent at the first check)."""
+        assert self._nc is not None
+        holder = None
+        try:
+            entry = await (await self._nc.jetstream().key_value(LEASES)).get(consumer.durable)
+            holder = entry.value.decode(errors="replace") if entry.value else None
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            pass
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            logger.debug("JetStream: lease holder: {}: {}", type(error).__name__, error)
+        consumer.info, consumer.lease_holder, consumer.checked = info, holder, time.time()
+
     async def _heartbeats(self) -> None:
+        assert self._nc is not None
         while not self.stopping.is_set():
             await asyncio.sleep(ACK_WAIT / 3)
+            sent = []
             for receipt in list(self.outstanding):
                 try:
                     await receipt.message.in_progress()
+                    sent.append(receipt)
                 except (nats.errors.Error, OSError) as error:
                     logger.debug("JetStream: in-progress for message {}: {}", receipt.message.metadata.sequence.stream,
                                  error)
+            # in_progress() is sent without an answer; buffered while disconnected, it may
+            # reach NATS after the ack wait. A flush answered while connected says NATS
+            # has them: only then do they count as heard.
+            if sent and self.connected:
+                try:
+                    await self._nc.flush(timeout=max(1, int(ACK_WAIT / 6)))
+                except (TimeoutError, nats.errors.Error, OSError) as error:
+                    logger.debug("JetStream: heartbeats unconfirmed: {}: {}", type(error).__name__, error)
+                else:
+                    heard = time.monotonic()
+                    for receipt in sent:
+                        receipt.heard = heard
+            for locks in list(self._locks):
+                await locks.renew()
+
+    def key_locks(self, name: str, *, bucket: str = KEY_LOCKS, ttl: float = ACK_WAIT) -> SharedKeys:
+        """The key locks of one destination's consumer (``name``), for its worker threads.
+        Their entries age out ``ttl`` after their holder's last renewal: by default the
+        ack wait, when NATS would deliver that holder's messages to another process anyway."""
+        kv = self._call(_mapped(f"key-value bucket {bucket}", self._key_value(bucket, ttl)), 30.0)
+        locks = KeyLocks(_AsyncStore(kv), name, self.holder)
+        self._locks.append(locks)
+        return SharedKeys(self, locks)
 
     def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
         """The KV bucket, created if missing (with ``ttl``: every key ages out after it)."""
@@ -373,8 +584,7 @@ class JetStream:
                 self._deliver(consumer, bucket, message)
 
     def _deliver(self, consumer: Consumer, bucket: str, message: Msg) -> None:
-        receipt = Receipt(message, self.loop, consumer.settings.retry_delay, self.outstanding, consumer.held,
-                          consumer.room.set)
+        receipt = Receipt(message, consumer, self)
         try:
             event = json.loads(message.data)
             records = event.get("Records") or []
@@ -396,6 +606,7 @@ class JetStream:
         for n, item in enumerate(items):
             # One receipt per message: the last item of it carries it (a MinIO event has one record).
             if n == len(items) - 1:
+                receipt.key = item.key
                 item = replace(item, receipts=(receipt,))
             received(item)
             consumer.intake.offer(item, 0.0, self.stopping)
@@ -444,6 +655,67 @@ class JetStream:
                 await self._nc.flush(timeout=2)
             finally:
                 await self._nc.close()
+
+
+@dataclass(eq=False)
+class SharedKeys:
+    """One destination's key locks (keylocks.py), for its worker threads: taking one
+    waits for NATS (one round trip, more after a release: see keylocks); releasing
+    doesn't, it is sent after the acks the worker asked for."""
+
+    jetstream: JetStream
+    locks: KeyLocks
+    retry_after: float = HELD_ELSEWHERE_DELAY
+
+    def take(self, key: str) -> bool:
+        if not self.jetstream.connected:
+            return True  # cut off: no answer would come before LOCK_WAIT, and the work needs none
+        future: Future = asyncio.run_coroutine_threadsafe(self.locks.take(key), self.jetstream.loop)
+        try:
+            return future.result(LOCK_WAIT)
+        except TimeoutError:
+            future.cancel()  # not held then: the lock, if created, ages out
+            return True  # correctness doesn't depend on the lock: work without it
+
+    def release(self, key: str) -> None:
+        release = self.locks.release(key)
+        try:
+            asyncio.run_coroutine_threadsafe(release, self.jetstream.loop)
+        except RuntimeError:  # the loop is gone (shutdown): the entry ages out
+            release.close()
+
+
+class _AsyncStore:
+    """A KV bucket as keylocks.Store: on the loop, NATS's errors as Conflict or TransientError."""
+
+    def __init__(self, kv):
+        self._kv = kv
+
+    async def create(self, name: str, value: bytes) -> int:
+        return await self._mapped(f"create {name}", self._kv.create(name, value))
+
+    async def update(self, name: str, value: bytes, last: int) -> int:
+        return await self._mapped(f"update {name}", self._kv.update(name, value, last=last))
+
+    async def delete(self, name: str, last: int) -> None:
+        await self._mapped(f"delete {name}", self._kv.delete(name, last=last))
+
+    async def entry(self, name: str) -> tuple[bytes, int] | None:
+        try:
+            found = await self._mapped(f"get {name}", self._kv.get(name))
+        except Conflict:
+            return None
+        return found.value or b"", found.revision
+
+    @staticmethod
+    async def _mapped(what: str, work):
+        try:
+            return await work
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError,
+                nats.js.errors.KeyDeletedError):
+            raise Conflict(what) from None
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            raise TransientError(SIDE, what, None, f"{type(error).__name__}: {error}") from None
 
 
 class KeyValue:

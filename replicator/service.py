@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -166,12 +165,14 @@ class Service:
                 self._jetstream_connected = True
         consumer = Consumer(replica.settings, replica.queue, replica.intake, replica.gap)
         self.jetstream.subscribe(consumer)
+        replica.health.jetstream = consumer.status
+        replica.workers.locks = self.jetstream.key_locks(consumer.durable)
         # One reconcile of this destination at a time, across every process reading its
         # consumer: the lease's holder's.
         leases = self.jetstream.key_value(LEASES, ttl=lease.TTL)
         results = self.jetstream.key_value(RESULTS)
         key = durable_name(replica.settings.nats_consumer, replica.settings.mirror, replica.settings.destination)
-        replica.coordinate(lease.Lease(leases, key, f"{socket.gethostname()}-{os.getpid()}"), results)
+        replica.coordinate(lease.Lease(leases, key, self.jetstream.holder), results)
         return consumer
 
     def _watch_failed_events(self, first: Replica) -> None:

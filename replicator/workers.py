@@ -14,19 +14,34 @@ completes; one the destination refused for good is logged and counted as final.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from loguru import logger
 
 from .converge import Converger, Hint, Outcome, Result
+from .copier import Abandoned, abandoning
 from .errors import PermanentError, ReplicatorError, log_fields
 from .observability import metrics
 from .observability.context import inherit
 from .retry import Stopped
-from .workqueue import Closed, KeyedQueue, WorkItem, settle
+from .workqueue import Closed, KeyedQueue, WorkItem, hand_back, lapsed, settle
+
+
+class KeyLocks(Protocol):
+    """Per-key locks across processes (S3_SYNC_EVENTS=jetstream: keylocks.py)."""
+
+    retry_after: float  # seconds a message waits whose key another process holds
+
+    def take(self, key: str) -> bool:
+        """Hold ``key``'s lock (at once if held already); False if another process does."""
+
+    def release(self, key: str) -> None:
+        """Give ``key``'s lock up, if held; without waiting."""
 
 
 class WaitingRoom:
@@ -102,6 +117,9 @@ class Workers:
         # Asks for an early reconcile: "left for the next reconcile" shouldn't mean an interval.
         self.on_failure = on_failure
         self.waiting_room = WaitingRoom(queue)
+        # With several processes on one consumer: a durable message's key is worked on
+        # by one of them at a time (set before start, in jetstream mode; None: listen mode).
+        self.locks: KeyLocks | None = None
         self.failed = 0
         self._counts_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -131,20 +149,49 @@ class Workers:
                 continue
             if item is None:
                 continue
+            if not self._exclusive(item):
+                continue
             converged: bool | None = False
+            why: str | None = None
             try:
-                converged = self.handle(item)
+                # A message NATS has heard nothing of for its ack wait may be another
+                # process's by now: a multipart copy for it stops (workqueue.Receipt.lapsed).
+                with abandoning(functools.partial(lapsed, item)):
+                    converged, why = self.handle(item)
             finally:
-                self.queue.done(item.key)
                 if converged is not None:  # None: queued again, its messages with it
-                    settle(item, converged)
+                    settle(item, converged, why)
+                # Kept while a newer event for the key waits here: it folds into this
+                # work. Released before the key is, so a worker taking it next asks after.
+                if self.locks is not None and not self.queue.waiting(item.key):
+                    self.locks.release(item.key)
+                self.queue.done(item.key)
 
-    def handle(self, item: WorkItem) -> bool | None:
+    def _exclusive(self, item: WorkItem) -> bool:
+        """Whether this process may work on a durable item's key now. Not while another
+        holds its lock: its messages are handed back, to come again in a moment (the
+        holder re-reads the source when it is done, so nothing waits on them meanwhile)."""
+        if self.locks is None or not item.receipts or self.locks.take(item.key):
+            return True
+        self.queue.done(item.key)
+        hand_back(item, self.locks.retry_after)
+        metrics.events_deferred.inc(len(item.receipts))
+        logger.debug("{}: another replicator process works on it; its events come again in {:g}s", item.key,
+                     self.locks.retry_after)
+        return False
+
+    def handle(self, item: WorkItem) -> tuple[bool | None, str | None]:
         """``process``, with a failure logged, counted and sent where it can be repaired:
         the next reconcile for an object's bytes, the waiting room for a metadata change.
-        Whether the key converged; None if it was queued again."""
+        Whether the key converged (None if it was queued again), and why not where it
+        failed (a durable message's dead letter says it; None for a stop, no failure of
+        the key's)."""
         try:
-            return self.process(item)
+            converged = self.process(item)
+            return converged, None if converged is not False else "changed during every copy attempt"
+        except Abandoned as error:
+            logger.warning("{}: NATS heard nothing of its message for the ack wait (cut off?), so another process "
+                           "may copy it now: {}, upload aborted; the message comes again", item.key, error)
         except Stopped:
             if not item.metadata:
                 logger.info("{}: interrupted by shutdown; left for the next reconcile", item.key)
@@ -163,20 +210,22 @@ class Workers:
                 if item.kept:
                     # It failed again after a reconcile: wait for the scheduled ones,
                     # rather than ask for a full reconcile every cooldown for its sake.
-                    return False
+                    return False, str(error)
             elif item.content:
                 logger.error("{}: {}; the object is left for the next reconcile, a metadata change in it for "
                              "the next metadata sweep", item.key, error)
             else:
                 logger.error("{}: {}; refused for good (a reconcile can't see metadata changes; the next "
                              "metadata sweep tries again)", item.key, error)
-                return True  # nothing a reconcile, or a delivery again, could repair
+                return True, None  # nothing a reconcile, or a delivery again, could repair
             self.on_failure("event copies failed")
+            return False, str(error)
         except Exception as error:  # a bug must not kill the worker
             self._count_failure(type(error).__name__)
             logger.exception("{}: unexpected error; left for the next reconcile", item.key)
             self.on_failure("event copies failed")
-        return False
+            return False, f"unexpected error: {type(error).__name__}"
+        return False, None
 
     def _count_failure(self, reason: str) -> None:
         with self._counts_lock:

@@ -63,13 +63,30 @@ class WorkItem:
 
 
 class Receipt(Protocol):
-    def settle(self, converged: bool) -> None:
-        """Acknowledge the message (converged), or hand it back for a later delivery."""
+    def settle(self, converged: bool, why: str | None = None) -> None:
+        """Acknowledge the message (converged), or hand it back for a later delivery;
+        ``why`` the key failed, where it did."""
+
+    def hand_back(self, delay: float) -> None:
+        """Have the message delivered again after ``delay`` seconds (no failure)."""
+
+    def lapsed(self) -> bool:
+        """Whether NATS may have handed the message to another process meanwhile."""
 
 
-def settle(item: WorkItem, converged: bool) -> None:
+def settle(item: WorkItem, converged: bool, why: str | None = None) -> None:
     for receipt in item.receipts:
-        receipt.settle(converged)
+        receipt.settle(converged, why)
+
+
+def hand_back(item: WorkItem, delay: float) -> None:
+    for receipt in item.receipts:
+        receipt.hand_back(delay)
+
+
+def lapsed(item: WorkItem) -> bool:
+    """Whether any message the item stands for may be another process's by now."""
+    return any(receipt.lapsed() for receipt in item.receipts)
 
 
 class Closed(Exception):
@@ -188,6 +205,11 @@ class KeyedQueue:
     def depth(self) -> int:
         with self._lock:
             return len(self._items)
+
+    def waiting(self, key: str) -> bool:
+        """Whether an item for ``key`` is pending (a newer event, while a worker has it)."""
+        with self._lock:
+            return key in self._items
 
     def in_flight(self) -> int:
         with self._lock:

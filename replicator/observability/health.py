@@ -36,6 +36,9 @@ class Health:
         self.listener_reconnects: Callable[[], int] = lambda: 0
         self.sweep: Callable[[], dict | None] = lambda: None  # the metadata sweep's state; None: off
         self.reconcile_progress: Callable[[], Snapshot | None] = lambda: None  # None: no reconcile runs
+        # S3_SYNC_EVENTS=jetstream: its consumer's state (jetstream.Consumer.status); the
+        # listen mode's /status has no such section at all.
+        self.jetstream: Callable[[], dict] | None = None
 
     def set_state(self, state: str, detail: str = "") -> None:
         with self._lock:
@@ -71,6 +74,7 @@ class Health:
         ready, why = self.ready()
         oldest = self.oldest_event()
         progress = self.reconcile_progress()
+        jetstream = {} if self.jetstream is None else {"jetstream": self.jetstream()}
         now = self.clock()
         with self._lock:
             return _printable({
@@ -94,6 +98,7 @@ class Health:
                     "last_success": iso(self.last_success),
                 },
                 "metadata_sweep": self.sweep(),
+                **jetstream,
             })
 
 

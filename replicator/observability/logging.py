@@ -52,7 +52,10 @@ class _Stderr:
         return isatty(sys.stderr)
 
 
-class _Redactor:
+class Redactor:
+    """Every configured credential in a text replaced by ``***``: log lines, and what
+    else leaves the process with an error in it (a dead letter's headers)."""
+
     def __init__(self, secrets: tuple[str, ...]):
         # Longest first, so a secret containing another is replaced whole.
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
@@ -68,7 +71,7 @@ def setup(level: str = "INFO", fmt: str = "text", timezone: str = "UTC", secrets
           stream: TextIO | None = None, colorize: bool | None = None) -> None:
     out: TextIO | _Stderr = stream or _Stderr()
     zone = ZoneInfo(timezone)
-    redact = _Redactor(secrets)
+    redact = Redactor(secrets)
     logger.remove()
 
     def clean(text: str) -> str:

@@ -202,6 +202,12 @@ listener_connected = Scoped(Gauge, f"{PREFIX}_listener_connected", "1 while the 
 events_pending = Scoped(Gauge, f"{PREFIX}_events_pending",
                         "S3_SYNC_EVENTS=jetstream: messages in the stream this destination's consumer has not "
                         "acknowledged yet (not delivered, or delivered and held); 0 or absent in listen mode")
+events_dead_lettered = Scoped(Counter, f"{PREFIX}_events_dead_lettered",
+                              "S3_SYNC_EVENTS=jetstream: messages that kept failing past S3_SYNC_NATS_DEAD_LETTER_AGE, "
+                              "moved to the dead-letter stream; their keys are left to the reconcile")
+events_deferred = Scoped(Counter, f"{PREFIX}_events_deferred",
+                         "S3_SYNC_EVENTS=jetstream: messages handed back for a moment because another replicator "
+                         "process held their key's lock")
 ready = Scoped(Gauge, f"{PREFIX}_ready", "1 while /readyz answers 200: running, listener connected, and a "
                                          "reconcile succeeded within 2 x S3_SYNC_INTERVAL (per destination, "
                                          "with the configuration file's mirrors)")

@@ -378,3 +378,266 @@ def test_check_tells_whether_minios_count_of_failed_events_is_readable(publishin
             "MINIO_ACCESS_KEY, MINIO_SECRET_KEY and their permissions: Access Denied.") in checked.output
     assert "needs admin:Prometheus, or MinIO MINIO_PROMETHEUS_AUTH_TYPE=public" in checked.output
     assert password not in checked.output
+
+
+def dead_letters(nats_url: str, stream: str, durable: str) -> list:
+    """The dead letters of one destination's consumer, oldest first."""
+    from replicator.jetstream import dead_letter_stream, dead_letter_subject
+
+    async def read() -> list:
+        connection = await nats.connect(nats_url)
+        try:
+            js = connection.jetstream()
+            name = dead_letter_stream(stream)[0]
+            subscription = await js.pull_subscribe(dead_letter_subject(stream, durable), stream=name)
+            try:
+                found = await subscription.fetch(10, timeout=1)
+            except nats.errors.TimeoutError:
+                found = []
+            await subscription.unsubscribe()
+            return found
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def consumer_info(nats_url: str, stream: str, durable: str):
+    async def read():
+        connection = await nats.connect(nats_url)
+        try:
+            return await connection.jetstream().consumer_info(stream, durable)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def test_a_poison_message_goes_to_the_dead_letter_stream_and_its_key_to_the_reconcile(
+        publishing_minio, minio_dest, nats_server, tmp_path, sidecars):
+    """A key the destination always refuses: once its message is past the age limit it
+    is copied to the dead-letter stream with headers that say what failed, taken off the
+    consumer (never delivered again), counted, shown on /status, and a reconcile asked
+    for its key. Other keys go on arriving."""
+    from urllib.parse import unquote
+
+    from tests.faultproxy import FaultProxy, s3_error_document
+
+    refused = s3_error_document("AccessDenied", 403)
+    proxy = FaultProxy(minio_dest.port, lambda request: refused if "poison" in request.path else None)
+    try:
+        setup = Setup(publishing_minio, minio_dest, nats_server, tmp_path)
+        setup.env.update(S3_SYNC_ENDPOINT=proxy.endpoint, S3_SYNC_NATS_DEAD_LETTER_AGE="1", S3_SYNC_MAX_RETRIES="1")
+        sidecar = sidecars(setup.env)
+        wait_for(sidecar.ready, timeout=60, what="readiness")
+        section = sidecar.status()["jetstream"]
+        durable = section["consumer"]
+        assert durable == f"replicator-{setup.bucket}-{setup.dest_bucket}"
+        assert section["connected"] is True and section["dead_lettered"] == 0
+        assert section["pending"] == 0 and section["ack_pending"] == 0 and section["redelivered"] == 0
+        assert section["checked_at"] is not None
+        setup.put("poison/bad key.txt", b"never")
+        setup.put("good.txt", b"fine")
+        wait_for(lambda: "moved to the dead-letter stream" in sidecar.log(), timeout=60, what="the dead letter")
+        assert "good.txt" in setup.dest_keys()
+        [letter] = dead_letters(nats_server.url, setup.stream, durable)
+        headers = letter.headers
+        assert unquote(headers["Replicator-Key"]) == "poison/bad key.txt"
+        assert headers["Replicator-Consumer"] == durable
+        assert headers["Replicator-Destination"] == f"{setup.bucket}/{setup.dest_bucket}"
+        assert int(headers["Replicator-Deliveries"]) >= 3
+        assert "AccessDenied" in headers["Replicator-Error"] and DEST_PASSWORD not in headers["Replicator-Error"]
+        assert b"poison" in letter.data  # the MinIO event, as it came
+        assert 'poison/bad key.txt: its event failed' in sidecar.log()
+        assert "an event was dead-lettered" in sidecar.log()  # the reconcile asked for its key
+        metrics = sidecar.metrics()
+        assert metrics["replicator_events_dead_lettered_total"] == 1
+        assert sidecar.status()["jetstream"]["dead_lettered"] == 1
+        # Off the consumer for good: nothing of it pending or delivered again.
+        wait_for(lambda: consumer_info(nats_server.url, setup.stream, durable).num_ack_pending == 0, timeout=10,
+                 what="the message off the consumer")
+        time.sleep(3)
+        assert len(dead_letters(nats_server.url, setup.stream, durable)) == 1
+        assert sidecar.log().count("moved to the dead-letter stream") == 1
+    finally:
+        proxy.close()
+
+
+def _publish_event(nats_url: str, subject: str, bucket: str, key: str) -> None:
+    import json
+
+    async def publish() -> None:
+        connection = await nats.connect(nats_url)
+        record = {"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-07T15:00:00Z",
+                  "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 4}}}
+        await connection.jetstream().publish(subject, json.dumps({"Records": [record]}).encode())
+        await connection.close()
+
+    asyncio.run(publish())
+
+
+def test_a_key_another_process_holds_is_handed_back_until_it_lets_go(nats_server):
+    """Two processes on one consumer, one key: while the first holds the key's lock, the
+    second's worker hands the key's message back (2 s) instead of copying it; once the
+    lock is released, the message comes again and is converged and acknowledged."""
+    import threading
+
+    from replicator import config, jetstream
+    from replicator.events import Intake
+    from replicator.workqueue import KeyedQueue, WorkItem
+    from tests.unit.test_keylocks import deferred
+    from tests.unit.test_workers import Harness
+
+    subject = "locks.events"
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "locked", "S3_SYNC_EVENTS": "jetstream",
+                            "S3_SYNC_NATS_URL": nats_server.url, "S3_SYNC_NATS_STREAM": "locks",
+                            "S3_SYNC_NATS_SUBJECT": subject})
+    stopping = threading.Event()
+    first, second = jetstream.JetStream(settings, stopping), jetstream.JetStream(settings, stopping)
+    first.holder, second.holder = "first-1", "second-1"  # two processes, as far as NATS can tell
+    h = Harness()
+    h.source.add("shared.txt", b"data")
+    try:
+        for js in (first, second):
+            js.start()
+            js.connect()
+        idle = KeyedQueue(1)  # the first process's own queue stays full: it fetches nothing
+        idle.put(WorkItem("placeholder", content=False, tags=False, event_time=0.0))
+        holding = jetstream.Consumer(settings, idle, Intake(idle, lambda reason: None), lambda reason: None)
+        first.subscribe(holding)
+        reading = jetstream.Consumer(settings, h.queue, Intake(h.queue, lambda reason: None), lambda reason: None)
+        second.subscribe(reading)
+        assert holding.durable == reading.durable  # one consumer, two processes
+        held = first.key_locks(holding.durable)
+        assert held.take("shared.txt")
+        h.workers.locks = locks = second.key_locks(reading.durable)
+        before = deferred()
+        h.workers.start()
+        _publish_event(nats_server.url, subject, "locked", "shared.txt")
+        wait_for(lambda: deferred() >= before + 2, timeout=15, what="the message handed back while the key is held")
+        assert h.dest.stat("shared.txt") is None  # the holder's work, not ours
+        held.release("shared.txt")
+        wait_for(lambda: h.dest.stat("shared.txt") is not None, timeout=15, what="the copy once released")
+        wait_for(lambda: not second.outstanding, timeout=10, what="the message acknowledged")
+        assert len(locks.locks) == 0  # released after settling
+    finally:
+        stopping.set()
+        h.queue.close()
+        for js in (first, second):
+            js.stop()
+
+
+HOLDER = """
+import sys, threading, time
+from replicator import config
+from replicator.jetstream import JetStream
+settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": sys.argv[1],
+                        "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": "minio.events"})
+js = JetStream(settings, threading.Event())
+js.holder = "victim-1"
+js.start()
+js.connect()
+assert js.key_locks("c", bucket=sys.argv[2], ttl=2.0).take("photos/a.jpg")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_ages_out_after_its_holder_is_killed(nats_server):
+    """A process killed holding a key's lock stops renewing it: another takes it once the
+    bucket's max age (the ack wait; 2 s here) has passed, not before."""
+    import subprocess
+    import sys
+    import threading
+
+    from replicator import config
+    from replicator.jetstream import JetStream
+
+    bucket = unique_bucket("keys")
+    victim = subprocess.Popen([sys.executable, "-c", HOLDER, nats_server.url, bucket], stdout=subprocess.PIPE,
+                              text=True)
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream", "S3_SYNC_NATS_URL": nats_server.url,
+                            "S3_SYNC_NATS_STREAM": "minio-events", "S3_SYNC_NATS_SUBJECT": SUBJECT})
+    js = JetStream(settings, threading.Event())
+    js.start()
+    try:
+        assert victim.stdout is not None and victim.stdout.readline().strip() == "held"
+        js.connect()
+        js.holder = "survivor-1"
+        locks = js.key_locks("c", bucket=bucket, ttl=2.0)
+        assert not locks.take("photos/a.jpg")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_for(lambda: locks.take("photos/a.jpg"), timeout=10, what="the dead holder's lock aged out")
+    finally:
+        victim.kill()
+        js.stop()
+
+
+def test_a_copy_whose_heartbeats_stop_reaching_nats_aborts_its_upload(monkeypatch):
+    """nats-server goes away while a multipart copy for one of its messages runs: past
+    the ack wait with no heartbeat confirmed, NATS would hand the message to another
+    process, so the copy stops before its next part and aborts its upload. NATS back,
+    the message comes again and is copied whole."""
+    import threading
+
+    from replicator import config, jetstream
+    from replicator.config import MiB
+    from replicator.converge import Converger
+    from replicator.copier import Copier
+    from replicator.events import Intake
+    from replicator.retry import RetryPolicy
+    from replicator.stores.memory import MemoryStore
+    from replicator.workers import Workers
+    from replicator.workqueue import KeyedQueue
+
+    monkeypatch.setattr(jetstream, "ACK_WAIT", 2.0)  # heartbeats every 2/3 s
+    server = NatsServer().start()
+    subject = "cutoff.events"
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "MINIO_BUCKET": "cut", "S3_SYNC_EVENTS": "jetstream",
+                            "S3_SYNC_NATS_URL": server.url, "S3_SYNC_NATS_STREAM": "cutoff",
+                            "S3_SYNC_NATS_SUBJECT": subject, "S3_SYNC_MULTIPART_THRESHOLD": "5MiB",
+                            "S3_SYNC_MULTIPART_CHUNK_SIZE": "5MiB", "S3_SYNC_MULTIPART_CONCURRENCY": "1",
+                            "S3_SYNC_RETRY_DELAY": "0"})
+    source, dest = MemoryStore("source"), MemoryStore("destination")
+    source.add("big.bin", b"x" * (20 * MiB))  # four parts
+    parts, aborted = [], []
+    upload_part, abort_multipart = dest.upload_part, dest.abort_multipart
+
+    def slow_part(*args):
+        parts.append(args[2])
+        time.sleep(1.0)  # a part to a distant destination
+        return upload_part(*args)
+
+    def abort(*args):
+        aborted.append(args[1])
+        return abort_multipart(*args)
+
+    monkeypatch.setattr(dest, "upload_part", slow_part)
+    monkeypatch.setattr(dest, "abort_multipart", abort)
+    stopping = threading.Event()
+    policy = RetryPolicy(1, 0.0, stop=stopping)
+    copier = Copier(source, dest, settings, policy)
+    queue = KeyedQueue(10)
+    workers = Workers(Converger(source, dest, copier, policy, threshold=settings.multipart_threshold), queue,
+                      threads=1, delete=True)
+    js = jetstream.JetStream(settings, stopping)
+    js.start()
+    try:
+        js.connect()
+        js.subscribe(jetstream.Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None))
+        workers.start()
+        _publish_event(server.url, subject, "cut", "big.bin")
+        wait_for(lambda: parts, timeout=10, what="the first part")
+        server.stop(signal.SIGKILL)  # no goodbye: heartbeats go nowhere from now on
+        wait_for(lambda: aborted, timeout=15, what="the upload aborted")
+        assert len(parts) < 4 and dest.stat("big.bin") is None and dest.incomplete_uploads() == {}
+        server.start()
+        wait_for(lambda: dest.stat("big.bin") is not None, timeout=60, what="the copy once NATS is back")
+        assert dest.incomplete_uploads() == {}
+    finally:
+        stopping.set()
+        queue.close()
+        js.stop()
+        copier.close()
+        server.close()

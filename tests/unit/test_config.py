@@ -82,6 +82,7 @@ EXPECTED_DEFAULTS = {
     "nats_password": None,
     "nats_ca_bundle": None,
     "nats_retention": 604800.0,
+    "nats_dead_letter_age": 86400.0,
     "mirror": "relics",  # unnamed: the buckets name the pair
     "destination": "mirror",
     "list_metadata": False,
@@ -269,6 +270,7 @@ BOUNDS = [
     ("S3_SYNC_METADATA_SWEEP_RATE", "metadata_sweep_rate", ("1", 1.0), ("10000", 10000.0), "0.5", "10001"),
     ("S3_SYNC_PROGRESS_INTERVAL", "progress_interval", ("0", 0.0), ("86400", 86400.0), "-1", "86401"),
     ("S3_SYNC_NATS_RETENTION", "nats_retention", ("3600", 3600.0), ("31536000", 31536000.0), "3599", "31536001"),
+    ("S3_SYNC_NATS_DEAD_LETTER_AGE", "nats_dead_letter_age", ("1", 1.0), ("2592000", 2592000.0), "0.99", "2592001"),
     ("S3_SYNC_MAX_BANDWIDTH", "max_bandwidth", ("64KiB", 65536), ("100GiB", 100 * 1024**3), "65535", "101GiB"),
     ("S3_SYNC_MAX_REQUESTS_PER_SECOND", "max_requests_per_second", ("1", 1.0), ("100000", 100_000.0), "0.5",
      "100001"),
@@ -280,7 +282,9 @@ BOUNDS = [
     ("S3_SYNC_LISTEN_TIMEOUT", "listen_timeout", ("1", 1.0), ("600", 600.0), "0.99", "600.01"),
 ]
 # A part is at most the threshold: the chunk size's upper edge needs a threshold as large.
-ALONGSIDE = {"S3_SYNC_MULTIPART_CHUNK_SIZE": {"S3_SYNC_MULTIPART_THRESHOLD": "512MiB"}}
+# A message is dead-lettered before the stream drops it: the age's upper edge needs a longer retention.
+ALONGSIDE = {"S3_SYNC_MULTIPART_CHUNK_SIZE": {"S3_SYNC_MULTIPART_THRESHOLD": "512MiB"},
+             "S3_SYNC_NATS_DEAD_LETTER_AGE": {"S3_SYNC_NATS_RETENTION": "31536000"}}
 IDS = [row[0] for row in BOUNDS]
 
 
@@ -368,6 +372,28 @@ def test_a_part_larger_than_the_threshold_is_refused(env, expected):
 def test_an_invalid_threshold_is_reported_alone_not_as_a_contradiction():
     message = problem(S3_SYNC_MULTIPART_THRESHOLD="10TiB", S3_SYNC_MULTIPART_CHUNK_SIZE="100MiB")
     assert message == "Invalid configuration: S3_SYNC_MULTIPART_THRESHOLD='10TiB': must be at most 512 MiB"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"S3_SYNC_NATS_DEAD_LETTER_AGE": "604800"},
+         "S3_SYNC_NATS_DEAD_LETTER_AGE='604800': must be less than S3_SYNC_NATS_RETENTION (604,800 s by default)"),
+        ({"S3_SYNC_NATS_DEAD_LETTER_AGE": "7200", "S3_SYNC_NATS_RETENTION": "3600"},
+         "S3_SYNC_NATS_DEAD_LETTER_AGE='7200': must be less than S3_SYNC_NATS_RETENTION ('3600')"),
+    ],
+)
+def test_a_dead_letter_age_the_stream_never_reaches_is_refused(env, expected):
+    assert problem(**env).startswith(f"Invalid configuration: {expected}: ")
+
+
+@pytest.mark.parametrize(("retention", "age"), [("3600", 1800.0), ("172800", 86400.0), ("604800", 86400.0)])
+def test_unset_the_dead_letter_age_follows_a_short_retention(retention, age):
+    assert load(S3_SYNC_NATS_RETENTION=retention).nats_dead_letter_age == age
+
+
+def test_a_dead_letter_age_below_the_retention_is_taken():
+    assert load(S3_SYNC_NATS_DEAD_LETTER_AGE="3599", S3_SYNC_NATS_RETENTION="3600").nats_dead_letter_age == 3599.0
 
 
 @pytest.fixture

@@ -151,6 +151,14 @@ def test_status_shape(health, clock):
     json.dumps(status)  # /status serves it as JSON
 
 
+def test_jetstream_mode_adds_its_section_and_changes_nothing_else(health):
+    listening = set(health.status())
+    health.jetstream = lambda: {"consumer": "replicator-relics-mirror", "dead_lettered": 2}
+    status = health.status()
+    assert set(status) == listening | {"jetstream"}
+    assert status["jetstream"] == {"consumer": "replicator-relics-mirror", "dead_lettered": 2}
+
+
 def test_status_before_anything_happened(health):
     status = health.status()
     assert status["state"] == "starting"

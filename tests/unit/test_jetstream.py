@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import unquote
 
 import pytest
 
 from replicator.errors import TransientError
 from replicator.events import Intake, to_item
-from replicator.jetstream import NAK_DELAY_MAX, _subject_matches, durable_name, nak_delay, publishes
+from replicator.jetstream import (
+    DEAD_LETTER_ERROR_MAX,
+    NAK_DELAY_MAX,
+    _subject_matches,
+    dead_letter_headers,
+    dead_letter_stream,
+    dead_letter_subject,
+    durable_name,
+    nak_delay,
+    past_age,
+    publishes,
+)
+from replicator.observability.logging import Redactor
 from replicator.workqueue import KeyedQueue, WorkItem
 from tests.unit.test_workers import Harness
 
@@ -18,9 +31,14 @@ from tests.unit.test_workers import Harness
 class FakeReceipt:
     def __init__(self):
         self.settled: list[bool] = []
+        self.why: list[str | None] = []
 
-    def settle(self, converged: bool) -> None:
+    def settle(self, converged: bool, why: str | None = None) -> None:
         self.settled.append(converged)
+        self.why.append(why)
+
+    def lapsed(self) -> bool:
+        return False
 
 
 def durable(key: str, receipt: FakeReceipt, **flags) -> WorkItem:
@@ -100,6 +118,41 @@ def test_a_failed_copy_hands_its_messages_back(monkeypatch):
     h.queue.put(durable("a.txt", receipt))
     _run_one(h)
     assert receipt.settled == [False]
+    assert "connection refused" in receipt.why[0]  # what a dead letter would say of it
+
+
+@pytest.mark.parametrize(("published", "deliveries", "dead"), [
+    (0.0, 3, True),  # old enough, failed often enough
+    (0.0, 2, False),  # a backlog delivered late: not at its first hiccups
+    (950.0, 5, False),  # failing, but younger than the age
+    (900.0, 3, True),  # exactly the age
+])
+def test_a_message_is_dead_lettered_once_old_and_failed_again(published, deliveries, dead):
+    assert past_age(published, 1000.0, deliveries, 100.0) is dead
+
+
+def test_dead_letters_go_where_no_stream_of_minios_subject_takes_them():
+    name, subjects = dead_letter_stream("minio-events")
+    subject = dead_letter_subject("minio-events", "replicator-photos-aws")
+    assert name == "minio-events-dead-letter"
+    assert _subject_matches(subjects, subject)
+    for minio in ("minio.events", "minio.>", "minio.*"):
+        assert not _subject_matches(minio, subject)
+
+
+def test_a_dead_letters_headers_name_it_and_keep_no_secret_and_no_line_break():
+    key = "odd key/é+%\nline"
+    headers = dead_letter_headers(
+        destination="photos/aws", consumer="replicator-photos-aws", key=key, stream="minio-events", sequence=42,
+        deliveries=7, published=1700000000.25, redact=Redactor(("s3cret-value",)),
+        error="destination: put odd key: AccessDenied for s3cret-value\n" + "x" * 2000)
+    assert unquote(headers["Replicator-Key"]) == key
+    assert headers["Replicator-Deliveries"] == "7" and headers["Replicator-Sequence"] == "42"
+    assert headers["Replicator-Destination"] == "photos/aws"
+    assert headers["Nats-Msg-Id"] == "minio-events-42-replicator-photos-aws"
+    error = headers["Replicator-Error"]
+    assert "s3cret-value" not in error and "***" in error and len(error) == DEAD_LETTER_ERROR_MAX
+    assert not any(c in value for value in headers.values() for c in "\r\n")
 
 
 def test_a_full_queue_hands_a_durable_event_back_and_asks_no_reconcile():
@@ -193,3 +246,28 @@ def test_a_delete_that_lands_after_a_reuploads_copy_is_made_good(monkeypatch):
     monkeypatch.setattr(h.dest, "delete_many", late_delete)
     result = converger.converge("k", Hint(removed=True, may_delete=True))
     assert result.outcome is Outcome.COPIED and h.dest.contents() == {"k": b"v3"}
+
+
+def test_a_consumers_status_says_none_of_what_nats_hasnt_told_yet_and_then_its_counts():
+    from nats.js.api import ConsumerConfig, ConsumerInfo
+
+    from replicator import config
+    from replicator.jetstream import Consumer
+
+    settings = config.load({"S3_SYNC_BUCKET": "b-1", "S3_SYNC_EVENTS": "jetstream"})
+    queue = KeyedQueue(10)
+    consumer = Consumer(settings, queue, Intake(queue, lambda reason: None), lambda reason: None,
+                        durable="replicator-relics-b-1")
+    assert consumer.status() == {"consumer": "replicator-relics-b-1", "connected": False, "pending": None,
+                                 "ack_pending": None, "redelivered": None, "dead_lettered": 0, "lease_holder": None,
+                                 "checked_at": None}
+    consumer.connected.set()
+    consumer.dead_lettered = 2
+    consumer.info = ConsumerInfo(name="replicator-relics-b-1", stream_name="minio-events", config=ConsumerConfig(),
+                                 created=None, num_pending=5,
+                                 num_ack_pending=3, num_redelivered=1)
+    consumer.lease_holder, consumer.checked = "host-a-123", 1700000000.0
+    status = consumer.status()
+    assert (status["connected"], status["pending"], status["ack_pending"], status["redelivered"]) == (True, 5, 3, 1)
+    assert (status["dead_lettered"], status["lease_holder"]) == (2, "host-a-123")
+    assert status["checked_at"] == "2023-11-14T22:13:20.000Z"
