@@ -16,13 +16,20 @@ proxy, so each new connection pays the handshake's round trips, as it would.
 
 The proxy prints ``listening on 127.0.0.1:<port>`` once it accepts connections, then
 serves until killed. It only ever listens on 127.0.0.1.
+
+With ``--stats FILE``, a SIGUSR1 writes to FILE (JSON) how many connections were opened
+and the most open at once since the previous SIGUSR1, and starts counting again: the
+parallelism a tool really used, whatever its flags say.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import re
+import signal
 import time
 
 HOST = "127.0.0.1"
@@ -71,8 +78,36 @@ class Direction:
             pass
 
 
-async def serve(target: tuple[str, int], rtt: float, window: int, port: int) -> None:
+class Counts:
+    """Connections since the last report: opened, open now, the most open at once."""
+
+    def __init__(self) -> None:
+        self.opened = self.open = self.peak = self.reports = 0
+
+    def report(self, path: str) -> None:
+        self.reports += 1
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"report": self.reports, "opened": self.opened, "peak": self.peak, "open": self.open}, f)
+        os.replace(tmp, path)  # whole or not at all, for the reader polling it
+        self.opened, self.peak = 0, self.open
+
+
+async def serve(target: tuple[str, int], rtt: float, window: int, port: int, stats: str | None) -> None:
+    counts = Counts()
+    if stats:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, counts.report, stats)
+
     async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        counts.opened += 1
+        counts.open += 1
+        counts.peak = max(counts.peak, counts.open)
+        try:
+            await forward(client_reader, client_writer)
+        finally:
+            counts.open -= 1
+
+    async def forward(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*target)
         except OSError:
@@ -106,11 +141,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     parser.add_argument("--window", type=size, default=size("4MiB"),
                         help="bytes in flight per connection, both directions together (default 4MiB)")
+    parser.add_argument("--stats", help="on SIGUSR1, write the connection counts since the last one to this file")
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     if host not in (HOST, "localhost"):
         parser.error("--target must be on 127.0.0.1")
-    asyncio.run(serve((HOST, int(port)), args.rtt_ms / 1000, args.window, args.port))
+    asyncio.run(serve((HOST, int(port)), args.rtt_ms / 1000, args.window, args.port, args.stats))
 
 
 if __name__ == "__main__":
