@@ -42,6 +42,7 @@ from .observability import metrics
 from .pool import BoundedExecutor, prefetch
 from .printable import printable
 from .progress import Progress, Reporter, Snapshot
+from .ranges import Budget, KeyRange, Sample
 from .retry import RetryPolicy, Stopped
 from .stores.base import DestinationStore, SourceStore
 
@@ -87,7 +88,8 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
 
 
 def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy, stats: RunStats, *,
-                   until: Callable[[], bool], key_filter: KeyFilter) -> Generator[Change, None, None]:
+                   until: Callable[[], bool], key_filter: KeyFilter, key_range: KeyRange | None = None,
+                   sample: Sample | None = None) -> Generator[Change, None, None]:
     """The diff of both listings, as every full comparison walks it (a reconcile, and
     ``verify``): each listing resumes after a transient failure, runs in a thread of its
     own a bounded distance ahead, and is counted into ``stats``. Attributes come in both
@@ -98,12 +100,16 @@ def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPol
     Both listings hold only the keys of ``key_filter``: under its prefix (asked of the
     servers), and passing its rules (asked here, before the diff and the counts). So a
     destination object outside the mirror is never a difference, never a delete
-    candidate, and not counted into the share the delete guard allows."""
+    candidate, and not counted into the share the delete guard allows.
+
+    With ``key_range``, both listings hold only its keys (one range of a shared pass,
+    ranges.py), and ``sample`` samples the source's."""
     prefix = key_filter.prefix
     changes = diff.plan(
-        _counted(list_with(source.list_from, prefix=prefix, metadata=dest.lists_metadata), "source", policy, stats,
-                 key_filter),
-        _counted(list_with(dest.list_from, prefix=prefix), "destination", policy, stats, key_filter))
+        _counted(_within(list_with(source.list_from, prefix=prefix, metadata=dest.lists_metadata), key_range),
+                 "source", policy, stats, key_filter, sample),
+        _counted(_within(list_with(dest.list_from, prefix=prefix), key_range), "destination", policy, stats,
+                 key_filter))
     with closing(changes):  # closed with this generator, or when it ends early
         for change in changes:
             if until():
@@ -119,8 +125,31 @@ def list_with(list_from: Callable[..., Iterator[ObjectInfo]], **options: object
     return (lambda after: list_from(after, **given)) if given else list_from
 
 
+def _within(list_from: Callable[[str | None], Iterator[ObjectInfo]], key_range: KeyRange | None
+            ) -> Callable[[str | None], Iterator[ObjectInfo]]:
+    """``list_from`` limited to ``key_range``: started after its lower bound (resumed
+    after a later key), and ended past its upper one."""
+    if key_range is None or key_range.whole:
+        return list_from
+
+    def listing(after: str | None) -> Iterator[ObjectInfo]:
+        start = after if after is not None else key_range.after
+        items = list_from(start)
+        try:
+            for item in items:
+                if not key_range.holds(item.key):
+                    return
+                yield item
+        finally:
+            close = getattr(items, "close", None)  # a generator's: no page is fetched past the range
+            if close is not None:
+                close()
+
+    return listing
+
+
 def _counted(list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str, policy: RetryPolicy,
-             stats: RunStats, key_filter: KeyFilter) -> Iterator[ObjectInfo]:
+             stats: RunStats, key_filter: KeyFilter, sample: Sample | None = None) -> Iterator[ObjectInfo]:
     # Filtered after the resumption: a listing that fails resumes after the last key it
     # listed, whether or not the filter let that one through.
     keep = None if key_filter.everything else key_filter
@@ -129,6 +158,8 @@ def _counted(list_from: Callable[[str | None], Iterator[ObjectInfo]], side: str,
             continue
         if side == "source":
             stats.source_objects += 1
+            if sample is not None:
+                sample.add(item.key)
         else:
             stats.dest_objects += 1
         yield item
@@ -155,7 +186,9 @@ class Reconciler:
         return self.policy.stop
 
     def run(self, *, dry_run: bool = False, allow_mass_delete: bool = False,
-            listening: Callable[[], bool] | None = None, fence: Callable[[], bool] | None = None) -> RunStats:
+            listening: Callable[[], bool] | None = None, fence: Callable[[], bool] | None = None,
+            key_range: KeyRange | None = None, budget: Budget | None = None, sample: Sample | None = None,
+            hold_deletes: bool = False) -> RunStats:
         """One full reconcile. ``listening``, when given, is asked as the run ends whether
         the notification listener was connected throughout it. Only then should the
         events have brought what the run had to copy or delete, and only then is that
@@ -163,9 +196,16 @@ class Reconciler:
         ones before are the initial copy), and a reconcile by hand has no listener.
         ``fence``, when given, is asked before each batch of deletes whether this process
         still holds the reconcile lease (lease.py): once it says no, nothing more is
-        deleted."""
+        deleted.
+
+        One range of a pass several processes share (shared_reconcile.py) gives its
+        ``key_range`` and a ``sample`` to fill with the source keys listed. Its first
+        round ``hold_deletes``: it only counts them. Its second, once the pass's guard
+        allowed them, draws them from the pass's ``budget`` (instead of the run's own
+        guard: the threshold is the pass's)."""
         with self._run_lock, metrics.reconcile_in_progress.track_inprogress():
-            run = _Run(self, dry_run, allow_mass_delete, listening, fence)
+            run = _Run(self, dry_run, allow_mass_delete, listening, fence, key_range=key_range, budget=budget,
+                       sample=sample, hold_deletes=hold_deletes)
             self.last_progress = run.progress
             try:
                 return run.execute()
@@ -182,12 +222,24 @@ class Reconciler:
         return progress.snapshot() if progress is not None and not progress.done else None
 
 
+def _described(key_range: KeyRange) -> str:
+    after = "the first" if key_range.after is None else f"after {printable(key_range.after)}"
+    until = "the last" if key_range.until is None else f"{printable(key_range.until)}"
+    return f"{after} to {until}"
+
+
 class _Run:
     """The state of one run; lives as long as the run."""
 
     def __init__(self, owner: Reconciler, dry_run: bool, force_delete: bool,
-                 listening: Callable[[], bool] | None, fence: Callable[[], bool] | None = None):
+                 listening: Callable[[], bool] | None, fence: Callable[[], bool] | None = None, *,
+                 key_range: KeyRange | None = None, budget: Budget | None = None, sample: Sample | None = None,
+                 hold_deletes: bool = False):
         self.o = owner
+        self.hold_deletes = hold_deletes
+        self.key_range = key_range
+        self.budget = budget
+        self.sample = sample
         self.dry_run = dry_run
         self.force_delete = force_delete
         self.listening = listening
@@ -228,11 +280,14 @@ class _Run:
         except Stopped:  # asked to stop while backing off: nothing began, nothing to report
             logger.warning("stopped before the run began")
             return self.stats
-        logger.info("Reconciling {} → {}{}", o.settings.source_bucket, o.settings.dest_bucket,
+        part = "" if self.key_range is None or self.key_range.whole else f", keys {_described(self.key_range)}"
+        logger.info("Reconciling {} → {}{}{}", o.settings.source_bucket, o.settings.dest_bucket, part,
                     " (dry run: nothing will change)" if self.dry_run else "")
         # What a crashed run left: at every reconcile, not only at a start, so that the
-        # sidecar also cleans up after an operator's reconcile that was killed.
-        o.copier.abort_abandoned_uploads(dry_run=self.dry_run)
+        # sidecar also cleans up after an operator's reconcile that was killed. Once per
+        # pass: by its first range.
+        if self.key_range is None or self.key_range.after is None:
+            o.copier.abort_abandoned_uploads(dry_run=self.dry_run)
         with tempfile.TemporaryFile("w+", encoding="utf-8") as spool, Reporter(self.progress,
                                                                                 o.settings.progress_interval):
             with BoundedExecutor(o.settings.workers, name="copy") as pool:
@@ -240,7 +295,8 @@ class _Run:
                     # closing: a run that stops early stops both listings' threads now.
                     with closing(listed_changes(o.source, o.dest, o.policy, self.stats,
                                                 until=lambda: self.fatal is not None or o.stop.is_set(),
-                                                key_filter=o.settings.key_filter)) as changes:
+                                                key_filter=o.settings.key_filter, key_range=self.key_range,
+                                                sample=self.sample)) as changes:
                         for change in changes:
                             self.progress.compared += 1
                             if change.action is Action.UNCHANGED:
@@ -347,7 +403,14 @@ class _Run:
             return
         if not deletes:
             return
-        reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
+        if self.hold_deletes:
+            logger.info("{} objects exist only at the destination in these keys; the pass decides their deletion "
+                        "once every range is listed", deletes)
+            return
+        if self.budget is not None:  # one range of a pass: the pass's threshold, not this range's
+            reason = None if self.dry_run else self.budget.draw(deletes)
+        else:
+            reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
         if reason:
             self.stats.guard = reason
             if not self.dry_run:  # a dry run only shows what a real one would be refused
