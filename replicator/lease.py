@@ -22,6 +22,7 @@ against a real nats-server in tests/integration/test_jetstream.py.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,6 +71,12 @@ class Lease:
                 return False
             return True
 
+    def forget(self) -> None:
+        """Count it lost without a word to the store (which can't be reached): it ages
+        out there, and nothing more may be written under it here."""
+        with self._lock:
+            self.revision = None
+
     def release(self) -> None:
         """Give it up at once (a clean stop), so another needn't wait for the TTL."""
         with self._lock:
@@ -106,7 +113,18 @@ class Renewer:
             self._thread.join()
 
     def _run(self) -> None:
+        from .errors import ReplicatorError
+
+        renewed = time.monotonic()
         while not self._stop.wait(self.every):
-            if not self.lease.hold():
+            try:
+                held = self.lease.hold()
+            except ReplicatorError:  # NATS away: the lease holds until its TTL has passed unrenewed
+                held = time.monotonic() - renewed < TTL - self.every
+                if not held:
+                    self.lease.forget()
+            else:
+                renewed = time.monotonic()
+            if not held:
                 self.on_lost()
                 return

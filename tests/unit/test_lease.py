@@ -75,3 +75,34 @@ def test_release_lets_another_take_it_at_once_and_never_deletes_anothers():
     first.revision = 1  # a stale token from before
     first.release()
     assert store.keys["k"][0] == b"b"
+
+
+def test_a_renewer_cut_off_from_the_store_gives_the_lease_up_before_its_ttl(monkeypatch):
+    import threading
+    import time
+
+    from replicator import lease
+    from replicator.errors import TransientError
+
+    monkeypatch.setattr(lease, "TTL", 0.6)
+    store = Store()
+    held = Lease(store, "photos-aws", "a")
+    assert held.hold()
+    down = threading.Event()
+    update = store.update
+
+    def unreachable(key, value, last):
+        if down.is_set():
+            raise TransientError("events", "update", None, "NATS away")
+        return update(key, value, last)
+
+    store.update = unreachable
+    lost = threading.Event()
+    with lease.Renewer(held, every=0.1, on_lost=lost.set):
+        time.sleep(0.25)
+        assert held.held and not lost.is_set()
+        down.set()
+        time.sleep(0.2)
+        assert held.held, "a blip shorter than the TTL loses nothing"
+        assert lost.wait(2.0)
+    assert not held.held  # past the TTL unrenewed, another may hold it: nothing more is written under it
