@@ -149,6 +149,10 @@ class Settings:
     queue_size: int = 10000
     listen_timeout: float = 30.0
     reconcile_cooldown: float = 30.0
+    # S3_SYNC_EVENTS=jetstream: the key ranges each reconcile pass is cut into, for every
+    # process reading the destination's consumer to take some (shared_reconcile.py). 1:
+    # the lease's holder reconciles the whole destination alone.
+    reconcile_ranges: int = 1
     metadata_sweep_interval: float = 86400.0  # 0: off
     list_metadata: bool = False  # reconciles compare listed attributes where the destination is MinIO
     metadata_sweep_rate: float = 100.0  # objects per second
@@ -266,6 +270,9 @@ RANGES: dict[str, Range] = {
     # At 0 a flapping listener could start reconciles back to back. More than the
     # interval acts as the interval.
     "S3_SYNC_RECONCILE_COOLDOWN": Range(1, 7 * DAY, "s"),
+    # A range costs a task on NATS, two HEADs and two listings' first pages. The split
+    # points are stored in one NATS message: 256 keys of S3's 1 KiB at most fit in 1 MiB.
+    "S3_SYNC_RECONCILE_RANGES": Range(1, 256),
     "S3_SYNC_MAX_RETRIES": Range(1, 100),
     # 0 retries at once (a server's Retry-After still holds). Each request's backoff is
     # capped at 600 s whatever the base; a whole run's retries are capped at the interval.
@@ -625,6 +632,7 @@ def read(r: Reader) -> Settings:
         queue_size=int(r.number("S3_SYNC_QUEUE_SIZE", 10000, integer=True)),
         listen_timeout=r.number("S3_SYNC_LISTEN_TIMEOUT", 30.0),
         reconcile_cooldown=r.number("S3_SYNC_RECONCILE_COOLDOWN", 30.0),
+        reconcile_ranges=int(r.number("S3_SYNC_RECONCILE_RANGES", 1, integer=True)),
         metadata_sweep_interval=r.number("S3_SYNC_METADATA_SWEEP_INTERVAL", 86400.0),
         list_metadata=r.flag("S3_SYNC_LIST_METADATA", False),
         metadata_sweep_rate=r.number("S3_SYNC_METADATA_SWEEP_RATE", 100.0),
@@ -656,6 +664,10 @@ def _contradictions(r: Reader, s: Settings) -> None:
         given = repr(r.raw(retention)) if r.raw(retention) else f"{_number_text(s.nats_retention)} s by default"
         r.bad(age, r.raw(age) or "", f"must be less than {r.label(retention)} ({given}): a message older than the "
                                      "stream keeps events is dropped by it before it could be dead-lettered")
+    ranges = "S3_SYNC_RECONCILE_RANGES"
+    if s.reconcile_ranges > 1 and s.events != "jetstream" and valid(ranges):
+        r.bad(ranges, r.raw(ranges) or "", "needs S3_SYNC_EVENTS=jetstream: only processes sharing a JetStream "
+                                           "consumer share a reconcile pass")
     tls = (("destination", s.dest_verify_tls, "S3_SYNC_VERIFY_TLS", "S3_SYNC_CA_BUNDLE"),
            ("source", s.source_verify_tls, "MINIO_VERIFY_TLS", "MINIO_CA_BUNDLE"))
     for side, verifies, verify, bundle in tls:

@@ -86,6 +86,9 @@ FETCH_BATCH = 256
 # queue holds (S3_SYNC_QUEUE_SIZE, 10,000) and the others idle (docs/benchmarks.md,
 # "JetStream"). Four per worker keep every worker busy between two fetches.
 PREFETCH_PER_WORKER = 4
+# A range task unacknowledged this long (its process killed mid-range) goes to another
+# process; a range in work says so every third of it.
+RANGE_ACK_WAIT = 30.0
 RETENTION_CHECK = 30.0  # seconds between checks that no event aged out of the stream unread
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages: how soon a stop is noticed
 LOCK_WAIT = 5.0  # seconds a worker waits to take a key's lock before it works without
@@ -131,6 +134,17 @@ def dead_letter_stream(stream: str) -> tuple[str, str]:
     MinIO's subject: S3_SYNC_NATS_SUBJECT is a literal, and a stream taking a wildcard
     over it (``minio.>``) must not take dead letters too, and read them as events."""
     return f"{stream}-dead-letter", f"replicator.dead-letter.{stream}.>"
+
+
+def range_stream(stream: str) -> tuple[str, str]:
+    """PURE: the work-queue stream the ranges of shared reconcile passes go through
+    (shared_reconcile.py), and its subjects: like the dead letters', not under MinIO's."""
+    return f"{stream}-ranges", f"replicator.ranges.{stream}.>"
+
+
+def range_subject(stream: str, durable: str) -> str:
+    """PURE: where one destination's ranges are published, and its range consumer reads."""
+    return f"replicator.ranges.{stream}.{durable}"
 
 
 def dead_letter_subject(stream: str, durable: str) -> str:
@@ -536,6 +550,41 @@ class JetStream:
             for locks in list(self._locks):
                 await locks.renew()
 
+    def publish(self, subject: str, data: bytes) -> None:
+        """Publish to a stream, and wait for JetStream to have stored it."""
+        async def publish():
+            assert self._nc is not None
+            await self._nc.jetstream().publish(subject, data, timeout=10.0)
+
+        self._call(_mapped(f"publish to {subject}", publish()), 30.0)
+
+    def range_tasks(self, durable: str) -> RangeTasks:
+        """One destination's queue of reconcile ranges: a work-queue stream (each task
+        delivered to one process at a time, and removed once acknowledged), read by a
+        durable consumer every process shares."""
+        return self._call(_mapped("range work queue", self._range_tasks(durable)), 30.0)
+
+    async def _range_tasks(self, durable: str) -> RangeTasks:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        name, subjects = range_stream(self.settings.nats_stream)
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            # Age-limited like the events: a task nobody took for a day belongs to a pass
+            # long given up.
+            await js.add_stream(StreamConfig(name=name, subjects=[subjects], retention=RetentionPolicy.WORK_QUEUE,
+                                             storage=StorageType.FILE, max_age=86400.0))
+        subject = range_subject(self.settings.nats_stream, durable)
+        consumer = f"{durable}-ranges"
+        try:
+            await js.consumer_info(name, consumer)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(name, ConsumerConfig(
+                durable_name=consumer, ack_policy=AckPolicy.EXPLICIT, ack_wait=RANGE_ACK_WAIT, max_deliver=-1,
+                filter_subject=subject, max_ack_pending=-1))
+        return RangeTasks(self, subject, await js.pull_subscribe_bind(durable=consumer, stream=name))
+
     def key_locks(self, name: str, *, bucket: str = KEY_LOCKS, ttl: float = ACK_WAIT) -> SharedKeys:
         """The key locks of one destination's consumer (``name``), for its worker threads.
         Their entries age out ``ttl`` after their holder's last renewal: by default the
@@ -685,6 +734,55 @@ class SharedKeys:
             release.close()
 
 
+@dataclass(eq=False)
+class RangeTasks:
+    """One destination's range tasks, for threads: publish them, take one at a time."""
+
+    jetstream: JetStream
+    subject: str
+    subscription: object
+
+    def publish(self, data: bytes) -> None:
+        self.jetstream.publish(self.subject, data)
+
+    def take(self, wait: float) -> RangeTask | None:
+        """The next task, or None if none came within ``wait`` seconds (or NATS is away)."""
+        async def fetch():
+            try:
+                return (await self.subscription.fetch(1, timeout=wait))[0]  # type: ignore[attr-defined]
+            except (TimeoutError, nats.errors.Error, OSError):
+                return None
+
+        message = self.jetstream._call(fetch(), wait + 30.0)  # noqa: SLF001
+        return None if message is None else RangeTask(self.jetstream, message)
+
+
+@dataclass(eq=False)
+class RangeTask:
+    jetstream: JetStream
+    message: Msg
+    ack_wait: float = RANGE_ACK_WAIT
+
+    @property
+    def data(self) -> bytes:
+        return self.message.data
+
+    @property
+    def deliveries(self) -> int:
+        return self.message.metadata.num_delivered
+
+    def working(self) -> None:
+        """Still at it: NATS gives it to nobody else for another RANGE_ACK_WAIT."""
+        self._send(self.message.in_progress())
+
+    def done(self) -> None:
+        self._send(self.message.ack())
+
+    def _send(self, work) -> None:
+        with contextlib.suppress(Exception):  # unsent: NATS delivers it again, and the range is redone
+            self.jetstream._call(work, 10.0)  # noqa: SLF001
+
+
 class _AsyncStore:
     """A KV bucket as keylocks.Store: on the loop, NATS's errors as Conflict or TransientError."""
 
@@ -748,11 +846,16 @@ class KeyValue:
             raise Conflict(key) from None
 
     def get(self, key: str) -> bytes | None:
+        found = self.entry(key)
+        return None if found is None else found[0]
+
+    def entry(self, key: str) -> tuple[bytes, int] | None:
+        """The value of ``key`` and its revision (ranges.Store), or None if absent."""
         try:
             entry = self._run(f"get {key}", self._kv.get(key))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        return entry.value
+        return entry.value or b"", entry.revision
 
     def put(self, key: str, value: bytes) -> int:
         return self._run(f"put {key}", self._kv.put(key, value))

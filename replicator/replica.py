@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from loguru import logger
@@ -32,6 +33,7 @@ from .model import RunStats
 from .observability import context, metrics
 from .observability.health import Health
 from .progress import iso
+from .ranges import SAMPLE_SIZE, Sample, split_points
 from .reconcile import check_endpoints
 from .scheduler import Deferred, Scheduler
 from .sweep import MetadataSweep
@@ -39,10 +41,22 @@ from .workers import Workers
 from .workqueue import KeyedQueue
 
 if TYPE_CHECKING:
-    from .jetstream import Consumer, KeyValue
+    from .jetstream import Consumer, KeyValue, RangeTasks
+    from .shared_reconcile import SharedReconcile
 
 SUBSCRIBE_WAIT = 10.0
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A reconcile a process published for a destination (S3_SYNC_EVENTS=jetstream)."""
+
+    holder: str
+    started_at: float
+    finished_at: float
+    stats: RunStats
+    split_points: list[str]  # where the next pass is cut (S3_SYNC_RECONCILE_RANGES)
 
 
 class Replica:
@@ -77,7 +91,8 @@ class Replica:
         self.lease: Lease | None = None
         self.results: KeyValue | None = None
         self._result_time: float | None = None
-        self._gap = False
+        self.shared: SharedReconcile | None = None  # S3_SYNC_RECONCILE_RANGES above 1
+        self._gap_since: float | None = None  # when events may have been lost, since the last reconcile began
         self._swept_after_start = False
         self.health.queue_depth = self.queue.depth
         self.health.in_flight = self.queue.in_flight
@@ -159,66 +174,104 @@ class Replica:
         self.spawn("scheduler", self.scheduler.run)
         if self.sweep is not None:
             self.spawn("sweep", self.sweep.run)
+        if self.shared is not None:
+            self.spawn("ranges", self.shared.work)
 
     def gap(self, reason: str) -> None:
         """Events may have been lost: a reconcile repairs bytes, a sweep the rest."""
-        self._gap = True  # a reconcile of our own: another process's result doesn't cover this
+        # A reconcile begun from now on covers it, ours or another process's (which
+        # sees the same gap, MinIO's counter or a consumer behind, and reconciles too).
+        self._gap_since = self._gap_since or time.time()
         self.scheduler.request(reason)
         if self.sweep is not None:
             self.sweep.request(reason)
 
-    def coordinate(self, lease: Lease, results: KeyValue) -> None:
-        """Reconcile only while holding ``lease``; publish each result in ``results``."""
+    def coordinate(self, lease: Lease, results: KeyValue, tasks: RangeTasks | None = None) -> None:
+        """Reconcile only while holding ``lease``; publish each result in ``results``.
+        With ``tasks`` and S3_SYNC_RECONCILE_RANGES above 1, the holder cuts each pass
+        into key ranges there, and this process takes some of every holder's."""
         self.lease, self.results = lease, results
+        if tasks is not None and self.settings.reconcile_ranges > 1:
+            from .shared_reconcile import SharedReconcile
+
+            self.shared = SharedReconcile(self.app.reconciler, self.settings, results, tasks, lease.key,
+                                          self.stop_event, self._listening)
+
+    def _listening(self) -> Callable[[], bool] | None:
+        assert self.listener is not None
+        return self.listener.watch() if self._caught_up else None
 
     def _reconcile(self) -> RunStats:
         """One reconcile of the schedule. What it copies or deletes counts as repaired,
         changes the events should have brought, only once the initial copy is done (the
         backlog from before this process listened is no miss) and only if the listener
         stays connected throughout."""
-        assert self.listener is not None
         self._result_time = None
-        listening = self.listener.watch() if self._caught_up else None
+        listening = self._listening()
         if self.lease is None or self.results is None:
             return self.app.reconciler.run(listening=listening)
         # Another process reconciled this destination lately: that run stands for ours,
-        # or every process would reconcile each interval, one after the other.
+        # or every process would reconcile each interval, one after the other. After a
+        # gap, only a run begun since stands for one.
         report = self._last_report()
-        if report is not None and not self._gap and time.time() - report[0] < self.settings.interval / 2:
+        if report is not None and self._covered_by(report):
             return self._reported(report)
         if not self.lease.hold():
-            if report is None or self._gap:
+            if report is None or self._gap_since is not None:
                 raise Deferred(f"another replicator process holds the reconcile lease of {self.name} and "
-                               + ("events may have been lost since its run began" if self._gap
+                               + ("events may have been lost since its run began" if self._gap_since is not None
                                   else "has reported no reconcile yet"))
             return self._reported(report)
         logger.info("holding the reconcile lease: this process reconciles {}", self.name)
-        self._gap = False  # this run covers it (a gap found from now on asks for another)
+        self._gap_since = None  # this run covers it (a gap found from now on asks for another)
+        started = time.time()
         try:
             with Renewer(self.lease, every=TTL / 3, on_lost=lambda: logger.warning(
                     "lost the reconcile lease mid-run; deletes stop at the next batch")):
-                stats = self.app.reconciler.run(listening=listening, fence=self.lease.hold)
+                stats, points = self._pass(listening, report)
             self.results.put(self.lease.key, json.dumps({
-                "holder": self.lease.holder, "finished_at": time.time(),
-                "stats": dataclasses.asdict(stats)}).encode())
+                "holder": self.lease.holder, "started_at": started, "finished_at": time.time(),
+                "stats": dataclasses.asdict(stats), "split_points": points}).encode())
         finally:
             self.lease.release()  # it guards one run: the next is whoever's schedule comes first
         return stats
 
-    def _last_report(self) -> tuple[float, str, RunStats] | None:
-        """The last reconcile any process published for this destination: when, who, what."""
+    def _pass(self, listening: Callable[[], bool] | None, report: Report | None) -> tuple[RunStats, list[str]]:
+        """The lease holder's pass: shared in ranges where there are split points to cut
+        at and the source has objects; whole (and sampled for the next) otherwise."""
+        assert self.lease is not None
+        points = report.split_points if report is not None else []
+        if self.shared is None:
+            return self.app.reconciler.run(listening=listening, fence=self.lease.hold), []
+        if points and report is not None and report.stats.source_objects:
+            pass_id = f"{self.lease.holder}-{self.lease.revision}-{time.time():.0f}"
+            return self.shared.coordinate(pass_id, points, held=lambda: self.lease is not None and self.lease.held)
+        sample = Sample(size=max(SAMPLE_SIZE, 16 * self.settings.reconcile_ranges))
+        stats = self.app.reconciler.run(listening=listening, fence=self.lease.hold, sample=sample)
+        return stats, split_points([sample.to_json()], self.settings.reconcile_ranges)
+
+    def _covered_by(self, report: Report) -> bool:
+        if self._gap_since is not None:
+            return report.started_at > self._gap_since
+        return time.time() - report.finished_at < self.settings.interval / 2
+
+    def _last_report(self) -> Report | None:
+        """The last reconcile any process published for this destination."""
         assert self.lease is not None and self.results is not None
         raw = self.results.get(self.lease.key)
         if raw is None:
             return None
         report = json.loads(raw)
-        return float(report["finished_at"]), str(report["holder"]), RunStats(**report["stats"])
+        stats = RunStats(**report["stats"])
+        finished_at = float(report["finished_at"])
+        return Report(str(report["holder"]), float(report.get("started_at", finished_at - stats.duration)),
+                      finished_at, stats, list(report.get("split_points") or []))
 
-    def _reported(self, report: tuple[float, str, RunStats]) -> RunStats:
-        finished_at, holder, stats = report
-        self._result_time = finished_at
-        logger.info("reconciled by {} (holder of the lease) at {}: {} copied, {} deleted, {} failed", holder,
-                    iso(finished_at), stats.copied, stats.deleted, stats.failed)
+    def _reported(self, report: Report) -> RunStats:
+        self._result_time = report.finished_at
+        stats = report.stats
+        logger.info("reconciled by {} (holder of the lease) at {}: {} copied, {} deleted, {} failed", report.holder,
+                    iso(report.finished_at), stats.copied, stats.deleted, stats.failed)
         return stats
 
     def _reconciled(self, stats: RunStats | None, error: BaseException | None) -> None:

@@ -172,7 +172,8 @@ class Service:
         leases = self.jetstream.key_value(LEASES, ttl=lease.TTL)
         results = self.jetstream.key_value(RESULTS)
         key = durable_name(replica.settings.nats_consumer, replica.settings.mirror, replica.settings.destination)
-        replica.coordinate(lease.Lease(leases, key, self.jetstream.holder), results)
+        tasks = self.jetstream.range_tasks(key) if replica.settings.reconcile_ranges > 1 else None
+        replica.coordinate(lease.Lease(leases, key, self.jetstream.holder), results, tasks)
         return consumer
 
     def _watch_failed_events(self, first: Replica) -> None:

@@ -16,33 +16,15 @@ import subprocess
 import time
 
 import nats
-import pytest
 from minio import Minio
 from minio.notificationconfig import NotificationConfig, QueueConfig
 
 from tests.conftest import DEST_PASSWORD, DEST_USER, SOURCE_PASSWORD, SOURCE_USER, boto_client, run_cli, unique_bucket
+from tests.integration.conftest import SUBJECT
 from tests.servers import MinioServer, NatsServer, find_tool, minio_nats_env
 from tests.sidecar import wait_for
 
-SUBJECT = "minio.events"
 ARN = "arn:minio:sqs::PRIMARY:nats"
-
-
-@pytest.fixture(scope="module")
-def nats_server():
-    server = NatsServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def publishing_minio(nats_server, tmp_path_factory):
-    """A MinIO source whose NATS target publishes to ``SUBJECT``."""
-    queue = tmp_path_factory.mktemp("minio-nats-queue")
-    server = MinioServer("source-nats", SOURCE_USER, SOURCE_PASSWORD,
-                         env=minio_nats_env(nats_server, SUBJECT, queue)).start()
-    yield server
-    server.close()
 
 
 class Setup:

@@ -70,6 +70,7 @@ EXPECTED_DEFAULTS = {
     "queue_size": 10000,
     "listen_timeout": 30.0,
     "reconcile_cooldown": 30.0,
+    "reconcile_ranges": 1,  # the lease's holder reconciles alone
     "metadata_sweep_interval": 86400.0,
     "metadata_sweep_rate": 100.0,
     "progress_interval": 30.0,
@@ -269,6 +270,7 @@ BOUNDS = [
      "2592001"),
     ("S3_SYNC_METADATA_SWEEP_RATE", "metadata_sweep_rate", ("1", 1.0), ("10000", 10000.0), "0.5", "10001"),
     ("S3_SYNC_PROGRESS_INTERVAL", "progress_interval", ("0", 0.0), ("86400", 86400.0), "-1", "86401"),
+    ("S3_SYNC_RECONCILE_RANGES", "reconcile_ranges", ("1", 1), ("256", 256), "0", "257"),
     ("S3_SYNC_NATS_RETENTION", "nats_retention", ("3600", 3600.0), ("31536000", 31536000.0), "3599", "31536001"),
     ("S3_SYNC_NATS_DEAD_LETTER_AGE", "nats_dead_letter_age", ("1", 1.0), ("2592000", 2592000.0), "0.99", "2592001"),
     ("S3_SYNC_MAX_BANDWIDTH", "max_bandwidth", ("64KiB", 65536), ("100GiB", 100 * 1024**3), "65535", "101GiB"),
@@ -284,7 +286,8 @@ BOUNDS = [
 # A part is at most the threshold: the chunk size's upper edge needs a threshold as large.
 # A message is dead-lettered before the stream drops it: the age's upper edge needs a longer retention.
 ALONGSIDE = {"S3_SYNC_MULTIPART_CHUNK_SIZE": {"S3_SYNC_MULTIPART_THRESHOLD": "512MiB"},
-             "S3_SYNC_NATS_DEAD_LETTER_AGE": {"S3_SYNC_NATS_RETENTION": "31536000"}}
+             "S3_SYNC_NATS_DEAD_LETTER_AGE": {"S3_SYNC_NATS_RETENTION": "31536000"},
+             "S3_SYNC_RECONCILE_RANGES": {"S3_SYNC_EVENTS": "jetstream"}}
 IDS = [row[0] for row in BOUNDS]
 
 
@@ -385,6 +388,13 @@ def test_an_invalid_threshold_is_reported_alone_not_as_a_contradiction():
 )
 def test_a_dead_letter_age_the_stream_never_reaches_is_refused(env, expected):
     assert problem(**env).startswith(f"Invalid configuration: {expected}: ")
+
+
+def test_ranges_of_a_reconcile_need_processes_sharing_a_jetstream_consumer():
+    assert problem(S3_SYNC_RECONCILE_RANGES="4").startswith(
+        "Invalid configuration: S3_SYNC_RECONCILE_RANGES='4': needs S3_SYNC_EVENTS=jetstream")
+    assert load(S3_SYNC_RECONCILE_RANGES="1").reconcile_ranges == 1
+    assert load(S3_SYNC_RECONCILE_RANGES="4", S3_SYNC_EVENTS="jetstream").reconcile_ranges == 4
 
 
 @pytest.mark.parametrize(("retention", "age"), [("3600", 1800.0), ("172800", 86400.0), ("604800", 86400.0)])
