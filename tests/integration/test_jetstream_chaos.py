@@ -184,7 +184,7 @@ class Chaos:
     processes (each started from the one configuration, ``interval`` its reconcile's),
     the seeded workload, and the watcher."""
 
-    def __init__(self, cluster, tmp_path, sidecars, *, interval: int):
+    def __init__(self, cluster, tmp_path, sidecars, *, interval: int, ranges: int = 1):
         self.nats_server, source_server, self.dest_server, moto_server = cluster
         self.source = Minio(source_server.host, SOURCE_USER, SOURCE_PASSWORD, secure=False)
         self.bucket = unique_bucket("src-chaos")
@@ -197,7 +197,7 @@ class Chaos:
             "secret_key = \"${CHAOS_SOURCE_SECRET}\"", "",
             "[service]", "events = \"jetstream\"", f"nats_url = {json.dumps(self.nats_server.url)}",
             f"nats_subject = {json.dumps(SUBJECT)}", "nats_stream = \"chaos\"", "",
-            "[defaults]", f"interval = {interval}", "reconcile_cooldown = 1", "retry_delay = 0.05",
+            "[defaults]", f"interval = {interval}", f"reconcile_ranges = {ranges}", "reconcile_cooldown = 1", "retry_delay = 0.05",
             "connect_timeout = 2", "read_timeout = 5", "multipart_threshold = \"5MiB\"", "workers = 8", "",
             "[[mirrors]]", "name = \"chaos\"", f"source_bucket = {json.dumps(self.bucket)}", "",
         ]
@@ -211,9 +211,13 @@ class Chaos:
                     "S3_SYNC_CONFIG": str(tmp_path / "replicator.toml")}
         self._sidecars = sidecars
         self.started_ones: list = []
+        self.workload = Workload(self.source, self.bucket)
+        if ranges > 1:
+            # Keys for the first pass to sample, so the passes after it are cut in ranges.
+            for n in range(60):
+                self.workload.put(f"seeded/{n:02d}.bin", self.workload.rng.randint(1, 4096), steps_use=False)
         self.replicas = [self.start() for _ in range(3)]
         wait_for(lambda: all(r.ready() for r in self.replicas), timeout=120, what="three ready replicas")
-        self.workload = Workload(self.source, self.bucket)
         self.watcher = Watcher(self.source, self.bucket, self.destinations)
         self.watcher.start()
 
@@ -300,9 +304,10 @@ def test_with_the_periodic_reconcile_on_even_unpublished_changes_converge_within
         cluster, tmp_path, sidecars):
     """The same faults in the first 14 s, the reconcile every minute (the shortest
     S3_SYNC_INTERVAL), and changes MinIO never publishes, which only a reconcile can
-    bring: one interval after the faults, both destinations equal the source."""
+    bring: one interval after the faults, both destinations equal the source. Each pass
+    after the first with keys to sample is shared in three ranges."""
     interval = 60
-    chaos = Chaos(cluster, tmp_path, sidecars, interval=interval)
+    chaos = Chaos(cluster, tmp_path, sidecars, interval=interval, ranges=3)
     # The workload goes on 15 s after the last kill: the killed process's messages come
     # back ACK_WAIT (60 s) after their delivery, and a tag change among them has no other
     # way (a reconcile doesn't compare tags), so that is the bound for them, not the interval.
@@ -315,3 +320,4 @@ def test_with_the_periodic_reconcile_on_even_unpublished_changes_converge_within
     assert time.monotonic() - ended < interval
     # More reconciles ran than the initial one per destination: the schedule's.
     assert chaos.logs().count("holding the reconcile lease") > len(chaos.destinations)
+    assert "key ranges, for every process" in chaos.logs(), "a pass was shared in ranges"
