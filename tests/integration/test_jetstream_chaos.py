@@ -197,8 +197,9 @@ class Chaos:
             "secret_key = \"${CHAOS_SOURCE_SECRET}\"", "",
             "[service]", "events = \"jetstream\"", f"nats_url = {json.dumps(self.nats_server.url)}",
             f"nats_subject = {json.dumps(SUBJECT)}", "nats_stream = \"chaos\"", "",
-            "[defaults]", f"interval = {interval}", f"reconcile_ranges = {ranges}", "reconcile_cooldown = 1", "retry_delay = 0.05",
-            "connect_timeout = 2", "read_timeout = 5", "multipart_threshold = \"5MiB\"", "workers = 8", "",
+            "[defaults]", f"interval = {interval}", f"reconcile_ranges = {ranges}", "reconcile_cooldown = 1",
+            "retry_delay = 0.05", "connect_timeout = 2", "read_timeout = 5", "multipart_threshold = \"5MiB\"",
+            "workers = 8", "",
             "[[mirrors]]", "name = \"chaos\"", f"source_bucket = {json.dumps(self.bucket)}", "",
         ]
         for destination in self.destinations:
