@@ -16,7 +16,7 @@ import signal
 import nats
 
 from replicator.jetstream import RESULTS, durable_name
-from tests.integration.test_jetstream import Setup, consumer_info, events_received
+from tests.integration.test_jetstream import Setup, consumer_info
 from tests.sidecar import wait_for
 
 RANGES = "6"
@@ -65,20 +65,37 @@ def ranges_run(log: str) -> int:
     return len(re.findall(r"Reconciling \S+ → \S+, keys ", log))
 
 
+def stream_end(nats_url: str, stream: str) -> int:
+    """The sequence of the stream's last message (0 before the first sidecar made it)."""
+    async def read():
+        connection = await nats.connect(nats_url)
+        try:
+            return (await connection.jetstream().stream_info(stream)).state.last_seq
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
 def first_pass(setup: Setup, nats_url: str, sidecars, count: int) -> list[str]:
-    """Seed ``count`` objects, let one process's first (whole) pass copy them, stop it:
+    """Seed ``count`` objects, let one process's first (whole) pass copy them, stop it
+    once the seeding's events are settled too (none is left for the next processes):
     the split points its report holds."""
+    published = stream_end(nats_url, setup.stream)
     for n in range(count):
         setup.put(f"k/{n:04d}", f"object {n}".encode())
     first = sidecars(setup.env)
     wait_for(lambda: (report(nats_url, durable_of(setup)) or {}).get("split_points"), timeout=90,
              what="the first pass's report")
 
-    def settled():  # the seeding's events too (MinIO sends them within 3 s): none left for the next processes
+    def settled():  # MinIO sends the events from its queue directory within 3 s
         info = consumer_info(nats_url, setup.stream, durable_of(setup))
-        return events_received(first) >= count and info.num_pending == 0 and info.num_ack_pending == 0
+        return (stream_end(nats_url, setup.stream) >= published + count and info.num_pending == 0
+                and info.num_ack_pending == 0)
 
-    wait_for(settled, timeout=60, what="every event settled")
+    wait_for(settled, timeout=60, what="every event published and settled")
     first.signal(signal.SIGTERM)
     first.wait()
     assert ranges_run(first.log()) == 0, "the first pass has no split points: it is whole"
