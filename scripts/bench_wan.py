@@ -19,6 +19,9 @@ Tools, each against the same servers (the flags are in the report):
 
     replicator      python -m replicator reconcile, defaults (64 workers, 4 parts at a time)
     replicator-128  the same with S3_SYNC_WORKERS=128, the most workers mc-matched grows to
+    replicator-2proc two such processes at once, 32 workers each, each mirroring half the
+                    keys (S3_SYNC_FILTER by directory): whether a second interpreter,
+                    beside the first one's lock, makes a small copy faster here
     rclone          rclone sync --checksum, defaults (4 transfers, 8 checkers)
     rclone-matched  the same with --transfers 64 --checkers 64 (replicator's worker count)
     mc              mc mirror --overwrite --remove, defaults
@@ -70,8 +73,8 @@ PART = 16 * MiB
 MATCHED = 64  # replicator's S3_SYNC_WORKERS default: the peers' parallelism when matched
 MC_MAX_WORKERS = 128  # where this mc's worker count stops growing (cmd/parallel-manager.go)
 SETTINGS = {"loopback": (False, 0.0), "tls-20ms": (True, 20.0), "tls-80ms": (True, 80.0)}
-TOOLS = ("replicator", "replicator-128", "rclone", "rclone-matched", "mc", "mc-matched")
-PEERS = TOOLS[2:]
+TOOLS = ("replicator", "replicator-128", "replicator-2proc", "rclone", "rclone-matched", "mc", "mc-matched")
+PEERS = TOOLS[3:]
 DEFAULT_PEERS = ("rclone", "mc")
 MATCHED_PEERS = ("rclone-matched", "mc-matched")
 CASES = ("copy-small", "copy-large", "noop")
@@ -82,6 +85,9 @@ MARK_END = "<!-- END wan-results -->"
 COMMANDS = {
     "replicator": "python -m replicator reconcile  (defaults: S3_SYNC_WORKERS=64, S3_SYNC_MULTIPART_CONCURRENCY=4)",
     "replicator-128": "S3_SYNC_WORKERS=128 python -m replicator reconcile  (the parallelism mc-matched grows to)",
+    "replicator-2proc": "two of S3_SYNC_WORKERS=32 python -m replicator reconcile at once, one with "
+                        "S3_SYNC_FILTER='+ /d??[02468]/**' + '- **', the other '- /d??[02468]/**'  (under one bash: "
+                        "its CPU is both's)",
     "rclone": "rclone sync --checksum --ca-cert <ca> src:<src> dst:<dst>",
     "rclone-matched": "rclone sync --checksum --transfers 64 --checkers 64 --ca-cert <ca> src:<src> dst:<dst>",
     "mc": "mc mirror --overwrite --remove --quiet src/<src> dst/<dst>  (CA in <config>/certs/CAs)",
@@ -208,6 +214,16 @@ class Tools:
                    **({"MINIO_CA_BUNDLE": ca, "S3_SYNC_CA_BUNDLE": ca} if ca else {})}
             if tool == "replicator-128":
                 env["S3_SYNC_WORKERS"] = str(MC_MAX_WORKERS)
+            if tool == "replicator-2proc":
+                # Even directories (small_key's d000, d002, ...) in one, the rest in the
+                # other; bash waits for both, so GNU time counts both's CPU.
+                env = {**env, "S3_SYNC_WORKERS": str(MATCHED // 2), "EVEN": "+ /d??[02468]/**\n- **",
+                       "ODD": "- /d??[02468]/**", "STATE": str(run_dir / "state")}
+                one = f"{sys.executable} -m replicator reconcile"
+                script = (f'S3_SYNC_FILTER="$EVEN" S3_SYNC_STATE_DIR="$STATE-even" {one} & '
+                          f'S3_SYNC_FILTER="$ODD" S3_SYNC_STATE_DIR="$STATE-odd" {one} & '
+                          'wait -n || { wait; exit 1; }; wait -n')
+                return ["bash", "-c", script], env, self.replicator_dir
             return [sys.executable, "-m", "replicator", "reconcile"], env, self.replicator_dir
         if tool.startswith("rclone"):
             flags = ["--transfers", str(MATCHED), "--checkers", str(MATCHED)] if tool == "rclone-matched" else []
@@ -410,7 +426,8 @@ def plot(summary: dict, meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"replicator": "#1f77b4", "replicator-128": "#aec7e8", "rclone": "#ff7f0e", "rclone-matched": "#ffbb78",
+    colors = {"replicator": "#1f77b4", "replicator-128": "#aec7e8", "replicator-2proc": "#9467bd",
+              "rclone": "#ff7f0e", "rclone-matched": "#ffbb78",
               "mc": "#2ca02c", "mc-matched": "#98df8a"}
     settings = list(summary)
     fig, axes = plt.subplots(len(settings), len(CASES), figsize=(15, 3.6 * len(settings)), squeeze=False)
