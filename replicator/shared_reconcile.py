@@ -171,19 +171,30 @@ class SharedReconcile:
             try:
                 task = self.tasks.take(TAKE_WAIT)
                 if task is not None:
-                    self._work_on(task)
+                    self.work_on(task)
             except ReplicatorError as error:  # NATS away: its tasks wait in the stream
                 logger.warning("reconcile ranges: {}; retrying", error)
                 self.stop.wait(1.0)
+            except Exception:  # a bug must not end this process's share of the passes silently
+                logger.exception("reconcile ranges: unexpected error; going on")
+                self.stop.wait(1.0)
 
-    def _work_on(self, task: RangeTask) -> None:
-        spec = json.loads(task.data)
-        budget = Budget(self.results, self._budget_key, spec["pass"])
-        if not budget.live():
-            logger.info("a range of reconcile pass {}, which a newer pass replaced: dropped", spec["pass"])
+    def work_on(self, task: RangeTask) -> None:
+        """One task: its range reconciled and its result stored, or dropped if it is none
+        or of a pass a newer one replaced."""
+        try:
+            spec = json.loads(task.data)
+            pass_id, index, round_ = str(spec["pass"]), int(spec["index"]), int(spec["round"])
+            key_range = KeyRange.from_json(spec["range"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            logger.warning("reconcile ranges: a task that is not one ({!r}); dropped", task.data[:200])
             task.done()
             return
-        key_range, round_ = KeyRange.from_json(spec["range"]), int(spec["round"])
+        budget = Budget(self.results, self._budget_key, pass_id)
+        if not budget.live():
+            logger.info("a range of reconcile pass {}, which a newer pass replaced: dropped", pass_id)
+            task.done()
+            return
         sample = Sample()
         with _Heartbeat(task.working, every=task.ack_wait / 3):
             try:
@@ -191,12 +202,12 @@ class SharedReconcile:
                     listening=self.listening(), fence=budget.live, key_range=key_range, sample=sample,
                     hold_deletes=round_ == 1, budget=budget if round_ == 2 else None)
             except ReplicatorError as error:  # an endpoint unusable: the range is dirty, the pass too
-                logger.error("reconcile range {} of pass {}: {}", spec["index"], spec["pass"], error)
+                logger.error("reconcile range {} of pass {}: {}", index, pass_id, error)
                 stats = RunStats(failed=1)
         if self.stop.is_set():
             return  # cut short: unacknowledged, so another process (or our restart) runs it again
-        self.results.put(self._result_key(spec["index"]), json.dumps({
-            "pass": spec["pass"], "round": round_, "stats": dataclasses.asdict(stats),
+        self.results.put(self._result_key(index), json.dumps({
+            "pass": pass_id, "round": round_, "stats": dataclasses.asdict(stats),
             "sample": sample.to_json()}).encode())
         task.done()
 

@@ -199,3 +199,40 @@ def test_a_range_whose_listing_fails_deletes_nothing(side):
         assert stats.failed and stats.deleted == 0 and "b" in h.dest.contents()
     finally:
         h.close()
+
+
+class Task:
+    """A range task as jetstream.RangeTask has it, acknowledged or not."""
+
+    ack_wait = 30.0
+
+    def __init__(self, data: bytes):
+        self.data, self.acknowledged = data, False
+
+    def done(self):
+        self.acknowledged = True
+
+    def working(self):
+        pass
+
+
+def worker(kv: Revisions):
+    from replicator.shared_reconcile import SharedReconcile
+
+    # No reconciler: a task these tests give must be dropped before any reconcile runs.
+    return SharedReconcile(None, None, kv, None, "d", threading.Event(), lambda: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [b"not json", b"{}", b'{"pass": "p", "index": "x", "round": 1, "range": {}}', b"[]"])
+def test_a_task_that_is_not_one_is_dropped(data):
+    task = Task(data)
+    worker(Revisions()).work_on(task)
+    assert task.acknowledged
+
+
+def test_a_task_of_a_pass_a_newer_one_replaced_is_dropped_unrun():
+    kv = Revisions()
+    Budget.open(kv, "d.budget", "new")
+    task = Task(json.dumps({"pass": "old", "index": 0, "round": 1, "range": {"after": None, "until": "m"}}).encode())
+    worker(kv).work_on(task)
+    assert task.acknowledged and kv.entry("d.range.0") is None
