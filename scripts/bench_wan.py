@@ -430,9 +430,11 @@ def plot(summary: dict, meta: dict, path: Path) -> None:
               "rclone": "#ff7f0e", "rclone-matched": "#ffbb78",
               "mc": "#2ca02c", "mc-matched": "#98df8a"}
     settings = list(summary)
-    fig, axes = plt.subplots(len(settings), len(CASES), figsize=(15, 3.6 * len(settings)), squeeze=False)
+    cases = [case for case in CASES if any(case in summary[setting] for setting in settings)]  # no empty column
+    size = (max(8, 5 * len(cases)), 3.6 * len(settings))
+    fig, axes = plt.subplots(len(settings), len(cases), figsize=size, squeeze=False)
     for row, setting in enumerate(settings):
-        for col, case in enumerate(CASES):
+        for col, case in enumerate(cases):
             ax = axes[row][col]
             tools = summary[setting].get(case, {})
             if not tools:  # a case this setting didn't measure: no empty panel
@@ -450,7 +452,7 @@ def plot(summary: dict, meta: dict, path: Path) -> None:
             ax.set_title(f"{setting}: {case_title(case, meta)}", fontsize=9)
             ax.set_ylabel("wall s (median; dots: runs)", fontsize=8)
             ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"WAN benchmark: replicator ({meta['replicator_commit']}) vs rclone sync vs mc mirror, "
+    fig.suptitle(f"WAN benchmark: replicator ({meta['replicator_commit']}) vs rclone sync vs mc mirror,\n"
                  f"{meta['runs']} run(s) each, {meta['nproc']} cores, {meta['date']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
