@@ -4,7 +4,8 @@
     python scripts/bench_wan.py                      # full: 10,000 small / 1 GiB / 100,000 in sync, 3 runs
     python scripts/bench_wan.py --quick              # 200 / 32 MiB / 2,000, 1 run: a smoke test
     python scripts/bench_wan.py --settings tls-80ms --results /tmp/a.json
-    python scripts/bench_wan.py --report-only /tmp/a.json /tmp/b.json --update-doc docs/benchmarks.md
+    python scripts/bench_wan.py --report-only /tmp/a.json /tmp/b.json \
+        --results docs/benchmarks-wan.json --update-doc docs/benchmarks.md   # merged, and written only so
 
 Where users are: both MinIO servers serve HTTPS with a certificate from a throwaway CA
 that every tool is told to trust, and the destination sits behind
@@ -40,7 +41,8 @@ Per run: wall time, CPU of the tool process, peak RSS (GNU time, as in
 bench_reconcile.py), S3 requests per server, and, behind the latency proxy, the most
 connections the tool had open to the destination at once (its real parallelism). Results are written after every run
 to the results file, so a run cut short keeps what it measured; ``--report-only``
-renders one or more results files together.
+renders one or more results files together (and writes them merged only to a
+``--results`` given).
 """
 
 from __future__ import annotations
@@ -475,7 +477,8 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
         "Targets:\n",
         benchlib.targets_markdown(targets(summary), ("Target (replicator)", "Measured (medians)", "Met")),
     ])
-    Path(args.results).write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    if args.results:
+        Path(args.results).write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     plot(summary, meta, Path(args.plot))
     print("\n" + fragment)
     if args.update_doc:
@@ -483,7 +486,7 @@ def report(results: list[dict], meta: dict, args: argparse.Namespace) -> None:
             log(f"updated the generated section of {args.update_doc}")
         else:
             log(f"{args.update_doc} has no generated-section markers; left alone")
-    log(f"results: {args.results}; plot: {args.plot}")
+    log(f"results: {args.results or 'not written (--report-only without --results)'}; plot: {args.plot}")
 
 
 def merged(files: list[str]) -> tuple[list[dict], dict]:
@@ -533,7 +536,9 @@ def main() -> int:
         args.small, args.large_mib, args.noop = 200, 32, 2_000
     args.runs = args.runs or (1 if args.quick else 3)
     stem = Path(tempfile.gettempdir()) / "bench-wan-quick" if args.quick else REPO / "docs" / "benchmarks-wan"
-    args.results = args.results or f"{stem}.json"
+    # Rendering saved results writes a merged file only where asked: by default it would
+    # overwrite docs/benchmarks-wan.json with whatever files were rendered.
+    args.results = args.results or (None if args.report_only else f"{stem}.json")
     args.plot = args.plot or f"{stem}.png"
     if args.report_only:
         results, meta = merged(args.report_only)
