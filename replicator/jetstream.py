@@ -767,10 +767,6 @@ class RangeTask:
     def data(self) -> bytes:
         return self.message.data
 
-    @property
-    def deliveries(self) -> int:
-        return self.message.metadata.num_delivered
-
     def working(self) -> None:
         """Still at it: NATS gives it to nobody else for another RANGE_ACK_WAIT."""
         self._send(self.message.in_progress())

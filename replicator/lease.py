@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .errors import ReplicatorError
+
 TTL = 30.0  # seconds a lease outlives its holder's last renewal; renewed every third of it
 
 
@@ -89,42 +91,34 @@ class Lease:
             self.revision = None
 
 
-@dataclass
 class Renewer:
-    """Renews a held lease every ``every`` seconds until stopped; ``on_lost`` is called
-    once if a renewal is refused."""
+    """Renews a held lease every ``every`` seconds while the block runs; ``on_lost`` is
+    called once if a renewal is refused, or if NATS stays unreachable until the lease
+    would have aged out unrenewed."""
 
-    lease: Lease
-    every: float
-    on_lost: Callable[[], None]
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    def __init__(self, lease: Lease, every: float, on_lost: Callable[[], None]):
+        from .pool import Every
+
+        self.lease, self.every, self.on_lost = lease, every, on_lost
+        self._renewed = time.monotonic()
+        self._every = Every(every, self._renew, name="lease")
 
     def __enter__(self) -> Renewer:
-        from .observability.context import inherit
-
-        self._thread = threading.Thread(target=inherit(self._run), name="lease", daemon=True)
-        self._thread.start()
+        self._every.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._every.__exit__(*exc)
 
-    def _run(self) -> None:
-        from .errors import ReplicatorError
-
-        renewed = time.monotonic()
-        while not self._stop.wait(self.every):
-            try:
-                held = self.lease.hold()
-            except ReplicatorError:  # NATS away: the lease holds until its TTL has passed unrenewed
-                held = time.monotonic() - renewed < TTL - self.every
-                if not held:
-                    self.lease.forget()
-            else:
-                renewed = time.monotonic()
+    def _renew(self) -> bool:
+        try:
+            held = self.lease.hold()
+        except ReplicatorError:  # NATS away: the lease holds until its TTL has passed unrenewed
+            held = time.monotonic() - self._renewed < TTL - self.every
             if not held:
-                self.on_lost()
-                return
+                self.lease.forget()
+        else:
+            self._renewed = time.monotonic()
+        if not held:
+            self.on_lost()
+        return held

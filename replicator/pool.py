@@ -10,6 +10,8 @@
   a few prefixes at a time and still comes out in key order.
 - ``ByteBudget``: bytes held at once between threads, so the memory of copies in
   flight is bounded by their sizes, not by how many threads copy.
+- ``Every``: something to do every so many seconds while a block runs (a lease's
+  renewals, a range task's heartbeats).
 """
 
 from __future__ import annotations
@@ -250,3 +252,26 @@ class ByteBudget:
     def held(self) -> int:
         with self._cond:
             return self._held
+
+
+class Every:
+    """Calls ``tick`` every ``seconds``, on a thread of its own (in the caller's log
+    context), from the block's start until its end or until ``tick`` returns False."""
+
+    def __init__(self, seconds: float, tick: Callable[[], bool], name: str):
+        self._seconds, self._tick = seconds, tick
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=inherit(self._run), name=name, daemon=True)
+
+    def __enter__(self) -> Every:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._seconds):
+            if not self._tick():
+                return

@@ -87,6 +87,16 @@ def delete_guard(stats: RunStats, deletes: int, settings: Settings, force: bool)
     return None
 
 
+def refused(stats: RunStats, reason: str, deletes: int, *, dry_run: bool) -> None:
+    """Record and report that a guard refused ``deletes`` deletions (of a run, or of a
+    shared pass): in ``stats``, the metric and the log."""
+    stats.guard = reason
+    if not dry_run:  # a dry run only shows what a real one would be refused
+        metrics.delete_guard_refusals.inc()
+    logger.error("{}", GuardRefused(reason, would_delete=deletes, destination_objects=stats.dest_objects,
+                                    source_objects=stats.source_objects))
+
+
 def listed_changes(source: SourceStore, dest: DestinationStore, policy: RetryPolicy, stats: RunStats, *,
                    until: Callable[[], bool], key_filter: KeyFilter, key_range: KeyRange | None = None,
                    sample: Sample | None = None) -> Generator[Change, None, None]:
@@ -412,12 +422,7 @@ class _Run:
         else:
             reason = delete_guard(self.stats, deletes, o.settings, self.force_delete)
         if reason:
-            self.stats.guard = reason
-            if not self.dry_run:  # a dry run only shows what a real one would be refused
-                metrics.delete_guard_refusals.inc()
-            error = GuardRefused(reason, would_delete=deletes, destination_objects=self.stats.dest_objects,
-                                 source_objects=self.stats.source_objects)
-            logger.error("{}", error)
+            refused(self.stats, reason, deletes, dry_run=self.dry_run)
             return
         spool.seek(0)
         batch: list[tuple[str, int]] = []

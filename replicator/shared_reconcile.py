@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from .config import Settings
-from .errors import GuardRefused, ReplicatorError
+from .errors import ReplicatorError
 from .model import RunStats
-from .observability import metrics
+from .pool import Every
 from .ranges import Budget, KeyRange, Sample, cut, split_points
-from .reconcile import Reconciler, delete_guard
+from .reconcile import Reconciler, delete_guard, refused
 from .retry import Stopped
 
 if TYPE_CHECKING:
@@ -101,12 +101,12 @@ class SharedReconcile:
         budget = Budget.open(self.results, self._budget_key, pass_id)
         logger.info("reconcile pass {}: {} key ranges, for every process reading this destination", pass_id,
                     len(ranges))
-        first = self._round(pass_id, 1, dict(enumerate(ranges)), held)
+        first = self._round(budget, 1, dict(enumerate(ranges)), held)
         stats = sum_stats([stats for stats, _ in first.values()])
         samples = [sample for _, sample in first.values()]
         deleting = {n: ranges[n] for n, (part, _) in first.items() if part.planned_deletes}
         if deleting and self._allowed(stats, budget):
-            second = self._round(pass_id, 2, deleting, held)
+            second = self._round(budget, 2, deleting, held)
             stats = sum_stats([stats for stats, _ in second.values()], stats, listed=False)
         stats.duration = time.monotonic() - started
         return stats, split_points(samples, self.settings.reconcile_ranges)
@@ -125,24 +125,20 @@ class SharedReconcile:
             return False
         reason = delete_guard(stats, stats.planned_deletes, self.settings, force=False)
         if reason is not None:
-            stats.guard = reason
-            metrics.delete_guard_refusals.inc()
-            logger.error("{}", GuardRefused(reason, would_delete=stats.planned_deletes,
-                                            destination_objects=stats.dest_objects,
-                                            source_objects=stats.source_objects))
+            refused(stats, reason, stats.planned_deletes, dry_run=False)
             return False
         if not budget.allow(stats.planned_deletes):
             raise LeaseLost("a newer reconcile pass began (another process holds the lease): it decides the "
                             "deletions")
         return True
 
-    def _round(self, pass_id: str, round_: int, ranges: dict[int, KeyRange], held: Callable[[], bool]
+    def _round(self, budget: Budget, round_: int, ranges: dict[int, KeyRange], held: Callable[[], bool]
                ) -> dict[int, tuple[RunStats, dict]]:
+        pass_id = budget.pass_id
         for index, key_range in ranges.items():
             self.tasks.publish(json.dumps({"pass": pass_id, "round": round_, "index": index,
                                            "range": key_range.to_json()}).encode())
         done: dict[int, tuple[RunStats, dict]] = {}
-        budget = Budget(self.results, self._budget_key, pass_id)
         while len(done) < len(ranges):
             if self.stop.wait(RESULT_POLL):
                 raise Stopped()
@@ -196,7 +192,12 @@ class SharedReconcile:
             task.done()
             return
         sample = Sample()
-        with _Heartbeat(task.working, every=task.ack_wait / 3):
+
+        def heartbeat() -> bool:
+            task.working()
+            return True  # until the range is done
+
+        with Every(task.ack_wait / 3, heartbeat, name="range-heartbeat"):
             try:
                 stats = self.reconciler.run(
                     listening=self.listening(), fence=budget.live, key_range=key_range, sample=sample,
@@ -210,24 +211,3 @@ class SharedReconcile:
             "pass": pass_id, "round": round_, "stats": dataclasses.asdict(stats),
             "sample": sample.to_json()}).encode())
         task.done()
-
-
-class _Heartbeat:
-    """Calls ``beat`` every ``every`` seconds while the block runs."""
-
-    def __init__(self, beat: Callable[[], None], every: float):
-        self._beat, self._every = beat, every
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="range-heartbeat", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(self._every):
-            self._beat()
