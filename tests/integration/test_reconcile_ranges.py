@@ -119,7 +119,10 @@ def test_three_processes_share_a_pass_and_its_deletes_are_decided_once(publishin
         setup.dest.put_object(Bucket=setup.dest_bucket, Key=key, Body=b"only at the destination")
     age_report(nats_server.url, durable_of(setup))
 
-    processes = [sidecars(setup.env) for _ in range(3)]
+    # A few requests a second: each range then takes a second or more, so the processes
+    # still starting (slower on a busy machine) are taking tasks before the first is done.
+    paced = {**setup.env, "S3_SYNC_MAX_REQUESTS_PER_SECOND": "10"}
+    processes = [sidecars(paced) for _ in range(3)]
     wait_for(lambda: (report(nats_server.url, durable_of(setup)) or {}).get("finished_at", 0) > 1, timeout=120,
              what="the shared pass's report")
     result = report(nats_server.url, durable_of(setup))
